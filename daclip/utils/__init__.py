@@ -1,0 +1,1 @@
+"""Experiment plumbing shared by both training stages (no model code here)."""

@@ -1,0 +1,168 @@
+"""Run folders, logging, seeding, precision and the scripts' error handling.
+
+A run lives in ``<root>/<name>/`` with ``config.yaml`` (the resolved config),
+``command.txt`` (command line and git revision), ``train.log``,
+``checkpoints/``, ``tensorboard/`` and ``samples/``. An existing run folder is
+never overwritten: a new run with a taken name gets ``<name>_1``, ``<name>_2``, ...
+and resuming reuses the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .config import ConfigError, save_config
+
+__all__ = [
+    "seed_everything",
+    "create_run_dir",
+    "write_run_info",
+    "git_revision",
+    "setup_logger",
+    "autocast",
+    "UserError",
+    "USER_ERRORS",
+    "run_main",
+]
+
+Precision = Literal["fp32", "bf16"]
+RUN_SUBDIRS = ("checkpoints", "tensorboard", "samples")
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices); each rank gets ``seed + rank``."""
+    seed = int(seed) + int(rank)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def create_run_dir(root: str | os.PathLike, name: str, *, resume: bool = False) -> Path:
+    """Create (or, with ``resume``, reuse) the run folder ``root/name``.
+
+    Without ``resume`` an existing folder is left untouched and the first free
+    ``name_1``, ``name_2``, ... is used instead.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"experiment.name: {name!r} is not a valid folder name")
+    base = Path(root) / name
+    run_dir = base
+    if not resume:
+        index = 0
+        while run_dir.exists():
+            index += 1
+            run_dir = base.with_name(f"{name}_{index}")
+    for sub in RUN_SUBDIRS:
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str:
+    """The current git commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_run_info(run_dir: str | os.PathLike, cfg: Any, argv: Sequence[str] | None = None) -> None:
+    """Save the resolved config and the command line + git revision into the run folder."""
+    run_dir = Path(run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    argv = list(sys.argv if argv is None else argv)
+    lines = [
+        f"command: {shlex.join(argv)}",
+        f"cwd: {os.getcwd()}",
+        f"git: {git_revision()}",
+        f"torch: {torch.__version__}",
+    ]
+    with open(run_dir / "command.txt", "a") as handle:
+        handle.write("\n".join(lines) + "\n\n")
+
+
+def setup_logger(run_dir: str | os.PathLike | None, is_main: bool = True, name: str = "daclip") -> logging.Logger:
+    """A logger writing to the console and ``run_dir/train.log`` (main rank only; others stay quiet)."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if run_dir is not None and is_main:
+        file_handler = logging.FileHandler(Path(run_dir) / "train.log")
+        file_handler.setFormatter(fmt)
+        logger.addHandler(file_handler)
+    return logger
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: Precision = "fp32") -> Iterator[None]:
+    """bf16 autocast on CUDA when asked for; a no-op otherwise (CPU runs in float32)."""
+    if precision == "bf16" and device.type == "cuda":
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+class UserError(Exception):
+    """A mistake on the user's side (bad input, missing weights) reported in one line."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError]
+    try:  # data does not depend on daclip, but scripts use both
+        from data.io import ImageReadError
+
+        types.append(ImageReadError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+USER_ERRORS = _user_error_types()
+
+
+def run_main(
+    main_fn: Callable[..., int | None], *args: Any, extra_errors: tuple[type[BaseException], ...] = ()
+) -> int:
+    """Run ``main_fn(*args)``; a user mistake ends with one line on stderr and exit code 2.
+
+    ``ValueError`` counts as a user mistake too (datasets and loaders raise it for
+    bad files and keys), but a ``KeyboardInterrupt`` or a genuine bug still shows
+    its traceback.
+    """
+    try:
+        code = main_fn(*args)
+    except USER_ERRORS + (ValueError,) + extra_errors as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return int(code or 0)
