@@ -1,0 +1,132 @@
+"""Image reading and writing.
+
+Images live in memory as ``float32`` NumPy arrays of shape ``(H, W, 3)``, RGB,
+values in ``[0, 1]``; tensors as ``(3, H, W)``. :func:`read_image` accepts any
+format Pillow reads (grayscale, RGBA, palette, 16-bit, CMYK; EXIF orientation is
+applied) and fails with :class:`ImageReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "is_image_file",
+    "list_images",
+    "read_image",
+    "write_image",
+    "image_to_tensor",
+    "tensor_to_image",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageReadError(OSError):
+    """An image file is missing, unreadable, truncated or of an unknown format."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has a known image extension (case-insensitive)."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name (hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p))
+
+
+def _to_float_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img).astype(np.float32) / 65535.0
+    elif mode == "I":  # 32-bit integer; PNG 16-bit grayscale often opens like this
+        arr = np.asarray(img).astype(np.float32)
+        arr = arr / (65535.0 if arr.max(initial=0) > 255 else 255.0)
+    elif mode == "F":
+        arr = np.asarray(img).astype(np.float32)
+        if arr.max(initial=0) > 1.0:
+            arr = arr / 255.0
+    else:
+        if mode in ("P", "PA"):
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA"):
+            # Composite on black: the alpha channel is not part of the image content.
+            img = img.convert("RGB")
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
+        arr = np.asarray(img).astype(np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB float32 ``(H, W, 3)`` in ``[0, 1]``, EXIF orientation applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_float_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageReadError(f"not an image or unknown format: {path}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from None
+
+
+def image_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` float array -> ``(3, H, W)`` float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+
+
+def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` tensor (any device/dtype) -> ``(H, W, 3)`` float32 array, clipped to ``[0, 1]``."""
+    if tensor.dim() == 4 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 3:
+        raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(tensor.shape)}")
+    return tensor.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor) -> Path:
+    """Write an RGB image (array ``(H, W, 3)`` or tensor ``(3, H, W)`` in ``[0, 1]``) as 8-bit.
+
+    The format follows the extension (PNG recommended). The file is written to a
+    temporary name and renamed, so an interrupted write never leaves a truncated
+    image under the final name. Parent folders are created.
+    """
+    path = Path(path)
+    if isinstance(img, torch.Tensor):
+        img = tensor_to_image(img)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image to write to {path}, got shape {img.shape}")
+    data = (np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image extension for {path}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            Image.fromarray(data).save(handle, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
