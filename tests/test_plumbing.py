@@ -55,7 +55,7 @@ def test_unwrap_state_dict_variants():
     for obj in (sd, prefixed, {"state_dict": prefixed, "epoch": 3}, {"params": sd}):
         assert list(unwrap_state_dict(obj)) == list(sd)
     assert strip_prefix({"module.a": 1, "b": 2}) == {"module.a": 1, "b": 2}  # only when all keys carry it
-    with pytest.raises(ValueError, match="no state dict found"):
+    with pytest.raises(ValueError, match="not a state dict"):
         unwrap_state_dict({"epoch": 3})
 
 

@@ -70,19 +70,37 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict
     return dict(state_dict)
 
 
+#: Wrapper keys under which trainers store weights (ours, BasicSR's ``params``/``params_ema``, ...).
+STATE_DICT_KEYS = ("state_dict", "params_ema", "params", "model", "net")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
 def unwrap_state_dict(
-    obj: Mapping[str, Any], keys: Sequence[str] = ("state_dict", "model", "params")
+    obj: Any, keys: Sequence[str] = STATE_DICT_KEYS, what: str = "state dict"
 ) -> dict[str, torch.Tensor]:
-    """Find the state dict in a checkpoint: a bare dict of tensors or one wrapped under ``keys``."""
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a state dict or a checkpoint dict, got {type(obj).__name__}")
-    for key in keys:
-        inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            return strip_prefix(inner)
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return strip_prefix(obj)
-    raise ValueError(f"no state dict found (looked for a dict of tensors, or one under {list(keys)})")
+    """The bare state dict inside a checkpoint: unwraps (nested) wrappers under ``keys``, strips ``module.``.
+
+    Raises:
+        ValueError: ``obj`` holds no dict of tensors (the message names ``what`` was expected).
+    """
+    for _ in range(4):
+        if not isinstance(obj, Mapping) or _is_state_dict(obj):
+            break
+        inner = next((obj[k] for k in keys if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not _is_state_dict(obj):
+        found = list(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__
+        raise ValueError(
+            f"not a {what}: expected a dict of tensors, or one under {list(keys)}; found {found}"
+        )
+    return strip_prefix(obj)
 
 
 def get_rng_state() -> dict[str, Any]:
