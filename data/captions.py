@@ -1,0 +1,311 @@
+"""The DA-CLIP caption CSV and the dataset that serves it to stage-1 training.
+
+File format (the official one, readable by ``pandas.read_csv(path, sep="\\t")``)::
+
+    filepath<TAB>title
+    /data/train/noisy/LQ/0001.png<TAB>a cat sitting on a sofa: noisy
+
+* tab-separated, standard CSV quoting (a caption containing a tab, a quote or a
+  newline is quoted);
+* a header row with at least the columns ``filepath`` (the **LQ** image) and
+  ``title``; other columns (e.g. a pandas index) are allowed and ignored;
+* ``title = f"{clean caption}: {degradation}"``. The official code splits on
+  every ``": "``, which breaks captions that contain one; we split on the
+  **last** ``": "`` (degradation names never contain one, this module refuses to
+  write such a name);
+* a relative ``filepath`` is relative to the folder holding the CSV.
+
+Errors in a CSV are reported at load time with the CSV path and the row number
+(the header is row 1, as a spreadsheet shows it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from data import DEFAULT_DEGRADATIONS
+from data.io import read_image
+from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
+
+__all__ = [
+    "TITLE_SEPARATOR",
+    "CaptionRow",
+    "parse_title",
+    "make_title",
+    "read_caption_csv",
+    "write_caption_csv",
+    "CaptionDataset",
+    "read_caption_table",
+]
+
+#: Separator between the clean caption and the degradation name in a title.
+TITLE_SEPARATOR = ": "
+_HEADER = ("filepath", "title")
+
+
+@dataclass(frozen=True)
+class CaptionRow:
+    """One line of a caption CSV: an LQ image, the clean caption of its GT, its degradation."""
+
+    filepath: str
+    caption: str
+    degradation: str
+
+
+def parse_title(title: str) -> tuple[str, str]:
+    """Split ``"<caption>: <degradation>"`` on the **last** ``": "`` into ``(caption, degradation)``.
+
+    Raises:
+        ValueError: no ``": "`` in the title, or an empty caption or degradation.
+    """
+    caption, sep, degradation = title.rpartition(TITLE_SEPARATOR)
+    if not sep:
+        raise ValueError(f"title {title!r} has no {TITLE_SEPARATOR!r} between caption and degradation")
+    caption, degradation = caption.strip(), degradation.strip()
+    if not caption:
+        raise ValueError(f"title {title!r} has an empty caption")
+    if not degradation:
+        raise ValueError(f"title {title!r} has an empty degradation name")
+    return caption, degradation
+
+
+def make_title(caption: str, degradation: str) -> str:
+    """The inverse of :func:`parse_title`; refuses input that would not parse back."""
+    caption, degradation = caption.strip(), degradation.strip()
+    if not caption:
+        raise ValueError(f"empty caption for degradation {degradation!r}")
+    if not degradation or TITLE_SEPARATOR in degradation:
+        raise ValueError(f"invalid degradation name {degradation!r} (empty or contains {TITLE_SEPARATOR!r})")
+    return f"{caption}{TITLE_SEPARATOR}{degradation}"
+
+
+def read_caption_csv(
+    path: str | os.PathLike, degradations: Sequence[str] | None = None, *, check_files: bool = True
+) -> list[CaptionRow]:
+    """Read and validate a DA-CLIP caption CSV.
+
+    Args:
+        path: the tab-separated CSV.
+        degradations: if given, every row's degradation must be one of these.
+        check_files: check that every image file exists (on by default; the
+            check is what makes a typo fail now rather than hours into training).
+
+    Returns:
+        The rows, with ``filepath`` absolute (relative paths resolved against the
+        CSV's folder).
+
+    Raises:
+        FileNotFoundError: the CSV does not exist.
+        ValueError: bad header, a malformed title, an empty caption, an unknown
+            degradation or a missing image, naming the CSV and the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"caption CSV not found: {path}")
+    base = path.resolve().parent
+    allowed = None if degradations is None else tuple(degradations)
+    rows: list[CaptionRow] = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file, expected a header with columns 'filepath' and 'title'")
+        header = [name.strip() for name in header]
+        missing = [name for name in _HEADER if name not in header]
+        if missing:
+            raise ValueError(
+                f"{path}: header {header} lacks column(s) {missing} (expected tab-separated 'filepath', 'title')"
+            )
+        path_col, title_col = header.index("filepath"), header.index("title")
+        row_number = 1
+        for record in reader:
+            row_number += 1
+            if not record or all(not field.strip() for field in record):
+                continue  # blank line
+            where = f"{path}: row {row_number}"
+            if len(record) <= max(path_col, title_col):
+                raise ValueError(f"{where}: expected {len(header)} tab-separated fields, got {len(record)}")
+            filepath, title = record[path_col].strip(), record[title_col]
+            if not filepath:
+                raise ValueError(f"{where}: empty filepath")
+            try:
+                caption, degradation = parse_title(title)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            if allowed is not None and degradation not in allowed:
+                raise ValueError(f"{where}: degradation {degradation!r} is not one of {list(allowed)}")
+            image = Path(filepath)
+            if not image.is_absolute():
+                image = base / image
+            if check_files and not image.is_file():
+                raise ValueError(f"{where}: image file not found: {image}")
+            rows.append(CaptionRow(str(image), caption, degradation))
+    return rows
+
+
+def _relative_if_inside(image: Path, folder: Path) -> str:
+    """``image`` relative to ``folder`` when it lies inside it, else absolute (robust to moving the CSV)."""
+    try:
+        return image.relative_to(folder).as_posix()
+    except ValueError:
+        return str(image)
+
+
+def write_caption_csv(
+    path: str | os.PathLike,
+    rows: Iterable[CaptionRow],
+    *,
+    relative_to: str | os.PathLike | None = None,
+    append: bool = False,
+) -> None:
+    """Write rows as a DA-CLIP caption CSV (``filepath<TAB>title``).
+
+    Args:
+        path: the CSV to write; parent folders are created.
+        rows: the rows. A relative ``filepath`` in a row is taken relative to
+            ``relative_to`` (default: the current working directory).
+        relative_to: see ``rows``.
+        append: add to an existing CSV (written with this function's header)
+            instead of replacing it; a missing file is created with a header.
+            Used by resumable captioning. Without ``append`` the file is written
+            to a temporary name and renamed, so a crash never leaves half a CSV.
+
+    Image paths inside the CSV's folder are stored relative to it (the dataset can
+    be moved as a whole); others are stored absolute.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    csv_dir = path.resolve().parent
+    source_dir = Path(relative_to).resolve() if relative_to is not None else Path.cwd()
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    for row in rows:
+        image = Path(row.filepath)
+        if not image.is_absolute():
+            image = source_dir / image
+        writer.writerow(
+            [_relative_if_inside(image.resolve(), csv_dir), make_title(row.caption, row.degradation)]
+        )
+    body = buffer.getvalue()
+
+    if append and path.exists() and path.stat().st_size > 0:
+        with open(path, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle, delimiter="\t"), [])
+            handle.seek(0)
+            text = handle.read()
+        if tuple(h.strip() for h in header) != _HEADER:
+            raise ValueError(f"{path}: cannot append, header is {header}, expected {list(_HEADER)}")
+        with open(path, "a", newline="", encoding="utf-8") as handle:
+            if not text.endswith("\n"):
+                handle.write("\n")
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return
+
+    content = "\t".join(_HEADER) + "\n" + body
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            handle.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
+    """Read user-provided clean captions: ``<image name><TAB><caption>`` per line.
+
+    The image name may be a file name or its stem (matched by stem). Blank lines
+    and lines starting with ``#`` are skipped; a first line ``image<TAB>caption``
+    is taken as a header. Returns ``{stem: caption}``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a line without a tab, an empty caption or a repeated name,
+            naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"caption table not found: {path}")
+    table: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\n\r")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, caption = line.partition("\t")
+            if number == 1 and (name.strip().lower(), caption.strip().lower()) == ("image", "caption"):
+                continue
+            if not sep or not caption.strip():
+                raise ValueError(
+                    f"{path}: line {number}: expected '<image name><TAB><caption>', got {line!r}"
+                )
+            stem = Path(name.strip()).stem
+            if stem in table:
+                raise ValueError(f"{path}: line {number}: image {name.strip()!r} listed twice")
+            table[stem] = caption.strip()
+    return table
+
+
+class CaptionDataset(Dataset):
+    """Stage-1 (DA-CLIP) training data: LQ images with their clean caption and degradation.
+
+    Each item is a dict:
+
+    * ``image``: ``(3, S, S)`` the LQ image after the exact DA-CLIP CLIP transform;
+    * ``caption``: the clean caption (of the GT image);
+    * ``degradation``: the degradation name, ``degradation_index``: its index in
+      :attr:`degradations`;
+    * ``path``: the LQ image path.
+
+    Tokenisation is left to the model side (it owns the tokenizer); the default
+    collate batches ``caption`` and ``degradation`` as lists of strings.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        degradations: Sequence[str] = DEFAULT_DEGRADATIONS,
+        image_size: int = 224,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
+    ) -> None:
+        self.degradations: tuple[str, ...] = tuple(degradations)
+        if not self.degradations:
+            raise ValueError("CaptionDataset needs at least one degradation name")
+        if len(set(self.degradations)) != len(self.degradations):
+            raise ValueError(f"duplicate degradation names in {list(self.degradations)}")
+        self.csv_path = Path(csv_path)
+        self.rows: list[CaptionRow] = read_caption_csv(csv_path, self.degradations)
+        if not self.rows:
+            raise ValueError(f"{csv_path}: no rows")
+        self.image_size = image_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self._index = {name: i for i, name in enumerate(self.degradations)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | int]:
+        row = self.rows[index]
+        lq = read_image(row.filepath)  # (H, W, 3)
+        return {
+            "image": clip_transform(lq, self.image_size, self.mean, self.std),  # (3, S, S)
+            "caption": row.caption,
+            "degradation": row.degradation,
+            "degradation_index": self._index[row.degradation],
+            "path": row.filepath,
+        }

@@ -1,0 +1,102 @@
+"""Image I/O: every common format reads as RGB float32 in [0, 1]; bad files fail naming the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.io import ImageReadError, image_to_tensor, list_images, read_image, tensor_to_image, write_image
+
+
+def _rgb_u8(h: int = 6, w: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_png_round_trip_is_exact_at_8_bits(tmp_path):
+    data = _rgb_u8()
+    path = write_image(tmp_path / "sub" / "x.png", data.astype(np.float32) / 255.0)  # creates the folder
+    out = read_image(path)
+    assert out.dtype == np.float32 and out.shape == (6, 10, 3)
+    np.testing.assert_array_equal(np.round(out * 255).astype(np.uint8), data)
+    # Tensors go through the same path.
+    write_image(tmp_path / "t.png", image_to_tensor(out))
+    np.testing.assert_array_equal(read_image(tmp_path / "t.png"), out)
+    assert not list(tmp_path.glob(".*")), "no temporary files left behind"
+
+
+def test_tensor_conversions_round_trip():
+    img = np.random.default_rng(0).random((5, 7, 3), dtype=np.float32)
+    tensor = image_to_tensor(img)
+    assert tensor.shape == (3, 5, 7)
+    np.testing.assert_array_equal(tensor_to_image(tensor), img)
+    np.testing.assert_array_equal(tensor_to_image(tensor[None]), img)  # a batch of one
+    assert tensor_to_image(torch.full((3, 2, 2), 2.0)).max() == 1.0
+
+
+def test_grayscale_rgba_palette_cmyk(tmp_path):
+    gray = np.arange(24, dtype=np.uint8).reshape(4, 6) * 10
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    out = read_image(tmp_path / "gray.png")
+    assert out.shape == (4, 6, 3)
+    np.testing.assert_allclose(out[:, :, 1], gray / 255.0, atol=1e-6)
+    assert np.array_equal(out[:, :, 0], out[:, :, 2])
+
+    rgba = np.dstack([_rgb_u8(4, 6), np.full((4, 6), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    np.testing.assert_allclose(read_image(tmp_path / "rgba.png"), rgba[:, :, :3] / 255.0, atol=1e-6)
+
+    palette = Image.fromarray(_rgb_u8(4, 6)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    palette.save(tmp_path / "palette.png")
+    expected = np.asarray(palette.convert("RGB"), dtype=np.float32) / 255.0
+    np.testing.assert_allclose(read_image(tmp_path / "palette.png"), expected, atol=1e-6)
+
+    Image.fromarray(_rgb_u8(4, 6)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    out = read_image(tmp_path / "cmyk.jpg")
+    assert out.shape == (4, 6, 3) and 0 <= out.min() and out.max() <= 1
+
+
+def test_16_bit_png_keeps_precision(tmp_path):
+    values = np.array([[0, 1000, 30000], [45000, 65000, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    out = read_image(tmp_path / "deep.png")
+    assert out.shape == (2, 3, 3)
+    # 8-bit quantisation would be off by up to 1/510; 16 bits are kept exactly.
+    np.testing.assert_allclose(out[:, :, 0], values / 65535.0, atol=1e-6)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    data = np.zeros((4, 8, 3), dtype=np.uint8)
+    data[:, :4] = 255  # left half white
+    image = Image.fromarray(data)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    out = read_image(tmp_path / "rotated.jpg")
+    assert out.shape == (8, 4, 3), "width and height swapped"
+    assert out[:3].mean() > 0.9 and out[5:].mean() < 0.1, "the left half is now on top"
+
+
+def test_bad_files_fail_naming_the_file(tmp_path):
+    with pytest.raises(ImageReadError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ImageReadError, match="text.png"):
+        read_image(tmp_path / "text.png")
+    write_image(tmp_path / "full.png", np.random.default_rng(0).random((64, 64, 3)))
+    raw = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ImageReadError, match="cut.png"):
+        read_image(tmp_path / "cut.png")
+    with pytest.raises(ValueError, match="unknown image extension"):
+        write_image(tmp_path / "x.unknown", np.zeros((2, 2, 3)))
+
+
+def test_list_images_sorted_and_filtered(tmp_path):
+    for name in ("b.png", "a.JPG", ".hidden.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "dir.png").mkdir()
+    assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png"]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        list_images(tmp_path / "nope")
