@@ -1,0 +1,162 @@
+"""A small demo dataset of all degradation types, built in seconds from photos shipped with scikit-image.
+
+The photographs are read straight from the files installed inside the
+``skimage`` package (``skimage/data/*.png|jpg``), never through
+``skimage.data``'s download helpers, so building works offline. scikit-image is
+an optional dependency (``pip install .[demo]``).
+
+Layout (the paired layout per split, plus DA-CLIP caption CSVs)::
+
+    <root>/train/<degradation>/{LQ,GT}/<photo>_<i>.png
+    <root>/val/<degradation>/{LQ,GT}/<photo>_<i>.png
+    <root>/train.csv, <root>/val.csv
+    <root>/demo.json
+
+Training and validation crops come from different photographs. Captions are
+hand-written descriptions of each photograph (crops show part of it, so they are
+approximate, like BLIP captions of crops would be).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data import DEFAULT_DEGRADATIONS
+from data.captions import CaptionRow, write_caption_csv
+from data.degradations import DEGRADATIONS
+from data.io import read_image, write_image
+from data.paired import claim_output_root, finish_output_root
+
+__all__ = ["DemoPaths", "DEMO_PHOTOS", "DEMO_PARAMS", "skimage_photo_path", "build_demo_dataset"]
+
+#: Photograph file inside ``skimage/data`` -> (split, hand-written clean caption).
+DEMO_PHOTOS: dict[str, tuple[str, str]] = {
+    "astronaut.png": (
+        "train",
+        "a smiling astronaut in an orange spacesuit in front of an american flag and a model space shuttle",
+    ),
+    "chelsea.png": ("train", "a close-up of a tabby cat with green eyes"),
+    "coffee.png": ("train", "a cup of espresso on a red saucer with a spoon on a wooden table"),
+    "rocket.jpg": ("train", "a rocket on a launch pad between metal towers at dusk"),
+    "motorcycle_left.png": ("val", "a red motorcycle parked in a garage in front of shelves of boxes"),
+    "camera.png": ("val", "a black and white photo of a man looking through a camera on a tripod in a field"),
+}
+
+#: Generator settings adapted to the small demo crops (defaults target 256-720 px photos).
+DEMO_PARAMS: dict[str, dict] = {"motion-blurry": {"kernel_size": (5, 13)}}
+
+_MANIFEST = "demo.json"
+_OUTPUTS = ("train", "val", "train.csv", "val.csv")
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo dataset lives."""
+
+    root: Path
+    train_root: Path
+    val_root: Path
+    train_csv: Path
+    val_csv: Path
+
+
+def skimage_photo_path(name: str) -> Path:
+    """Path of a photograph bundled inside the installed scikit-image (no download)."""
+    try:
+        import skimage
+    except ImportError:
+        raise ImportError("the demo dataset needs scikit-image: pip install scikit-image") from None
+    path = Path(skimage.__file__).parent / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"photo {name} is not bundled with this scikit-image install (looked for {path})"
+        )
+    return path
+
+
+def _crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random square crop after scaling the short side to 1-2x ``size`` (shows a good part of the photo)."""
+    h, w = photo.shape[:2]
+    short = size * rng.uniform(1.0, 2.0)
+    scale = short / min(h, w)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    pil = Image.fromarray((photo * 255.0).round().astype(np.uint8)).resize((new_w, new_h), Image.LANCZOS)
+    top, left = int(rng.integers(0, new_h - size + 1)), int(rng.integers(0, new_w - size + 1))
+    return np.asarray(pil, dtype=np.float32)[top : top + size, left : left + size] / 255.0
+
+
+def build_demo_dataset(
+    root: str | os.PathLike,
+    *,
+    n_train: int = 4,
+    n_val: int = 2,
+    size: int = 96,
+    seed: int = 0,
+    degradations: Sequence[str] = DEFAULT_DEGRADATIONS,
+    overwrite: bool = False,
+) -> DemoPaths:
+    """Build (or reuse) the demo dataset in ``root``.
+
+    Args:
+        root: output folder.
+        n_train, n_val: images per degradation type in each split.
+        size: side of the square crops (96 keeps the full demo within minutes on CPU).
+        seed: seeds crops and degradations.
+        degradations: types to include; each needs a generator in
+            :data:`data.degradations.DEGRADATIONS`.
+        overwrite: replace a demo built with other settings (otherwise an error).
+
+    A rerun with the same settings returns at once; an interrupted build resumes.
+    """
+    if n_train < 1 or n_val < 1:
+        raise ValueError(f"n_train and n_val must be at least 1, got {n_train} and {n_val}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16, got {size}")
+    degradations = tuple(degradations)
+    unknown = [d for d in degradations if d not in DEGRADATIONS]
+    if unknown:
+        raise ValueError(f"no generator for degradation(s) {unknown}; known: {sorted(DEGRADATIONS)}")
+    root = Path(root)
+    paths = DemoPaths(root, root / "train", root / "val", root / "train.csv", root / "val.csv")
+    identity = {
+        "kind": "demo",
+        "n_train": n_train,
+        "n_val": n_val,
+        "size": size,
+        "seed": seed,
+        "degradations": list(degradations),
+        "photos": DEMO_PHOTOS,
+        "params": DEMO_PARAMS,
+    }
+    complete = claim_output_root(root, _MANIFEST, identity, _OUTPUTS, overwrite=overwrite)
+    if complete and paths.train_csv.is_file() and paths.val_csv.is_file():
+        return paths
+
+    photos = {name: read_image(skimage_photo_path(name)) for name in DEMO_PHOTOS}
+    for split, count in (("train", n_train), ("val", n_val)):
+        names = [name for name, (photo_split, _) in DEMO_PHOTOS.items() if photo_split == split]
+        rows = []
+        for degradation in degradations:
+            for i in range(count):
+                photo = names[i % len(names)]
+                stem = f"{Path(photo).stem}_{i:03d}"
+                folder = root / split / degradation
+                lq_path, gt_path = folder / "LQ" / f"{stem}.png", folder / "GT" / f"{stem}.png"
+                rows.append(CaptionRow(str(lq_path), DEMO_PHOTOS[photo][1], degradation))
+                if lq_path.is_file() and gt_path.is_file():
+                    continue  # finished by an interrupted earlier build
+                rng = np.random.default_rng([seed, zlib.crc32(f"{split}/{degradation}/{stem}".encode())])
+                gt = _crop(photos[photo], size, rng)
+                lq = DEGRADATIONS[degradation](gt, rng, **DEMO_PARAMS.get(degradation, {}))
+                write_image(gt_path, gt)
+                write_image(lq_path, lq)
+        write_caption_csv(root / f"{split}.csv", rows)
+    finish_output_root(root, _MANIFEST, identity)
+    return paths
