@@ -1,0 +1,106 @@
+"""A frozen DA-CLIP for inference and for stage 2 (the restoration U-Net's conditioning).
+
+>>> daclip = load_frozen_daclip("daclip_ViT-B-32.pt")            # released file, or our checkpoint
+>>> clip_images = daclip.preprocess(lq)                           # (B, 3, H, W) in [0, 1] -> CLIP input
+>>> content_emb, degra_emb = daclip.encode_image(clip_images)     # unnormalised, (B, 512) each
+>>> daclip.classifier(DEFAULT_DEGRADATIONS).topk(degra_emb, 3)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from daclip.model import DaCLIP
+from daclip.pretrained import ClipSource, Tokenizer, load_daclip, make_tokenizer
+from daclip.zero_shot import ZeroShotClassifier, encode_names
+from data.transforms import clip_transform_batch
+
+__all__ = ["FrozenDaCLIP", "load_frozen_daclip"]
+
+
+class FrozenDaCLIP(nn.Module):
+    """DA-CLIP with every parameter frozen and in eval mode, plus its tokenizer and input transform.
+
+    Attributes:
+        model: the wrapped :class:`DaCLIP`.
+        source: how its CLIP was built (name, config, pretrained source).
+        image_size, mean, std: the CLIP input the model expects.
+    """
+
+    def __init__(self, model: DaCLIP, source: ClipSource, tokenizer: Tokenizer | None = None) -> None:
+        super().__init__()
+        self.model = model
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.model.eval()
+        self.source = source
+        self.tokenizer = tokenizer or make_tokenizer(source)
+        self.image_size: int = source.image_size
+        self.mean: tuple[float, ...] = tuple(source.mean)
+        self.std: tuple[float, ...] = tuple(source.std)
+        self._classifiers: dict[tuple[str, ...], ZeroShotClassifier] = {}
+
+    def train(self, mode: bool = True) -> FrozenDaCLIP:
+        """Stays in eval mode whatever the caller asks (it is never trained)."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return self.model.logit_scale.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """The exact DA-CLIP transform of ``(B, 3, H, W)`` RGB images in ``[0, 1]`` -> ``(B, 3, S, S)``."""
+        return clip_transform_batch(images, self.image_size, mean=self.mean, std=self.std)
+
+    @torch.no_grad()
+    def encode_image(self, clip_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(content_emb, degra_emb)``, each ``(B, E)``, unnormalised (as the U-Net expects)."""
+        return self.model.encode_image(clip_images.to(self.device), control=True, normalize=False)
+
+    @torch.no_grad()
+    def encode_plain_image(self, clip_images: torch.Tensor) -> torch.Tensor:
+        """Plain CLIP's ``(B, E)`` image embedding (no control), unnormalised."""
+        return self.model.encode_image(clip_images.to(self.device), control=False, normalize=False)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Frozen CLIP text embeddings ``(K, E)``, unnormalised."""
+        return self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
+
+    def forward(self, clip_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same as :meth:`encode_image` (the stage-2 ``Embedder`` protocol calls the object)."""
+        return self.encode_image(clip_images)
+
+    def classifier(self, degradations: Sequence[str]) -> ZeroShotClassifier:
+        """A zero-shot classifier over ``degradations`` (use it on ``degra_emb``, or plain CLIP embeddings).
+
+        The name embeddings are computed once per list and cached.
+        """
+        key = tuple(degradations)
+        cached = self._classifiers.get(key)
+        if cached is None or cached.name_features.device != self.device:
+            features = encode_names(self.model.encode_text, self.tokenizer, key, self.device)
+            cached = self._classifiers[key] = ZeroShotClassifier(features, key).to(self.device)
+        return cached
+
+    @torch.no_grad()
+    def classify(self, clip_images: torch.Tensor, degradations: Sequence[str]) -> torch.Tensor:
+        """``(B, K)`` probabilities of each degradation from DA-CLIP's degradation embedding."""
+        _, degra_emb = self.encode_image(clip_images)
+        return self.classifier(degradations)(degra_emb)
+
+
+def load_frozen_daclip(
+    path: str | os.PathLike,
+    clip_model: str = "ViT-B-32",
+    model_config: str | os.PathLike | Mapping | None = None,
+    device: str | torch.device = "cpu",
+) -> FrozenDaCLIP:
+    """Build a frozen DA-CLIP from our checkpoint or the released file (see :func:`load_daclip`)."""
+    model, source = load_daclip(path, clip_model=clip_model, model_config=model_config, device=device)
+    return FrozenDaCLIP(model, source)
