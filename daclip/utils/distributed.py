@@ -95,10 +95,12 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, in rank order.
 
     Other ranks' shards are constants; this rank's shard is ``x`` itself, so the
-    gradient flows back through the local features only. With the loss averaged
-    over ranks by DDP, this gives the same gradients as one process holding the
-    whole global batch (the open_clip ``gather_with_grad=False, local_loss=False``
-    scheme).
+    gradient flows back through the local features only. Every rank computes the
+    same global loss, so the *sum* over ranks of the local gradients is the
+    gradient one process would get on the whole global batch; DDP's default
+    averaging gives that divided by the world size (the open_clip
+    ``gather_with_grad=False, local_loss=False`` scheme). Stage 1 therefore sums
+    the controller's gradients itself (see :func:`daclip.train.sync_gradients`).
     """
     if not is_distributed():
         return x

@@ -1,0 +1,613 @@
+"""Stage 1: train the DA-CLIP controller (``python scripts/train_daclip.py -c configs/daclip.yml``).
+
+Only the controller and DA-CLIP's logit scale train; all of CLIP is frozen. Each
+step embeds the batch's clean captions with the frozen text tower (no grad); the
+degradation names are embedded once. The loss is :class:`daclip.loss.DaCLIPLoss`
+over the global batch of all ranks; the controller's gradients are summed over ranks
+and the logit scale's (already global) averaged (:func:`sync_gradients`), which gives
+exactly the single-process gradient of the global-batch loss. AdamW (no weight decay
+on gains, biases, embeddings and the logit scale), linear warmup then cosine decay per
+step, the logit scale clamped to ``[0, ln 100]`` after every step (as open_clip does).
+
+Run folder ``experiments/<name>/``: ``config.yaml``, ``command.txt``, ``train.log``,
+``tensorboard/`` (losses, lr, logit scale, validation accuracy) and
+``checkpoints/``: ``latest.pt`` every epoch, ``epoch_<n>.pt`` every
+``save_every_epochs``, and at the end ``daclip_final.pt`` holding the full model (frozen
+CLIP included), which :func:`daclip.inference.load_frozen_daclip` and stage 2 read
+from the file alone. Training checkpoints hold the trained weights only, plus the
+CLIP description (name, architecture, pretrained source); when the CLIP is randomly
+initialised (``pretrained: ""``) its weights are stored too, since nothing else can
+rebuild them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from daclip.classify import confusion_matrices
+from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
+from daclip.model import DaCLIP
+from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
+from daclip.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from daclip.utils.config import ConfigError, spec, to_dict
+from daclip.utils.distributed import (
+    DistInfo,
+    barrier,
+    cleanup_distributed,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+)
+from daclip.utils.experiment import (
+    ExperimentConfig,
+    autocast,
+    create_run_dir,
+    seed_everything,
+    setup_logger,
+    write_run_info,
+)
+from daclip.zero_shot import ZeroShotClassifier, encode_names
+from data import DEFAULT_DEGRADATIONS
+from data.captions import CaptionDataset
+
+__all__ = [
+    "ModelSection",
+    "DataSection",
+    "TrainSection",
+    "DaCLIPTrainConfig",
+    "CaptionCollate",
+    "param_groups",
+    "cosine_warmup_lambda",
+    "sync_gradients",
+    "train_step",
+    "make_checkpoint",
+    "train_daclip",
+]
+
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class ModelSection:
+    """Which CLIP DA-CLIP controls."""
+
+    clip_model: str = spec("ViT-B-32", help="open_clip ViT name (ViT-B-32 in the paper, ViT-L-14, ...)")
+    pretrained: str = spec(
+        "laion2b_s34b_b79k", help="open_clip tag, a local weights file, or '' for random initialisation"
+    )
+    model_config: str = spec(
+        "",
+        must_exist=True,
+        help="optional open_clip JSON (file stem = clip_model), e.g. configs/open_clip/*.json",
+    )
+
+    def validate(self) -> None:
+        if self.model_config and Path(self.model_config).stem != self.clip_model:
+            raise ConfigError(
+                f"model.model_config: {self.model_config} registers '{Path(self.model_config).stem}', "
+                f"but model.clip_model is '{self.clip_model}'"
+            )
+
+
+@dataclass
+class DataSection:
+    """Caption CSVs (``filepath<TAB>title``, see :mod:`data.captions`)."""
+
+    train_csv: str = spec("", must_exist=True, help="training caption CSV")
+    val_csv: str = spec("", must_exist=True, help="validation caption CSV ('' = no validation)")
+    degradations: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADATIONS))
+    num_workers: int = spec(4, minimum=0)
+
+    def validate(self) -> None:
+        if not self.train_csv:
+            raise ConfigError("data.train_csv: required (a tab-separated caption CSV)")
+        if not self.degradations:
+            raise ConfigError("data.degradations: needs at least one degradation name")
+        duplicates = sorted({d for d in self.degradations if self.degradations.count(d) > 1})
+        if duplicates:
+            raise ConfigError(f"data.degradations: duplicate names {duplicates}")
+
+
+@dataclass
+class TrainSection:
+    """Optimisation settings (the paper's by default)."""
+
+    epochs: int = spec(50, minimum=1)
+    batch_size: int = spec(784, minimum=1, help="per GPU")
+    lr: float = spec(3e-5, minimum=0.0, exclusive_minimum=True)
+    weight_decay: float = spec(0.05, minimum=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = spec(1e-6, minimum=0.0, exclusive_minimum=True)
+    warmup_steps: int = spec(100, minimum=0)
+    precision: Literal["fp32", "bf16"] = "bf16"
+    grad_checkpointing: bool = False
+    degradation_loss: DegradationLoss = spec("clip", help="clip (the paper's) or class_aware")
+    log_every: int = spec(10, minimum=1, help="steps between logged scalars")
+    save_every_epochs: int = spec(1, minimum=1, help="epochs between numbered checkpoints")
+
+    def validate(self) -> None:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas: each beta must be in [0, 1), got {list(self.betas)}")
+
+
+@dataclass
+class DaCLIPTrainConfig:
+    """Everything ``scripts/train_daclip.py`` reads from ``configs/daclip.yml``."""
+
+    experiment: ExperimentConfig = field(default_factory=lambda: ExperimentConfig(name="daclip"))
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+class CaptionCollate:
+    """Batch :class:`data.captions.CaptionDataset` items and tokenise the captions."""
+
+    def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor]) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "image": torch.stack([item["image"] for item in items]),  # (B, 3, S, S)
+            "caption_tokens": self.tokenizer([item["caption"] for item in items]),  # (B, context_length)
+            "degradation_index": torch.tensor(
+                [item["degradation_index"] for item in items], dtype=torch.long
+            ),
+            "path": [item["path"] for item in items],
+        }
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    # Gains and biases (1-D), the class/positional embeddings and the logit scale are not decayed.
+    return param.ndim < 2 or "embedding" in name or "logit_scale" in name
+
+
+def param_groups(model: DaCLIP, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups over the trainable parameters: decayed matrices, undecayed rest."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if _no_decay(name, param) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def cosine_warmup_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor per step: linear warmup ``(s + 1) / warmup``, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def sync_gradients(sharded: Iterable[nn.Parameter], replicated: Iterable[nn.Parameter] = ()) -> None:
+    """All-reduce gradients after a backward of the global-batch loss (one flat all-reduce).
+
+    ``sharded``: parameters that reach the loss only through this rank's features (the
+    controller); each rank holds the part of the gradient flowing through its own shard, and
+    the **sum** over ranks is the exact global gradient. ``replicated``: parameters used
+    directly by the global loss (the logit scale); every rank already holds the full gradient,
+    so they are **averaged** (keeping the ranks' copies identical). See :mod:`daclip.loss`.
+    """
+    if not is_distributed() or get_world_size() == 1:
+        return
+    world = get_world_size()
+    sharded = [p for p in sharded if p.requires_grad]
+    replicated = [p for p in replicated if p.requires_grad]
+    params = sharded + replicated
+    for p in params:
+        if p.grad is None:  # every rank must contribute the same flat layout
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in sharded] + [p.grad.reshape(-1) / world for p in replicated])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        numel = p.numel()
+        p.grad.copy_(flat[offset : offset + numel].view_as(p.grad))
+        offset += numel
+
+
+def train_step(
+    model: DaCLIP,
+    batch: dict[str, Any],
+    criterion: DaCLIPLoss,
+    name_features: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    precision: Literal["fp32", "bf16"] = "fp32",
+) -> DaCLIPLossOutput:
+    """One optimisation step on a collated batch (see :class:`CaptionCollate`); returns the losses.
+
+    Caption features come from the frozen text tower without gradient; gradients are summed over
+    ranks; the logit scale is clamped to ``[0, ln 100]`` after the update.
+    """
+    device = model.logit_scale.device
+    images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
+    labels = batch["degradation_index"].to(device)  # (B,)
+    with autocast(device, precision):
+        with torch.no_grad():
+            caption_features = model.encode_text(batch["caption_tokens"].to(device))  # (B, E)
+        content_emb, degra_emb = model(images)  # (B, E) each
+        losses = criterion(
+            content_emb.float(),
+            degra_emb.float(),
+            caption_features.float(),
+            name_features,
+            labels,
+            model.logit_scale,
+        )
+    optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()
+    sync_gradients(model.controller.parameters(), [model.logit_scale])
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+    return DaCLIPLossOutput(losses.total.detach(), losses.content.detach(), losses.degradation.detach())
+
+
+def make_checkpoint(
+    model: DaCLIP,
+    source: ClipSource,
+    cfg: DaCLIPTrainConfig | None = None,
+    *,
+    full: bool = False,
+    **state: Any,
+) -> dict[str, Any]:
+    """A checkpoint dict this project's :func:`daclip.pretrained.load_daclip` reads.
+
+    ``full`` stores the frozen CLIP weights too (forced when the CLIP has no pretrained source).
+    """
+    weights = model.state_dict() if (full or not source.pretrained) else model.trainable_state_dict()
+    out: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in weights.items()},
+        "clip": source.to_dict(),
+    }
+    if cfg is not None:
+        out["config"] = to_dict(cfg)
+    out.update(state)
+    return out
+
+
+@dataclass
+class _RunState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+
+
+def _resolve_resume(cfg: DaCLIPTrainConfig) -> tuple[Path | None, bool]:
+    """(checkpoint to resume from, whether to reuse the run folder it belongs to)."""
+    resume = cfg.experiment.resume
+    if not resume:
+        return None, False
+    if resume == "auto":
+        latest = Path(cfg.experiment.root) / cfg.experiment.name / "checkpoints" / "latest.pt"
+        return (latest, True) if latest.is_file() else (None, False)
+    path = Path(resume)
+    return path, path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
+
+
+def _broadcast_path(path: Path | None, info: DistInfo) -> Path:
+    if not info.distributed:
+        assert path is not None
+        return path
+    holder = [str(path) if path is not None else ""]
+    dist.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
+
+
+def _make_loader(dataset, batch_size: int, info: DistInfo, seed: int, workers: int, collate) -> DataLoader:
+    # The sampler's order depends only on (seed, epoch), so a resumed run sees the same batches.
+    sampler = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=True,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
+def _data_loaders(
+    cfg: DaCLIPTrainConfig, source: ClipSource, tokenizer: Callable, info: DistInfo
+) -> tuple[DataLoader, DataLoader | None]:
+    """Training loader (sharded, drop-last) and validation loader (exact shards), checking sizes."""
+    tcfg = cfg.train
+    data_kwargs = dict(
+        degradations=tuple(cfg.data.degradations),
+        image_size=source.image_size,
+        mean=source.mean,
+        std=source.std,
+    )
+    train_set = CaptionDataset(cfg.data.train_csv, **data_kwargs)
+    global_batch = tcfg.batch_size * info.world_size
+    if global_batch < 2:
+        raise ConfigError("train.batch_size: the contrastive loss needs a global batch of at least 2")
+    if len(train_set) < global_batch:
+        raise ConfigError(
+            f"train.batch_size: a global batch of {global_batch} ({tcfg.batch_size} x {info.world_size} "
+            f"processes) exceeds the {len(train_set)} rows of {cfg.data.train_csv}"
+        )
+    collate = CaptionCollate(tokenizer)
+    loader = _make_loader(
+        train_set, tcfg.batch_size, info, cfg.experiment.seed, cfg.data.num_workers, collate
+    )
+    val_loader = None
+    if cfg.data.val_csv:
+        val_set = CaptionDataset(cfg.data.val_csv, **data_kwargs)
+        val_loader = _validation_loader(val_set, tcfg.batch_size, info, cfg.data.num_workers)
+    return loader, val_loader
+
+
+def _validation_loader(dataset, batch_size: int, info: DistInfo, workers: int) -> DataLoader:
+    shard = Subset(dataset, list(range(info.rank, len(dataset), info.world_size)))  # exact, no padding
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+def _validate(
+    model: DaCLIP,
+    loader: DataLoader | None,
+    classifier: ZeroShotClassifier,
+    cfg: DaCLIPTrainConfig,
+    device: torch.device,
+    methods: Sequence[Literal["clip", "daclip"]],
+) -> dict[str, float]:
+    if loader is None:
+        return {}
+    matrices = confusion_matrices(model, loader, classifier, device, methods, cfg.train.precision)
+    return {m: float(v.diagonal().sum()) / max(1, int(v.sum())) for m, v in matrices.items()}
+
+
+def _restore(
+    path: Path,
+    model: DaCLIP,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: DaCLIPTrainConfig,
+    info: DistInfo,
+) -> _RunState:
+    """Load trained weights, optimizer, scheduler, counters and this rank's RNG state from ``path``."""
+    ckpt = load_checkpoint(path)
+    if not (isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT and "optimizer" in ckpt):
+        raise ValueError(f"{path} is not a stage-1 training checkpoint of this project")
+    missing = [k for k in model.trainable_state_dict() if k not in ckpt["model"]]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks trained weights {missing[:4]}")
+    try:
+        incompatible = model.load_state_dict(ckpt["model"], strict=False)
+    except RuntimeError as err:  # shape mismatch: a checkpoint of another architecture
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ValueError(f"{path} does not fit model.clip_model={cfg.model.clip_model}: {first}") from None
+    if incompatible.unexpected_keys:
+        raise ValueError(f"{path}: weights that this model lacks: {incompatible.unexpected_keys[:4]}")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    rng = ckpt.get("rng")
+    if isinstance(rng, list):  # one state per rank; a different world size keeps fresh seeds
+        rng = rng[info.rank] if len(rng) == info.world_size else None
+    if rng:
+        set_rng_state(rng)
+    return _RunState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]))
+
+
+def _log_step(
+    writer: Any, log: Any, losses: DaCLIPLossOutput, lr: float, model: DaCLIP, epoch: int, step: int
+) -> None:
+    scalars = {
+        "loss/total": losses.total.item(),
+        "loss/content": losses.content.item(),
+        "loss/degradation": losses.degradation.item(),
+        "lr": lr,
+        "logit_scale": model.logit_scale.exp().item(),
+    }
+    for key, value in scalars.items():
+        writer.add_scalar(key, value, step)
+    log.info(
+        "epoch %d step %d: loss %.4f (content %.4f, degradation %.4f) lr %.3g, logit scale %.2f",
+        epoch,
+        step,
+        scalars["loss/total"],
+        scalars["loss/content"],
+        scalars["loss/degradation"],
+        lr,
+        scalars["logit_scale"],
+    )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_daclip(cfg: DaCLIPTrainConfig, argv: Sequence[str] | None = None, *, progress: bool = True) -> Path:
+    """Train DA-CLIP as configured (single process or under torchrun); returns the run folder."""
+    info = init_distributed(cfg.experiment.device)
+    try:
+        return _train(cfg, info, argv, progress)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, progress: bool) -> Path:
+    device = info.device
+    tcfg = cfg.train
+    resume_path, reuse_dir = _resolve_resume(cfg)
+    # Weights first (a missing download fails before any folder is written). The main rank
+    # resolves (and, online, downloads) them; the others then read the cache. Every rank
+    # builds with the same seed (a random CLIP must be the same everywhere), and rank 0's
+    # weights are broadcast anyway; data order and any other randomness then use seed + rank.
+    seed_everything(cfg.experiment.seed)
+    if not info.is_main:
+        barrier()
+    model, source = build_daclip(cfg.model.clip_model, cfg.model.pretrained, cfg.model.model_config or None)
+    if info.is_main:
+        barrier()
+    seed_everything(cfg.experiment.seed, info.rank)
+
+    model = model.to(device)
+    if info.distributed:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    model.set_grad_checkpointing(tcfg.grad_checkpointing)
+    tokenizer = make_tokenizer(source)
+    degradations = tuple(cfg.data.degradations)
+    name_features = encode_names(model.encode_text, tokenizer, degradations, device)  # (K, E), frozen
+    classifier = ZeroShotClassifier(name_features, degradations).to(device)
+
+    loader, val_loader = _data_loaders(cfg, source, tokenizer, info)
+    train_set, steps_per_epoch = loader.dataset, len(loader)
+    global_batch = tcfg.batch_size * info.world_size
+
+    run_dir = None
+    if info.is_main:
+        run_dir = create_run_dir(cfg.experiment.root, cfg.experiment.name, resume=reuse_dir)
+        write_run_info(run_dir, cfg, argv)
+    run_dir = _broadcast_path(run_dir, info)
+    log = setup_logger(run_dir, info.is_main, name="daclip.train")
+    if info.is_main and run_dir.name != cfg.experiment.name:
+        log.info(
+            "run folder %s/%s exists; this run writes to %s",
+            cfg.experiment.root,
+            cfg.experiment.name,
+            run_dir,
+        )
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps
+    )
+    total_steps = tcfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_warmup_lambda(total_steps, tcfg.warmup_steps)
+    )
+    criterion = DaCLIPLoss(tcfg.degradation_loss)
+
+    state = _RunState()
+    if resume_path is not None:
+        state = _restore(resume_path, model, optimizer, scheduler, cfg, info)
+        log.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step)
+
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    log.info(
+        "DA-CLIP %s (pretrained %r): %d trainable / %d parameters; %d images, %d steps/epoch, global batch %d",
+        source.clip_model,
+        source.pretrained,
+        sum(p.numel() for p in trainable),
+        sum(p.numel() for p in model.parameters()),
+        len(train_set),
+        steps_per_epoch,
+        global_batch,
+    )
+
+    if state.epoch == 0 and val_loader is not None:
+        baseline = _validate(model, val_loader, classifier, cfg, device, ("clip", "daclip"))
+        log.info("validation before training: CLIP %.4f, DA-CLIP %.4f", baseline["clip"], baseline["daclip"])
+        if writer is not None:
+            writer.add_scalar("val/clip_accuracy", baseline["clip"], 0)
+            writer.add_scalar("val/daclip_accuracy", baseline["daclip"], 0)
+
+    for epoch in range(state.epoch, tcfg.epochs):
+        loader.sampler.set_epoch(epoch)
+        model.train()
+        batches: Iterable = loader
+        bar = None
+        if progress and info.is_main:
+            from tqdm import tqdm
+
+            bar = batches = tqdm(
+                loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", dynamic_ncols=True, leave=False
+            )
+        started = time.perf_counter()
+        for batch in batches:
+            losses = train_step(model, batch, criterion, name_features, optimizer, scheduler, tcfg.precision)
+            state.step += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{losses.total.item():.4f}")
+            if state.step % tcfg.log_every == 0 and info.is_main:
+                lr = optimizer.param_groups[0]["lr"]
+                _log_step(writer, log, losses, lr, model, epoch + 1, state.step)
+        if bar is not None:
+            bar.close()
+        state.epoch = epoch + 1
+        accuracy = _validate(model, val_loader, classifier, cfg, device, ("daclip",))
+        if accuracy:
+            log.info("epoch %d: DA-CLIP validation accuracy %.4f", state.epoch, accuracy["daclip"])
+            if writer is not None:
+                writer.add_scalar("val/daclip_accuracy", accuracy["daclip"], state.step)
+        _save_training_checkpoint(model, source, cfg, optimizer, scheduler, state, run_dir, info)
+        log.info("epoch %d done in %.1f s", state.epoch, time.perf_counter() - started)
+
+    if info.is_main:
+        final = run_dir / "checkpoints" / "daclip_final.pt"
+        save_checkpoint(
+            final, make_checkpoint(model, source, cfg, full=True, epoch=state.epoch, step=state.step)
+        )
+        log.info("final model (frozen CLIP included): %s", final)
+        writer.close()
+    barrier()
+    return run_dir
+
+
+def _save_training_checkpoint(
+    model: DaCLIP,
+    source: ClipSource,
+    cfg: DaCLIPTrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: _RunState,
+    run_dir: Path,
+    info: DistInfo,
+) -> None:
+    rng = get_rng_state()
+    if info.distributed:  # every rank's generators, so a resumed run draws what it would have drawn
+        gathered: list[Any] = [None] * info.world_size
+        dist.all_gather_object(gathered, rng)
+        rng = gathered
+    if info.is_main:
+        ckpt = make_checkpoint(
+            model,
+            source,
+            cfg,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            epoch=state.epoch,
+            step=state.step,
+            rng=rng,
+        )
+        folder = run_dir / "checkpoints"
+        save_checkpoint(folder / "latest.pt", ckpt)
+        if state.epoch % cfg.train.save_every_epochs == 0 or state.epoch == cfg.train.epochs:
+            save_checkpoint(folder / f"epoch_{state.epoch}.pt", ckpt)
+    barrier()

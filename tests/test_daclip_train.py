@@ -1,0 +1,302 @@
+"""Stage-1 training: what a step changes, a falling loss, run folders, resume, configs, the script."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import daclip.pretrained
+from daclip.inference import load_frozen_daclip
+from daclip.loss import DaCLIPLoss
+from daclip.pretrained import make_tokenizer
+from daclip.train import (
+    CaptionCollate,
+    DaCLIPTrainConfig,
+    cosine_warmup_lambda,
+    param_groups,
+    train_daclip,
+    train_step,
+)
+from daclip.utils.checkpoint import load_checkpoint
+from daclip.utils.config import ConfigError, load_config
+from daclip.zero_shot import encode_names
+from data.captions import CaptionDataset, CaptionRow, write_caption_csv
+from data.io import write_image
+from tests.test_daclip_model import TINY_CONFIG, TINY_NAME, tiny_daclip
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("noisy", "hazy", "dark")
+CAPTIONS = ("a red square on grass", "a cat on a sofa", "a boat on a lake", "a tall tree")
+
+
+def synthetic_captions(folder: Path, per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
+    """Images whose look depends on the degradation (so it is learnable), with captions; returns the CSV."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, name in enumerate(NAMES):
+        for i in range(per_class):
+            base = np.full((size, size, 3), 0.2 + 0.3 * k, dtype=np.float32)
+            base[:, : size // 2, k] = 0.9
+            image = np.clip(base + 0.05 * rng.standard_normal(base.shape).astype(np.float32), 0, 1)
+            path = folder / name / f"{i}.png"
+            write_image(path, image)
+            rows.append(CaptionRow(str(path), CAPTIONS[i % len(CAPTIONS)], name))
+    csv_path = folder / "captions.csv"
+    write_caption_csv(csv_path, rows)
+    return csv_path
+
+
+def one_batch(csv_path: Path, source_size: int = 32, batch: int = 12) -> dict:
+    model_tok = make_tokenizer(_tiny_source())
+    dataset = CaptionDataset(csv_path, NAMES, image_size=source_size)
+    return next(
+        iter(DataLoader(dataset, batch_size=batch, shuffle=False, collate_fn=CaptionCollate(model_tok)))
+    )
+
+
+def _tiny_source():
+    from daclip.pretrained import build_clip
+
+    return build_clip(TINY_NAME, "", TINY_CONFIG, device=None)[1]
+
+
+def test_a_step_moves_only_the_controller_and_logit_scale(tmp_path) -> None:
+    model = tiny_daclip().train()
+    batch = one_batch(synthetic_captions(tmp_path))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = encode_names(model.encode_text, make_tokenizer(_tiny_source()), NAMES)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
+    losses = train_step(model, batch, DaCLIPLoss("clip"), names, optimizer)
+    assert math.isfinite(losses.total.item())
+    after = model.state_dict()
+    for key, value in before.items():
+        if key.startswith("clip."):
+            assert torch.equal(after[key], value), f"frozen {key} changed"
+    moved = [k for k in before if not k.startswith("clip.") and not torch.equal(after[k], before[k])]
+    assert "logit_scale" in moved
+    # zero-Linears start at zero, so the first step moves them (and nothing else in the controller yet).
+    assert all(f"controller.zero_linears.{i}.weight" in moved for i in range(3))
+
+
+def test_loss_falls_on_a_tiny_captioned_set(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = tiny_daclip().train()
+    batch = one_batch(synthetic_captions(tmp_path))
+    names = encode_names(model.encode_text, make_tokenizer(_tiny_source()), NAMES)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-3)
+    criterion = DaCLIPLoss("class_aware")
+    history = [train_step(model, batch, criterion, names, optimizer).total.item() for _ in range(25)]
+    assert np.mean(history[-5:]) < 0.6 * history[0]
+
+
+def test_param_groups_exclude_gains_biases_embeddings_and_logit_scale() -> None:
+    model = tiny_daclip()
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    undecayed = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert "controller.zero_linears.0.weight" in decayed and "controller.tower.proj" in decayed
+    for name in (
+        "logit_scale",
+        "controller.zero_linears.0.bias",
+        "controller.tower.ln_post.weight",
+        "controller.tower.class_embedding",
+        "controller.tower.positional_embedding",
+    ):
+        assert name in undecayed
+    assert not any(n.startswith("clip.") for n in decayed | undecayed)
+    assert len(decayed) + len(undecayed) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_cosine_schedule_with_warmup() -> None:
+    factor = cosine_warmup_lambda(total_steps=110, warmup_steps=10)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.5)  # half-way through the cosine
+    assert factor(110) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_warmup_lambda(100, 0)(0) == pytest.approx(1.0)
+
+
+def _tiny_cfg_overrides(tmp_path: Path, csv_path: Path, **extra: str) -> list[str]:
+    overrides = {
+        "experiment.root": str(tmp_path / "runs"),
+        "data.train_csv": str(csv_path),
+        "data.val_csv": str(csv_path),
+        "data.degradations": "[" + ", ".join(NAMES) + "]",
+        "model.model_config": str(ROOT / "configs/open_clip/ViT-Tiny-16.json"),
+        "train.epochs": "2",
+        "train.batch_size": "4",
+        "train.warmup_steps": "2",
+        "train.save_every_epochs": "1",
+        "train.log_every": "1",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def _tiny_cfg(tmp_path: Path, csv_path: Path, **extra: str) -> DaCLIPTrainConfig:
+    overrides = _tiny_cfg_overrides(tmp_path, csv_path, **extra)
+    return load_config(DaCLIPTrainConfig, ROOT / "configs/daclip_tiny.yml", overrides)
+
+
+def test_training_run_folder_and_resume_reproduce_an_uninterrupted_run(tmp_path) -> None:
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    run = train_daclip(_tiny_cfg(tmp_path, csv_path), ["test"], progress=False)
+    for name in ("config.yaml", "command.txt", "train.log"):
+        assert (run / name).is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    checkpoints = run / "checkpoints"
+    assert {p.name for p in checkpoints.glob("*.pt")} == {
+        "latest.pt",
+        "epoch_1.pt",
+        "epoch_2.pt",
+        "daclip_final.pt",
+    }
+    final = load_checkpoint(checkpoints / "latest.pt")
+    assert final["epoch"] == 2 and final["step"] == 2 * (12 // 4)
+    assert "accuracy" in (run / "train.log").read_text()
+
+    # Resume from the epoch-1 checkpoint (copied elsewhere: a new run folder) and finish epoch 2.
+    elsewhere = tmp_path / "saved" / "epoch_1.pt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes((checkpoints / "epoch_1.pt").read_bytes())
+    resumed = train_daclip(
+        _tiny_cfg(tmp_path, csv_path, **{"experiment.resume": str(elsewhere)}), progress=False
+    )
+    assert resumed != run and resumed.name.startswith(run.name)  # the first run is never overwritten
+    again = load_checkpoint(resumed / "checkpoints" / "latest.pt")
+    assert (again["epoch"], again["step"]) == (final["epoch"], final["step"])
+    for key, value in final["model"].items():
+        torch.testing.assert_close(again["model"][key], value, rtol=0, atol=1e-6, msg=key)
+    torch.testing.assert_close(
+        again["optimizer"]["state"][0]["exp_avg"], final["optimizer"]["state"][0]["exp_avg"]
+    )
+
+    # The final export rebuilds the model from the file alone.
+    frozen = load_frozen_daclip(checkpoints / "daclip_final.pt")
+    assert torch.equal(
+        frozen.model.controller.zero_linears[0].weight, final["model"]["controller.zero_linears.0.weight"]
+    )
+
+
+def test_configs_carry_the_paper_settings_and_reject_mistakes(tmp_path) -> None:
+    csv_path = synthetic_captions(tmp_path / "data", per_class=1)
+    paths = [f"data.train_csv={csv_path}", f"data.val_csv={csv_path}"]
+    paper = load_config(DaCLIPTrainConfig, ROOT / "configs/daclip.yml", paths)
+    assert (paper.model.clip_model, paper.model.pretrained) == ("ViT-B-32", "laion2b_s34b_b79k")
+    t = paper.train
+    assert (t.batch_size, t.lr, t.weight_decay, t.warmup_steps, t.epochs) == (784, 3e-5, 0.05, 100, 50)
+    assert t.degradation_loss == "clip" and len(paper.data.degradations) == 10
+    tiny = load_config(DaCLIPTrainConfig, ROOT / "configs/daclip_tiny.yml", paths)
+    assert tiny.experiment.device == "cpu" and tiny.model.pretrained == ""
+
+    with pytest.raises(ConfigError, match="train.degradation_loss.*class_aware"):
+        load_config(
+            DaCLIPTrainConfig, ROOT / "configs/daclip.yml", [*paths, "train.degradation_loss=clss_aware"]
+        )
+    with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
+        load_config(DaCLIPTrainConfig, ROOT / "configs/daclip.yml", [*paths, "train.batchsize=4"])
+    with pytest.raises(ConfigError, match="model.model_config.*ViT-Tiny-16.*ViT-B-32"):
+        load_config(
+            DaCLIPTrainConfig,
+            ROOT / "configs/daclip.yml",
+            [*paths, f"model.model_config={ROOT / 'configs/open_clip/ViT-Tiny-16.json'}"],
+        )
+    with pytest.raises(ConfigError, match="data.degradations: duplicate"):
+        load_config(
+            DaCLIPTrainConfig, ROOT / "configs/daclip.yml", [*paths, "data.degradations=[hazy, hazy]"]
+        )
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_offline_pretrained_tag_fails_in_one_line_without_writing(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(daclip.pretrained, "_cached_tag_file", lambda *args: None)  # as on a fresh machine
+    csv_path = synthetic_captions(tmp_path / "data", per_class=1)
+    code = _script("train_daclip").main(
+        [
+            "-c",
+            str(ROOT / "configs/daclip.yml"),
+            f"data.train_csv={csv_path}",
+            f"data.val_csv={csv_path}",
+            f"experiment.root={tmp_path / 'runs'}",
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "laion2b_s34b_b79k" in err and "model.pretrained=" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_script_trains_the_tiny_config(tmp_path, capsys) -> None:
+    csv_path = synthetic_captions(tmp_path / "data", per_class=2)
+    cfg_args = [f"{k}={v}" for k, v in {"data.train_csv": csv_path, "data.val_csv": csv_path}.items()]
+    code = _script("train_daclip").main(
+        [
+            "-c",
+            str(ROOT / "configs/daclip_tiny.yml"),
+            *cfg_args,
+            "data.degradations=[" + ", ".join(NAMES) + "]",
+            f"experiment.root={tmp_path / 'runs'}",
+            f"model.model_config={ROOT / 'configs/open_clip/ViT-Tiny-16.json'}",
+            "train.epochs=1",
+            "train.batch_size=3",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "runs" / "daclip_tiny" / "checkpoints" / "daclip_final.pt").is_file()
+    assert "run folder:" in capsys.readouterr().out
+    # A user mistake is one line and exit code 2.
+    assert _script("train_daclip").main(["-c", str(tmp_path / "missing.yml")]) == 2
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path) -> None:
+    """scripts/dist_train.sh 2 ... (gloo on CPU) ends where one process with a 2x batch ends."""
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    common = {"train.epochs": "1", "train.warmup_steps": "0", "data.val_csv": "''"}
+    single = train_daclip(
+        _tiny_cfg(tmp_path / "one", csv_path, **common, **{"train.batch_size": "4"}), progress=False
+    )
+    overrides = _tiny_cfg_overrides(tmp_path / "two", csv_path, **common, **{"train.batch_size": "2"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(ROOT / "scripts/dist_train.sh"), "2", str(ROOT / "scripts/train_daclip.py")]
+        + ["-c", str(ROOT / "configs/daclip_tiny.yml"), "--no-progress", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    one = load_checkpoint(single / "checkpoints" / "latest.pt")
+    two = load_checkpoint(tmp_path / "two" / "runs" / "daclip_tiny" / "checkpoints" / "latest.pt")
+    assert one["step"] == two["step"] == 3
+    assert isinstance(two["rng"], list) and len(two["rng"]) == 2  # every rank's generators
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
