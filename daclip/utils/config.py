@@ -257,6 +257,8 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
 
 
 def _parse_value(text: str) -> Any:
+    if not text.strip():
+        return ""  # `key=` clears a value (use `key=null` for None)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -10,6 +10,7 @@ and resuming reuses the folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -23,9 +24,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .config import ConfigError, save_config
+from .config import ConfigError, save_config, spec
 
 __all__ = [
+    "ExperimentConfig",
     "seed_everything",
     "create_run_dir",
     "write_run_info",
@@ -41,6 +43,27 @@ Precision = Literal["fp32", "bf16"]
 RUN_SUBDIRS = ("checkpoints", "tensorboard", "samples")
 
 
+@dataclasses.dataclass
+class ExperimentConfig:
+    """The ``experiment:`` section every stage shares."""
+
+    name: str = spec("run", help="run folder name under root")
+    root: str = spec("experiments", help="folder holding run folders")
+    seed: int = spec(0, minimum=0)
+    device: str = spec("auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    resume: str = spec(
+        "",
+        help="'' starts a new run; 'auto' resumes experiments/<name>/checkpoints/latest.pt if present; "
+        "or a checkpoint path",
+    )
+
+    def validate(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"experiment.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        if self.resume and self.resume != "auto" and not Path(self.resume).is_file():
+            raise ConfigError(f"experiment.resume: checkpoint not found: {self.resume}")
+
+
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed Python, NumPy and torch (all devices); each rank gets ``seed + rank``."""
     seed = int(seed) + int(rank)
@@ -49,8 +72,10 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def create_run_dir(root: str | os.PathLike, name: str, *, resume: bool = False) -> Path:
-    """Create (or, with ``resume``, reuse) the run folder ``root/name``.
+def create_run_dir(
+    root: str | os.PathLike, name: str, *, resume: bool = False, subdirs: Sequence[str] = RUN_SUBDIRS
+) -> Path:
+    """Create (or, with ``resume``, reuse) the run folder ``root/name`` with its ``subdirs``.
 
     Without ``resume`` an existing folder is left untouched and the first free
     ``name_1``, ``name_2``, ... is used instead.
@@ -64,7 +89,8 @@ def create_run_dir(root: str | os.PathLike, name: str, *, resume: bool = False) 
         while run_dir.exists():
             index += 1
             run_dir = base.with_name(f"{name}_{index}")
-    for sub in RUN_SUBDIRS:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for sub in subdirs:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     return run_dir
 

@@ -1,0 +1,202 @@
+"""Restoring images: U-Net + IR-SDE sampler + (optionally) the frozen DA-CLIP, and loading them from files.
+
+:class:`RestorationPipeline` is what validation, ``scripts/test.py``, ``scripts/restore.py`` and
+``scripts/benchmark.py`` call. It embeds the LQ image once with DA-CLIP (the embeddings are global
+per image), then runs the reverse process; with ``tile`` set, every network call runs on
+overlapping tiles (:class:`irsde.tiling.TiledModel`) while the sampler steps the whole image, so
+memory stays bounded on large images and the noise stays consistent across tiles.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from daclip.utils.checkpoint import load_checkpoint
+from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
+
+from .convert import load_official_unet
+from .samplers import SamplerName, sample
+from .sde import IRSDE
+from .tiling import TiledModel
+from .unet import ConditionalUNet
+
+#: Marks our stage-2 checkpoints (written by :func:`irsde.train.train`).
+IR_CHECKPOINT_FORMAT = "daclip-uir/irsde-v1"
+
+__all__ = [
+    "IR_CHECKPOINT_FORMAT",
+    "Embedder",
+    "RestorationPipeline",
+    "LoadedRestorer",
+    "load_restoration_checkpoint",
+    "PAPER_SDE",
+]
+
+#: The IR-SDE the released ``universal-ir.pth`` was trained with.
+PAPER_SDE: dict[str, Any] = dict(max_sigma=50.0, T=100, schedule="cosine", eps=0.005)
+
+
+class Embedder(Protocol):
+    """A frozen DA-CLIP image encoder as the U-Net consumes it."""
+
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __call__(self, clip_images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, 3, S, S)`` CLIP inputs -> (content_emb, degra_emb), both ``(B, D)``, unnormalised."""
+        ...
+
+
+class RestorationPipeline:
+    """Restore LQ batches with a trained U-Net.
+
+    Args:
+        unet: the conditional U-Net (put in eval mode here).
+        sde: the IR-SDE it was trained with.
+        embedder: frozen DA-CLIP; required when the U-Net uses a context.
+        sampler, num_steps: reverse-process sampler name and its number of steps (None: T).
+        tile, tile_overlap, tile_batch_size: tiled network calls for large images (None: whole image).
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        sde: IRSDE,
+        embedder: Embedder | None = None,
+        *,
+        sampler: SamplerName = "posterior",
+        num_steps: int | None = None,
+        tile: int | None = None,
+        tile_overlap: int = 64,
+        tile_batch_size: int = 4,
+    ) -> None:
+        needs_context = bool(
+            getattr(unet, "use_degra_context", False) or getattr(unet, "use_image_context", False)
+        )
+        if needs_context and embedder is None:
+            raise ValueError("this U-Net is conditioned on DA-CLIP embeddings: give a DA-CLIP checkpoint")
+        self.unet = unet.eval()
+        self.sde = sde
+        self.embedder = embedder
+        self.sampler = sampler
+        self.num_steps = num_steps
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.tile_batch_size = tile_batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def clip_inputs(self, lq: Tensor) -> Tensor:
+        """The exact DA-CLIP transform of an LQ batch (B, 3, H, W) in [0, 1]."""
+        if self.embedder is None:
+            raise ValueError("no DA-CLIP embedder in this pipeline")
+        size = int(getattr(self.embedder, "image_size", 224))
+        mean = getattr(self.embedder, "mean", OPENAI_CLIP_MEAN)
+        std = getattr(self.embedder, "std", OPENAI_CLIP_STD)
+        return clip_transform_batch(lq, size, mean=mean, std=std)
+
+    @torch.no_grad()
+    def embed(self, lq: Tensor, lq_clip: Tensor | None = None) -> dict[str, Tensor]:
+        """The U-Net keyword arguments (``degra_emb``, ``content_emb``) for this batch."""
+        if self.embedder is None:
+            return {}
+        if lq_clip is None:
+            lq_clip = self.clip_inputs(lq)
+        content_emb, degra_emb = self.embedder(lq_clip.to(self.device))  # (B, D) each
+        kwargs: dict[str, Tensor] = {}
+        if getattr(self.unet, "use_degra_context", False):
+            kwargs["degra_emb"] = degra_emb.float()
+        if getattr(self.unet, "use_image_context", False):
+            kwargs["content_emb"] = content_emb.float()
+        return kwargs
+
+    def model_fn(self, context: Mapping[str, Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """``(x_t, mu, t) -> predicted noise`` with the embeddings bound (and tiled if configured)."""
+
+        def call(x: Tensor, mu: Tensor, t: Tensor, **kwargs: Tensor) -> Tensor:
+            return self.unet(x, mu, t, **kwargs)
+
+        if self.tile is not None:
+            tiled = TiledModel(call, self.tile, self.tile_overlap, self.tile_batch_size)
+            return lambda x, mu, t: tiled(x, mu, t, **context)
+        return lambda x, mu, t: call(x, mu, t, **context)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        lq: Tensor,
+        lq_clip: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Restore ``lq`` (B, 3, H, W) in [0, 1]; returns the restored batch clamped to [0, 1]."""
+        lq = lq.to(self.device)
+        context = self.embed(lq, lq_clip)
+        out = sample(
+            self.model_fn(context),
+            lq,
+            self.sde,
+            self.sampler,
+            self.num_steps,
+            generator=generator,
+            progress=progress,
+        )
+        return out.clamp(0.0, 1.0)
+
+
+@dataclass
+class LoadedRestorer:
+    """What :func:`load_restoration_checkpoint` rebuilds from a file."""
+
+    unet: ConditionalUNet
+    sde: IRSDE
+    config: dict[str, Any] | None  # the training config of our checkpoints; None for released weights
+    daclip_checkpoint: str | None  # the DA-CLIP weights the U-Net was trained with, if recorded
+    source: str  # "ours" or "official"
+
+
+def load_restoration_checkpoint(
+    path: str | os.PathLike, *, use_ema: bool = True, map_location: str | torch.device = "cpu"
+) -> LoadedRestorer:
+    """Rebuild the U-Net and its IR-SDE from our stage-2 checkpoint or the released ``universal-ir.pth``.
+
+    Our checkpoints carry their config, so the model is rebuilt from the file alone (EMA weights
+    by default). A released file is a bare U-Net state dict; it gets the paper's IR-SDE.
+    """
+    obj = load_checkpoint(path, map_location=map_location)
+    fmt = obj.get("format") if isinstance(obj, Mapping) else None
+    if isinstance(fmt, str) and fmt.startswith("daclip-uir/daclip"):
+        raise ValueError(f"{path} is a DA-CLIP (stage-1) checkpoint, not a restoration model")
+    if fmt == IR_CHECKPOINT_FORMAT:
+        cfg = obj["config"]
+        unet = ConditionalUNet(**_unet_kwargs(cfg["model"]))
+        weights = obj["ema"] if use_ema and obj.get("ema") is not None else obj["model"]
+        missing, unexpected = unet.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: weights do not fit the U-Net in its config (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
+        sde = IRSDE(**cfg["sde"])
+        daclip_ckpt = (cfg.get("daclip") or {}).get("checkpoint") or None
+        return LoadedRestorer(unet.eval(), sde, dict(cfg), daclip_ckpt, "ours")
+    unet = load_official_unet(obj)
+    return LoadedRestorer(unet.eval(), IRSDE(**PAPER_SDE), None, None, "official")
+
+
+def _unet_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("in_nc", "out_nc", "nf", "ch_mult", "context_dim", "use_degra_context", "use_image_context")
+    kwargs = {k: model_cfg[k] for k in keys if k in model_cfg}
+    if "ch_mult" in kwargs:
+        kwargs["ch_mult"] = tuple(kwargs["ch_mult"])
+    return kwargs

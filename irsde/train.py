@@ -1,0 +1,524 @@
+"""Stage 2: train the IR-SDE conditional U-Net on a frozen DA-CLIP (``scripts/train_ir.py``).
+
+The loop is one plain function over a config dataclass (:class:`IRTrainConfig`). Each step: embed
+the LQ patches with the frozen DA-CLIP (no grad), draw ``t`` uniformly on 1..T and the forward
+noise, predict the noise with the U-Net, and minimise the paper's maximum-likelihood loss (L1
+between the reverse-SDE step mean and the optimal posterior mean). AdamW, cosine decay to a floor,
+EMA of the weights, optional gradient clipping and bf16 autocast, torchrun data parallel,
+periodic validation with a sampler, TensorBoard, and exact resume.
+
+Exact resume: the data order is a per-epoch permutation fixed by (seed, epoch), the dataset's
+augmentation randomness is keyed by the sample's position in that order, and the timestep/noise
+generator state is checkpointed; a run stopped after N steps and resumed therefore follows the
+same loss sequence as an uninterrupted one (on CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+
+from daclip.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from daclip.utils.config import ConfigError, spec, to_dict
+from daclip.utils.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
+from daclip.utils.experiment import (
+    ExperimentConfig,
+    autocast,
+    create_run_dir,
+    seed_everything,
+    setup_logger,
+    write_run_info,
+)
+from data import DEFAULT_DEGRADATIONS
+
+from .losses import build_loss
+from .metrics import psnr
+from .pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from .pipeline import Embedder, RestorationPipeline
+from .sde import IRSDE
+from .unet import ConditionalUNet
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DaclipSection",
+    "UNetSection",
+    "SDESection",
+    "IRDataSection",
+    "IRTrainSection",
+    "IRTrainConfig",
+    "build_embedder",
+    "train",
+]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class DaclipSection:
+    """The frozen DA-CLIP: our stage-1 checkpoint or the released ``daclip_ViT-B-32.pt``."""
+
+    checkpoint: str = spec("", must_exist=True, help="'' = no DA-CLIP (plain IR-SDE baseline)")
+    clip_model: str = spec("ViT-B-32", help="open_clip architecture of a released checkpoint")
+    model_config: str = spec("", must_exist=True, help="open_clip JSON for a custom architecture")
+
+
+@dataclass
+class UNetSection:
+    in_nc: int = spec(3, minimum=1)
+    out_nc: int = spec(3, minimum=1)
+    nf: int = spec(64, minimum=1)
+    ch_mult: list[int] = spec(default_factory=lambda: [1, 2, 4, 8], minimum=1)
+    context_dim: int = spec(512, minimum=1)
+    use_degra_context: bool = True
+    use_image_context: bool = True
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class SDESection:
+    max_sigma: float = spec(50.0, minimum=0.0, exclusive_minimum=True, help="in 0..255 units")
+    T: int = spec(100, minimum=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    eps: float = spec(0.005, minimum=0.0, exclusive_minimum=True, maximum=1.0)
+
+
+@dataclass
+class IRDataSection:
+    train_root: str = spec("", must_exist=True, help="<root>/<degradation>/{LQ,GT}/")
+    val_root: str = spec("", must_exist=True)
+    degradations: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADATIONS))
+    patch_size: int = spec(256, minimum=16)
+    small_images: Literal["pad", "reject"] = "pad"
+    num_workers: int = spec(4, minimum=0)
+    val_images_per_degradation: int = spec(2, minimum=0, help="validation subset size (0 = all)")
+
+
+@dataclass
+class IRTrainSection:
+    batch_size: int = spec(16, minimum=1, help="per GPU")
+    total_steps: int = spec(700_000, minimum=1)
+    lr: float = spec(2e-4, minimum=0.0, exclusive_minimum=True)
+    lr_min: float = spec(1e-6, minimum=0.0)
+    warmup_steps: int = spec(0, minimum=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = spec(0.0, minimum=0.0)
+    loss: Literal["ml", "noise"] = "ml"
+    loss_kind: Literal["l1", "l2"] = "l1"
+    ema_decay: float = spec(0.995, minimum=0.0, maximum=1.0)
+    ema_every: int = spec(10, minimum=1)
+    grad_clip: float = spec(0.0, minimum=0.0, help="max gradient norm; 0 = off")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    log_every: int = spec(100, minimum=1)
+    val_every: int = spec(5000, minimum=0, help="0 = no validation")
+    save_every: int = spec(5000, minimum=1)
+    val_sampler: Literal["posterior", "sde", "ode"] = "posterior"
+    val_steps: int | None = spec(None, minimum=1, help="sampling steps for validation (None = T)")
+
+    def validate(self) -> None:
+        if self.lr_min > self.lr:
+            raise ConfigError(f"train.lr_min: {self.lr_min} must not exceed train.lr ({self.lr})")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas: each beta must be in [0, 1), got {list(self.betas)}")
+
+
+@dataclass
+class IRTrainConfig:
+    """Everything ``scripts/train_ir.py`` reads from ``configs/universal_ir.yml``."""
+
+    experiment: ExperimentConfig = field(default_factory=lambda: ExperimentConfig(name="universal-ir"))
+    daclip: DaclipSection = field(default_factory=DaclipSection)
+    model: UNetSection = field(default_factory=UNetSection)
+    sde: SDESection = field(default_factory=SDESection)
+    data: IRDataSection = field(default_factory=IRDataSection)
+    train: IRTrainSection = field(default_factory=IRTrainSection)
+
+    def validate(self) -> None:
+        uses_context = self.model.use_degra_context or self.model.use_image_context
+        if uses_context and not self.daclip.checkpoint:
+            raise ConfigError(
+                "daclip.checkpoint: required when model.use_degra_context or model.use_image_context is on "
+                "(set both to false for the plain IR-SDE baseline)"
+            )
+        if self.train.val_steps is not None and self.train.val_steps > self.sde.T:
+            raise ConfigError(f"train.val_steps: {self.train.val_steps} exceeds sde.T ({self.sde.T})")
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def build_embedder(section: DaclipSection, device: torch.device) -> Embedder | None:
+    """The frozen DA-CLIP named by ``section`` (None for the plain IR-SDE baseline)."""
+    if not section.checkpoint:
+        return None
+    from daclip.inference import load_frozen_daclip
+
+    return load_frozen_daclip(
+        section.checkpoint,
+        clip_model=section.clip_model,
+        model_config=section.model_config or None,
+        device=device,
+    )
+
+
+def build_unet(section: UNetSection) -> ConditionalUNet:
+    return ConditionalUNet(
+        in_nc=section.in_nc,
+        out_nc=section.out_nc,
+        nf=section.nf,
+        ch_mult=tuple(section.ch_mult),
+        context_dim=section.context_dim,
+        use_degra_context=section.use_degra_context,
+        use_image_context=section.use_image_context,
+        use_checkpoint=section.grad_checkpointing,
+    )
+
+
+def cosine_lr_lambda(total_steps: int, warmup_steps: int, floor_ratio: float):
+    """Linear warmup, then cosine decay from 1 to ``floor_ratio`` (= lr_min / lr) at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` over parameters; buffers are copied."""
+    for ema_p, p in zip(ema.parameters(), model.parameters()):
+        ema_p.lerp_(p.detach(), 1.0 - decay)
+    for ema_b, b in zip(ema.buffers(), model.buffers()):
+        ema_b.copy_(b)
+
+
+class EpochSampler(Sampler[int]):
+    """A per-epoch permutation fixed by (seed, epoch), sharded over ranks, resumable mid-epoch.
+
+    Yields ``(dataset_index, draw_key)`` pairs packed into one int, ``draw_key * n + index``, where
+    ``draw_key`` (the sample's global position in the run) seeds that sample's augmentation; see
+    :class:`KeyedDataset`.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int, world_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.rank, self.world_size, self.seed = (
+            size,
+            batch_size,
+            rank,
+            world_size,
+            seed,
+        )
+        self.epoch = 0
+        self.skip_batches = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.size // (self.batch_size * self.world_size)
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.skip_batches) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        per_step = self.batch_size * self.world_size
+        for batch in range(self.skip_batches, self.batches_per_epoch):
+            for slot in range(self.batch_size):
+                position = batch * per_step + self.rank * self.batch_size + slot
+                draw_key = self.epoch * self.size + position
+                yield draw_key * self.size + order[position]
+
+
+class KeyedDataset(torch.utils.data.Dataset):
+    """Unpacks :class:`EpochSampler` indices and reseeds the dataset's augmentation per sample."""
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, packed: int) -> dict[str, Any]:
+        draw_key, index = divmod(packed, len(self.dataset))
+        return self.dataset.get_item(index, seed=(self.seed, draw_key))
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(
+    pipeline: RestorationPipeline, dataset: Any, indices: Sequence[int], seed: int
+) -> tuple[dict[str, float], list[Tensor]]:
+    """Mean PSNR per degradation (and overall) on ``indices``; returns one (LQ, output, GT) grid row per image."""
+    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    per_degradation: dict[str, list[float]] = {}
+    rows = []
+    for index in indices:
+        item = dataset[index]
+        lq, gt = item["lq"][None], item["gt"][None]
+        out = pipeline(lq, item["lq_clip"][None], generator=generator).cpu()
+        value = psnr(out, gt).item()
+        per_degradation.setdefault(item["degradation"], []).append(value)
+        rows.append(torch.cat([lq[0], out[0], gt[0]], dim=2))  # (3, H, 3W)
+    means = {name: sum(v) / len(v) for name, v in per_degradation.items()}
+    if means:
+        means["average"] = sum(means.values()) / len(means)
+    return means, rows
+
+
+def _validation_indices(dataset: Any, per_degradation: int) -> list[int]:
+    names = [dataset.degradation_of(i) for i in range(len(dataset))]
+    chosen, counts = [], {}
+    for index, name in enumerate(names):
+        if per_degradation == 0 or counts.get(name, 0) < per_degradation:
+            chosen.append(index)
+            counts[name] = counts.get(name, 0) + 1
+    return chosen
+
+
+def _image_grid(rows: list[Tensor]) -> Tensor:
+    width = max(r.shape[2] for r in rows)
+    padded = [torch.nn.functional.pad(r, (0, width - r.shape[2])) for r in rows]
+    return torch.cat(padded, dim=1).clamp(0, 1)  # (3, sum H, max 3W)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _resume_path(cfg: IRTrainConfig, run_dir: Path) -> Path | None:
+    if not cfg.experiment.resume:
+        return None
+    if cfg.experiment.resume == "auto":
+        latest = run_dir / "checkpoints" / "latest.pt"
+        return latest if latest.is_file() else None
+    return Path(cfg.experiment.resume)
+
+
+def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
+    """Run stage-2 training as configured; returns the run folder."""
+    from data.paired import PairedDataset  # datasets are only needed when training
+
+    if not cfg.data.train_root:
+        raise ConfigError("data.train_root: required (a folder <root>/<degradation>/{LQ,GT}/)")
+    dist_info: DistInfo = init_distributed(cfg.experiment.device)
+    device = dist_info.device
+    resuming = bool(cfg.experiment.resume)
+    run_dir = (
+        create_run_dir(cfg.experiment.root, cfg.experiment.name, resume=resuming)
+        if dist_info.is_main
+        else None
+    )
+    if dist_info.distributed:  # every rank needs the folder for resume paths
+        holder = [str(run_dir) if run_dir else ""]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        run_dir = Path(holder[0])
+    assert run_dir is not None
+    logger = setup_logger(run_dir, dist_info.is_main, name="irsde")
+    if dist_info.is_main:
+        write_run_info(run_dir, cfg, argv)
+        logger.info("run folder: %s", run_dir)
+    seed_everything(cfg.experiment.seed, dist_info.rank)
+
+    embedder = build_embedder(cfg.daclip, device)
+    clip_kwargs: dict[str, Any] = {}
+    if embedder is not None:
+        clip_kwargs = dict(clip_size=int(embedder.image_size), clip_mean=embedder.mean, clip_std=embedder.std)
+    train_set = PairedDataset(
+        cfg.data.train_root,
+        cfg.data.degradations,
+        mode="train",
+        patch_size=cfg.data.patch_size,
+        small_images=cfg.data.small_images,
+        **clip_kwargs,
+    )
+    val_set = None
+    if cfg.data.val_root and cfg.train.val_every:
+        val_set = PairedDataset(cfg.data.val_root, cfg.data.degradations, mode="eval", **clip_kwargs)
+
+    sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
+    unet = build_unet(cfg.model).to(device)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    model: nn.Module = unet
+    if dist_info.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            unet, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loss_fn = build_loss(cfg.train.loss, sde, cfg.train.loss_kind)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        cosine_lr_lambda(cfg.train.total_steps, cfg.train.warmup_steps, cfg.train.lr_min / cfg.train.lr),
+    )
+    generator = torch.Generator(device=device).manual_seed(cfg.experiment.seed * 1000 + dist_info.rank)
+
+    step = 0
+    resume_from = _resume_path(cfg, run_dir)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        set_rng_state(state["rng"])
+        generator.set_state(state["generator"][dist_info.rank % len(state["generator"])].to("cpu"))
+        logger.info("resumed from %s at step %d", resume_from, step)
+
+    sampler = EpochSampler(
+        len(train_set), cfg.train.batch_size, dist_info.rank, dist_info.world_size, cfg.experiment.seed
+    )
+    if sampler.batches_per_epoch == 0:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} x {dist_info.world_size} GPU(s) exceeds the "
+            f"{len(train_set)} training pairs"
+        )
+    loader = DataLoader(
+        KeyedDataset(train_set, cfg.experiment.seed),
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=False,
+    )
+
+    writer = None
+    if dist_info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    val_indices = _validation_indices(val_set, cfg.data.val_images_per_degradation) if val_set else []
+    progress = None
+    if dist_info.is_main:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.train.total_steps, initial=step, desc="train", dynamic_ncols=True)
+
+    def checkpoint(tag: str) -> None:
+        """Save on the main rank (called on every rank: the generator states are gathered first)."""
+        generators = [generator.get_state()]
+        if dist_info.distributed:  # every rank's generator, so a resume continues each stream
+            generators = [torch.empty(0)] * dist_info.world_size
+            torch.distributed.all_gather_object(generators, generator.get_state().cpu())
+        if not dist_info.is_main:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model": unet.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "rng": get_rng_state(),
+            "generator": generators,
+            "config": to_dict(cfg),
+        }
+        save_checkpoint(run_dir / "checkpoints" / f"{tag}.pt", state)
+        save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
+
+    unet.train()
+    loss_window: list[float] = []
+    started = time.time()
+    while step < cfg.train.total_steps:
+        epoch, skip = divmod(step, sampler.batches_per_epoch)
+        sampler.epoch, sampler.skip_batches = epoch, skip
+        for batch in loader:
+            batch = _to_device(batch, device)
+            lq, gt = batch["lq"], batch["gt"]  # (B, 3, P, P) each
+            context: dict[str, Tensor] = {}
+            if embedder is not None:
+                with torch.no_grad(), autocast(device, cfg.train.precision):
+                    content_emb, degra_emb = embedder(batch["lq_clip"])  # (B, D) each
+                if cfg.model.use_degra_context:
+                    context["degra_emb"] = degra_emb.float()
+                if cfg.model.use_image_context:
+                    context["content_emb"] = content_emb.float()
+            t = torch.randint(1, sde.T + 1, (lq.shape[0],), device=device, generator=generator)  # (B,)
+            noise = torch.randn(gt.shape, device=device, generator=generator, dtype=gt.dtype)
+            xt = sde.add_noise(gt, lq, t, noise)  # x_t ~ marginal, Eq. (5) of IR-SDE
+            with autocast(device, cfg.train.precision):
+                noise_pred = model(xt, lq, t, **context)
+            loss = loss_fn(noise_pred.float(), xt, gt, lq, t, noise=noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step % cfg.train.ema_every == 0:
+                update_ema(ema, unet, cfg.train.ema_decay)
+
+            loss_value = all_reduce_mean(loss.detach()).item()
+            loss_window.append(loss_value)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss_value:.4f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            if step % cfg.train.log_every == 0 or step == cfg.train.total_steps:
+                rate = step / max(1e-9, time.time() - started)
+                logger.info(
+                    "step %d  loss %.5f  lr %.3g  (%.2f steps/s)",
+                    step,
+                    sum(loss_window) / len(loss_window),
+                    scheduler.get_last_lr()[0],
+                    rate,
+                )
+                loss_window.clear()
+            if val_indices and cfg.train.val_every and step % cfg.train.val_every == 0 and dist_info.is_main:
+                pipeline = RestorationPipeline(
+                    ema, sde, embedder, sampler=cfg.train.val_sampler, num_steps=cfg.train.val_steps
+                )
+                metrics, rows = validate(pipeline, val_set, val_indices, cfg.experiment.seed)
+                for name, value in metrics.items():
+                    writer.add_scalar(f"val_psnr/{name}", value, step)
+                writer.add_image("val/lq_output_gt", _image_grid(rows), step)
+                logger.info("step %d  validation PSNR %.2f dB", step, metrics.get("average", float("nan")))
+            if step % cfg.train.save_every == 0 or step == cfg.train.total_steps:
+                checkpoint(f"step_{step:07d}")
+            if step >= cfg.train.total_steps:
+                break
+        barrier()
+    if progress is not None:
+        progress.close()
+    if writer is not None:
+        writer.close()
+    cleanup_distributed()
+    return run_dir
+
+
+def loss_history(run_dir: str | os.PathLike) -> list[tuple[int, float]]:
+    """The per-step training loss of a run, read back from its TensorBoard events (for tests and plots)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"))
+    acc.Reload()
+    return [(event.step, event.value) for event in acc.Scalars("train/loss")]

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny checkpoints and datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from daclip.utils.checkpoint import save_checkpoint
+from daclip.utils.config import load_config, to_dict
+from data.io import write_image
+
+TEST_DEGRADATIONS = ["noisy", "low-light"]
+
+
+def write_paired_set(root: Path, count: int = 2, size: int = 40, seed: int = 0) -> Path:
+    """``root/<degradation>/{LQ,GT}/<i>.png`` for noisy and low-light versions of smooth images."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        coarse = rng.random((size // 8, size // 8, 3)).astype(np.float32)
+        gt = np.kron(coarse, np.ones((8, 8, 1), dtype=np.float32))
+        noisy = np.clip(gt + 0.1 * rng.standard_normal(gt.shape), 0, 1)
+        for name, lq in (("noisy", noisy), ("low-light", 0.3 * gt)):
+            write_image(root / name / "GT" / f"img{index}.png", gt)
+            write_image(root / name / "LQ" / f"img{index}.png", lq)
+    return root
+
+
+def write_tiny_ir_checkpoint(path: Path, *, daclip_checkpoint: str = "", context: bool = False) -> Path:
+    """A stage-2 checkpoint in our format holding a tiny random U-Net (T = 5)."""
+    from irsde.pipeline import IR_CHECKPOINT_FORMAT
+    from irsde.train import IRTrainConfig, build_unet
+
+    overrides = [
+        f"daclip.checkpoint={daclip_checkpoint}",
+        f"model.use_degra_context={str(context).lower()}",
+        f"model.use_image_context={str(context).lower()}",
+        f"model.nf={16 if context else 8}",  # cross-attention needs widths that are multiples of 32
+        "model.ch_mult=[1, 2]",
+        "model.context_dim=32",
+        "sde.T=5",
+        "data.train_root=",
+        "data.val_root=",
+    ]
+    cfg = load_config(IRTrainConfig, None, overrides)
+    torch.manual_seed(0)
+    unet = build_unet(cfg.model)
+    state = {"format": IR_CHECKPOINT_FORMAT, "model": unet.state_dict(), "ema": unet.state_dict(), "step": 0}
+    save_checkpoint(path, {**state, "config": to_dict(cfg)})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_daclip_checkpoint(tmp_path_factory) -> Path:
+    """A full (self-contained) checkpoint of a tiny random DA-CLIP with non-zero control."""
+    from daclip.pretrained import build_daclip
+    from daclip.train import make_checkpoint
+    from tests.test_daclip_model import TINY_CONFIG, TINY_NAME
+
+    torch.manual_seed(0)
+    model, source = build_daclip(TINY_NAME, "", TINY_CONFIG)
+    with torch.no_grad():
+        for linear in model.controller.zero_linears:
+            linear.weight.normal_(0.0, 0.2)
+    path = tmp_path_factory.mktemp("daclip") / "daclip_tiny.pt"
+    save_checkpoint(path, make_checkpoint(model, source, full=True))
+    return path
