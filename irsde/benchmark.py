@@ -1,0 +1,158 @@
+"""Throughput and memory measurements for a stage-2 config (``scripts/benchmark.py``).
+
+Training: images per second and peak memory of full optimisation steps (forward, IR-SDE loss,
+backward, AdamW) on random batches of the configured batch and patch size. Restoration: seconds
+per image for the whole reverse process at a given size and number of steps. DA-CLIP is timed
+when the config names its weights; otherwise random embeddings stand in (reported as such).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from typing import Any
+
+import torch
+
+from daclip.utils.config import to_dict
+from daclip.utils.experiment import autocast
+
+from .losses import build_loss
+from .pipeline import RestorationPipeline
+from .sde import IRSDE
+from .train import IRTrainConfig, build_embedder, build_unet
+
+__all__ = ["device_description", "benchmark_training", "benchmark_restoration", "run_benchmark"]
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+class _RandomEmbedder:
+    """Stands in for DA-CLIP when no weights are configured: fixed random embeddings."""
+
+    image_size, mean, std = 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+    def __init__(self, dim: int, device: torch.device) -> None:
+        self.dim, self.device = dim, device
+
+    def __call__(self, clip_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = clip_images.shape[0]
+        return torch.randn(batch, self.dim, device=self.device), torch.randn(
+            batch, self.dim, device=self.device
+        )
+
+
+def benchmark_training(
+    cfg: IRTrainConfig, device: torch.device, steps: int = 20, warmup: int = 3
+) -> dict[str, Any]:
+    """Images/s and peak memory of ``steps`` training steps after ``warmup`` untimed ones."""
+    torch.manual_seed(0)
+    unet = build_unet(cfg.model).to(device).train()
+    sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
+    loss_fn = build_loss(cfg.train.loss, sde, cfg.train.loss_kind)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
+    embedder = build_embedder(cfg.daclip, device) or _RandomEmbedder(cfg.model.context_dim, device)
+    batch, size = cfg.train.batch_size, cfg.data.patch_size
+    gt = torch.rand(batch, 3, size, size, device=device)
+    lq = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
+    clip = torch.randn(batch, 3, embedder.image_size, embedder.image_size, device=device)
+
+    def one_step() -> None:
+        with torch.no_grad(), autocast(device, cfg.train.precision):
+            content_emb, degra_emb = embedder(clip)
+        t = sde.sample_timesteps(batch, device=device)
+        xt = sde.add_noise(gt, lq, t, torch.randn_like(gt))
+        with autocast(device, cfg.train.precision):
+            pred = unet(xt, lq, t, degra_emb=degra_emb.float(), content_emb=content_emb.float())
+        loss = loss_fn(pred.float(), xt, gt, lq, t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        one_step()
+    _sync(device)
+    _reset_peak(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {
+        "images_per_second": batch * steps / seconds,
+        "seconds_per_step": seconds / steps,
+        "peak_memory_mib": _peak_memory_mib(device),
+        "batch_size": batch,
+        "patch_size": size,
+        "steps_timed": steps,
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "daclip": "timed" if cfg.daclip.checkpoint else "random embeddings (DA-CLIP not timed)",
+    }
+
+
+def benchmark_restoration(
+    cfg: IRTrainConfig,
+    device: torch.device,
+    size: int = 256,
+    num_steps: int | None = None,
+    sampler: str = "posterior",
+    tile: int | None = None,
+    repeats: int = 2,
+) -> dict[str, Any]:
+    """Seconds per image (batch 1) for the whole reverse process at ``size`` x ``size``."""
+    torch.manual_seed(0)
+    unet = build_unet(cfg.model).to(device).eval()
+    sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
+    embedder = build_embedder(cfg.daclip, device) or _RandomEmbedder(cfg.model.context_dim, device)
+    pipeline = RestorationPipeline(unet, sde, embedder, sampler=sampler, num_steps=num_steps, tile=tile)  # type: ignore[arg-type]
+    lq = torch.rand(1, 3, size, size, device=device)
+    clip = torch.randn(1, 3, embedder.image_size, embedder.image_size, device=device)
+    pipeline(lq, clip)  # warm-up
+    _sync(device)
+    _reset_peak(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        pipeline(lq, clip)
+    _sync(device)
+    seconds = (time.perf_counter() - start) / repeats
+    return {
+        "seconds_per_image": seconds,
+        "peak_memory_mib": _peak_memory_mib(device),
+        "size": size,
+        "num_steps": num_steps or sde.T,
+        "sampler": sampler,
+        "tile": tile,
+    }
+
+
+def run_benchmark(cfg: IRTrainConfig, device: torch.device, **restore_kwargs: Any) -> dict[str, Any]:
+    """Both measurements plus the device, torch version and settings, as one JSON-ready dict."""
+    return {
+        "device": device_description(device),
+        "torch": torch.__version__,
+        "precision": cfg.train.precision,
+        "train": benchmark_training(cfg, device),
+        "restore": benchmark_restoration(cfg, device, **restore_kwargs),
+        "config": to_dict(cfg),
+    }
