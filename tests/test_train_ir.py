@@ -94,7 +94,9 @@ def test_loss_falls_and_checkpoint_rebuilds(paired_root, tmp_path):
     run_dir = train(cfg)
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert state["step"] == 80
-    assert _fixed_batch_loss(state["model"], cfg, paired_root) < 0.6 * _fixed_batch_loss(initial, cfg, paired_root)
+    assert _fixed_batch_loss(state["model"], cfg, paired_root) < 0.6 * _fixed_batch_loss(
+        initial, cfg, paired_root
+    )
     for name in ("config.yaml", "command.txt", "train.log"):
         assert (run_dir / name).is_file()
     assert "validation PSNR" in (run_dir / "train.log").read_text()
@@ -112,7 +114,9 @@ def test_resume_follows_the_uninterrupted_loss_sequence(paired_root, tmp_path):
     straight = train(_config(paired_root, tmp_path, *common))
     stopped_at_3 = straight / "checkpoints" / "step_0000003.pt"  # what an interrupted run leaves
     resumed = train(
-        _config(paired_root, tmp_path, *common, "experiment.name=resumed", f"experiment.resume={stopped_at_3}")
+        _config(
+            paired_root, tmp_path, *common, "experiment.name=resumed", f"experiment.resume={stopped_at_3}"
+        )
     )
     expected = [(s, v) for s, v in loss_history(straight) if s > 3]
     got = loss_history(resumed)
@@ -131,3 +135,29 @@ def test_context_without_daclip_fails_naming_the_key(paired_root, tmp_path):
         _config(paired_root, tmp_path, "sde.schedule=cosin")
     with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
         _config(paired_root, tmp_path, "train.lrr=1")
+
+
+def test_training_with_daclip_context_trains_the_conditioning_paths(
+    paired_root, tmp_path, tiny_daclip_checkpoint
+):
+    cfg = _config(
+        paired_root,
+        tmp_path,
+        f"daclip.checkpoint={tiny_daclip_checkpoint}",
+        "model.use_degra_context=true",
+        "model.use_image_context=true",
+        "model.nf=16",
+        "model.context_dim=32",
+        "train.total_steps=3",
+        "train.save_every=3",
+        "train.val_every=3",
+    )
+    torch.manual_seed(cfg.experiment.seed)
+    initial = build_unet(cfg.model).state_dict()
+    run_dir = train(cfg)
+    trained = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["model"]
+    # The prompt module (degradation embedding) and the cross-attention (content embedding) learn;
+    # proj_out starts at zero, so the cross-attention weights only move from the second step on.
+    for key in ("text_mlp.0.weight", "prompt", "mid_attn.fn.fn.transformer_blocks.0.attn2.to_k.weight"):
+        assert not torch.equal(trained[key], initial[key]), key
+    assert "validation PSNR" in (run_dir / "train.log").read_text()
