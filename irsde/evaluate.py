@@ -186,55 +186,61 @@ def evaluate(
         if cfg.data.max_images_per_degradation == 0 or len(bucket) < cfg.data.max_images_per_degradation:
             bucket.append(index)
 
-    iterator: Any = [(n, i) for n, idx in indices_by_degradation.items() for i in idx]
+    progress_bar: Any = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc="test", dynamic_ncols=True)
+        total = sum(len(v) for v in indices_by_degradation.values())
+        progress_bar = tqdm(total=total, desc="test", dynamic_ncols=True)
     generator = torch.Generator(device=device).manual_seed(cfg.sampling.seed)
     per_image: dict[str, dict[str, list[float]]] = {}
-    fid_metrics: dict[str, FIDMetric] = {}
-    for name, index in iterator:
-        item = dataset[index]
-        lq, gt = item["lq"][None].to(device), item["gt"][None].to(device)  # (1, 3, H, W)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = pipeline(lq, item["lq_clip"][None], generator=generator)  # (1, 3, H, W) in [0, 1]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
+    fid_values: dict[str, float] = {}
+    border = cfg.metrics.crop_border
+    for name, indices in indices_by_degradation.items():
         scores = per_image.setdefault(name, {k: [] for k in METRIC_COLUMNS})
-        out8 = quantize(out)
-        border = cfg.metrics.crop_border
-        scores["psnr"].append(psnr(out8, gt, crop_border=border).item())
-        scores["ssim"].append(ssim(out8, gt, crop_border=border).item())
-        scores["psnr_y"].append(psnr(out8, gt, crop_border=border, y_channel=True).item())
-        scores["ssim_y"].append(ssim(out8, gt, crop_border=border, y_channel=True).item())
-        scores["seconds"].append(seconds)
-        if lpips_metric is not None:
-            scores["lpips"].append(lpips_metric(out, gt).item())
-        if fid_factory is not None:
-            if name not in fid_metrics:
-                fid_metrics[name] = fid_factory()
-                fid_metrics[name].reset()
-            fid_metrics[name].update(gt, real=True)
-            fid_metrics[name].update(out, real=False)
-            if cfg.metrics.fid and fid_factory is not None and len(fid_metrics) > 1:
-                pass
-        if classify is not None:
-            probs = classify(item["lq_clip"][None].to(device), cfg.data.degradations)  # (1, K)
-            predicted = cfg.data.degradations[int(probs.argmax(dim=-1))]
-            scores["accuracy"].append(float(predicted == name))
-        if cfg.save_images:
-            write_image(out_dir / "images" / name / f"{Path(item['lq_path']).stem}.png", out[0])
+        # One FID accumulator at a time (the feature network is shared), finished per degradation.
+        fid = fid_factory() if fid_factory is not None else None
+        if fid is not None:
+            fid.reset()
+        for index in indices:
+            item = dataset[index]
+            lq, gt = item["lq"][None].to(device), item["gt"][None].to(device)  # (1, 3, H, W)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            out = pipeline(lq, item["lq_clip"][None], generator=generator)  # (1, 3, H, W) in [0, 1]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            scores["seconds"].append(time.perf_counter() - start)
+            out8 = quantize(out)  # the saved 8-bit result, as the official evaluation scores it
+            scores["psnr"].append(psnr(out8, gt, crop_border=border).item())
+            scores["ssim"].append(ssim(out8, gt, crop_border=border).item())
+            scores["psnr_y"].append(psnr(out8, gt, crop_border=border, y_channel=True).item())
+            scores["ssim_y"].append(ssim(out8, gt, crop_border=border, y_channel=True).item())
+            if lpips_metric is not None:
+                scores["lpips"].append(lpips_metric(out, gt).item())
+            if fid is not None:
+                fid.update(gt, real=True)
+                fid.update(out, real=False)
+            if classify is not None:
+                probs = classify(item["lq_clip"][None].to(device), cfg.data.degradations)  # (1, K)
+                predicted = cfg.data.degradations[int(probs.argmax(dim=-1))]
+                scores["accuracy"].append(float(predicted == name))
+            if cfg.save_images:
+                write_image(out_dir / "images" / name / f"{Path(item['lq_path']).stem}.png", out[0])
+            if progress_bar is not None:
+                progress_bar.update(1)
+        if fid is not None:
+            fid_values[name] = _fid_or_nan(fid, log, name)
+    if progress_bar is not None:
+        progress_bar.close()
 
     rows: dict[str, dict[str, float]] = {}
     for name, scores in per_image.items():
         row = {k: _mean(v) for k, v in scores.items() if v}
         row["images"] = len(scores["psnr"])
-        if name in fid_metrics:
-            row["fid"] = _fid_or_nan(fid_metrics[name], log, name)
+        if name in fid_values:
+            row["fid"] = fid_values[name]
         rows[name] = row
     if rows:
         rows["average"] = {

@@ -102,11 +102,12 @@ def test_evaluation_reports_the_psnr_of_its_saved_images(tmp_path):
             "metrics.classification=false",
         ],
     )
+    shared_fid = FIDMetric(TinyFeatures())  # one network for every degradation, as evaluate() builds it
     results = evaluate(
         cfg,
         log=lambda _: None,
         lpips_metric=LPIPSMetric(random_init=True),
-        fid_factory=lambda: FIDMetric(TinyFeatures()),
+        fid_factory=lambda: shared_fid,
         progress=False,
     )
     out = Path(results["output"])
@@ -122,6 +123,8 @@ def test_evaluation_reports_the_psnr_of_its_saved_images(tmp_path):
         assert row["psnr"] == pytest.approx(np.mean(values), abs=1e-4)
         assert row["psnr_y"] == pytest.approx(np.mean(values_y), abs=1e-4)
         assert row["images"] == 2 and 0 < row["ssim"] < 1 and row["lpips"] > 0 and row["fid"] >= 0
+    # FID is accumulated per degradation (not one pool for all): the two sets give different values.
+    assert results["rows"]["noisy"]["fid"] != pytest.approx(results["rows"]["low-light"]["fid"])
     assert results["rows"]["average"]["psnr"] == pytest.approx(
         np.mean([results["rows"][n]["psnr"] for n in TEST_DEGRADATIONS])
     )
