@@ -44,7 +44,9 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p)
+    )
 
 
 def _to_float_rgb(img: Image.Image) -> np.ndarray:

@@ -54,7 +54,9 @@ def write(tmp_path, data) -> str:
 
 
 def test_defaults_and_values_are_typed(tmp_path):
-    cfg = load_config(StageConfig, write(tmp_path, {"sde": {"T": 50}, "train": {"lr": "1e-4", "betas": [0.5, 0.9]}}))
+    cfg = load_config(
+        StageConfig, write(tmp_path, {"sde": {"T": 50}, "train": {"lr": "1e-4", "betas": [0.5, 0.9]}})
+    )
     assert cfg.sde.T == 50 and cfg.sde.schedule == "cosine"
     assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
     assert cfg.train.betas == (0.5, 0.9)
@@ -96,8 +98,12 @@ def test_bad_values_name_the_key(tmp_path, data, pattern):
 
 def test_overrides_apply_and_are_validated(tmp_path):
     path = write(tmp_path, {"sde": {"T": 50}})
-    cfg = load_config(StageConfig, path, ["sde.T=20", "train.betas=[0.8, 0.95]", "train.resume=null", "name=abc"])
-    assert cfg.sde.T == 20 and cfg.train.betas == (0.8, 0.95) and cfg.train.resume is None and cfg.name == "abc"
+    cfg = load_config(
+        StageConfig, path, ["sde.T=20", "train.betas=[0.8, 0.95]", "train.resume=null", "name=abc"]
+    )
+    assert (
+        cfg.sde.T == 20 and cfg.train.betas == (0.8, 0.95) and cfg.train.resume is None and cfg.name == "abc"
+    )
     with pytest.raises(ConfigError, match="train.lrate"):
         load_config(StageConfig, path, ["train.lrate=1"])
     with pytest.raises(ConfigError, match="not of the form"):

@@ -75,8 +75,10 @@ STATE_DICT_KEYS = ("state_dict", "params_ema", "params", "model", "net")
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -131,7 +133,13 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         np_state = state["numpy"]
         keys = np_state["keys"].numpy().astype(np.uint32)
         np.random.set_state(
-            ("MT19937", keys, int(np_state["pos"]), int(np_state["has_gauss"]), float(np_state["cached_gaussian"]))
+            (
+                "MT19937",
+                keys,
+                int(np_state["pos"]),
+                int(np_state["has_gauss"]),
+                float(np_state["cached_gaussian"]),
+            )
         )
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())

@@ -129,7 +129,9 @@ def write_run_info(run_dir: str | os.PathLike, cfg: Any, argv: Sequence[str] | N
         handle.write("\n".join(lines) + "\n\n")
 
 
-def setup_logger(run_dir: str | os.PathLike | None, is_main: bool = True, name: str = "daclip") -> logging.Logger:
+def setup_logger(
+    run_dir: str | os.PathLike | None, is_main: bool = True, name: str = "daclip"
+) -> logging.Logger:
     """A logger writing to the console and ``run_dir/train.log`` (main rank only; others stay quiet)."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
