@@ -16,7 +16,6 @@ same loss sequence as an uninterrupted one (on CPU, bit for bit).
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
+from daclip.train import cosine_warmup_lambda
 from daclip.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from daclip.utils.config import ConfigError, spec, to_dict
 from daclip.utils.distributed import (
@@ -188,18 +188,6 @@ def build_unet(section: UNetSection) -> ConditionalUNet:
         use_image_context=section.use_image_context,
         use_checkpoint=section.grad_checkpointing,
     )
-
-
-def cosine_lr_lambda(total_steps: int, warmup_steps: int, floor_ratio: float):
-    """Linear warmup, then cosine decay from 1 to ``floor_ratio`` (= lr_min / lr) at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 @torch.no_grad()
@@ -373,7 +361,7 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        cosine_lr_lambda(cfg.train.total_steps, cfg.train.warmup_steps, cfg.train.lr_min / cfg.train.lr),
+        cosine_warmup_lambda(cfg.train.total_steps, cfg.train.warmup_steps, cfg.train.lr_min / cfg.train.lr),
     )
     generator = torch.Generator(device=device).manual_seed(cfg.experiment.seed * 1000 + dist_info.rank)
 

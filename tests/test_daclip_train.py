@@ -126,6 +126,8 @@ def test_cosine_schedule_with_warmup() -> None:
     assert factor(60) == pytest.approx(0.5)  # half-way through the cosine
     assert factor(110) == pytest.approx(0.0, abs=1e-12)
     assert cosine_warmup_lambda(100, 0)(0) == pytest.approx(1.0)
+    with_floor = cosine_warmup_lambda(100, 0, floor=0.01)  # stage 2: cosine down to lr_min / lr
+    assert with_floor(100) == pytest.approx(0.01) and with_floor(50) == pytest.approx(0.505)
 
 
 def _tiny_cfg_overrides(tmp_path: Path, csv_path: Path, **extra: str) -> list[str]:
