@@ -56,6 +56,7 @@ from daclip.utils.experiment import (
     setup_logger,
     write_run_info,
 )
+from daclip.utils.optim import cosine_warmup_lambda
 from daclip.zero_shot import ZeroShotClassifier, encode_names
 from data import DEFAULT_DEGRADATIONS
 from data.captions import CaptionDataset
@@ -189,21 +190,6 @@ def param_groups(model: DaCLIP, weight_decay: float) -> list[dict[str, Any]]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def cosine_warmup_lambda(total_steps: int, warmup_steps: int, floor: float = 0.0) -> Callable[[int], float]:
-    """LR factor per step: linear warmup ``(s + 1) / warmup``, then cosine decay to ``floor`` at ``total_steps``.
-
-    ``floor`` is the final factor (``lr_min / lr``); stage 1 decays to 0, stage 2 to its ``lr_min``.
-    """
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def sync_gradients(sharded: Iterable[nn.Parameter], replicated: Iterable[nn.Parameter] = ()) -> None:

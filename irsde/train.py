@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from daclip.train import cosine_warmup_lambda
 from daclip.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from daclip.utils.config import ConfigError, spec, to_dict
 from daclip.utils.distributed import (
@@ -45,6 +44,7 @@ from daclip.utils.experiment import (
     setup_logger,
     write_run_info,
 )
+from daclip.utils.optim import cosine_warmup_lambda
 from data import DEFAULT_DEGRADATIONS
 
 from .losses import build_loss
