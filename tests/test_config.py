@@ -71,6 +71,13 @@ def test_typo_names_key_and_suggests(tmp_path):
     assert path in message and "\n" not in message
 
 
+def test_typo_is_reported_before_other_problems(tmp_path):
+    # weights names a missing file and comes first, but the typo is what the user must see first.
+    path = write(tmp_path, {"weights": "missing.pt", "train": {"lrr": 1e-3}})
+    with pytest.raises(ConfigError, match=r"did you mean 'train.lr'"):
+        load_config(StageConfig, path)
+
+
 def test_unknown_top_level_key_lists_choices(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'zzz'.*valid keys: name, sde, train, weights"):
         load_config(StageConfig, write(tmp_path, {"zzz": 1}))

@@ -189,10 +189,11 @@ def _check_field(field: dataclasses.Field, value: Any, key: str) -> None:
             raise ConfigError(f"{key}: file or folder not found: {value}")
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+def _check_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> None:
+    """Fail on the first unknown key anywhere in the tree (before any value is checked)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for name in data:
+    for name, value in data.items():
         if name not in fields:
             full = f"{prefix}.{name}" if prefix else str(name)
             hint = difflib.get_close_matches(str(name), list(fields), n=1, cutoff=0.5)
@@ -200,6 +201,15 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             suggestion = f"; did you mean '{prefix + '.' if prefix else ''}{hint[0]}'?" if hint else ""
             valid = "" if hint else f" (valid keys{where}: {', '.join(fields)})"
             raise ConfigError(f"unknown config key '{full}'{suggestion}{valid}")
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+            _check_keys(hints[name], value, f"{prefix}.{name}" if prefix else name)
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    if not prefix:
+        _check_keys(cls, data)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for name, field in fields.items():
         key = f"{prefix}.{name}" if prefix else name
