@@ -250,6 +250,15 @@ class PairedDataset(Dataset):
             raise ValueError("degradation_of is defined in eval mode (training draws the type at random)")
         return self.pairs[index].degradation
 
+    def eval_indices(self, per_degradation: int = 0) -> dict[str, list[int]]:
+        """Evaluation item indices grouped by degradation, at most ``per_degradation`` each (0 = all)."""
+        groups: dict[str, list[int]] = {name: [] for name in self.degradations}
+        for index in range(len(self.pairs)):
+            bucket = groups[self.degradation_of(index)]
+            if per_degradation == 0 or len(bucket) < per_degradation:
+                bucket.append(index)
+        return {name: indices for name, indices in groups.items() if indices}
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | int]:
         return self.get_item(index)
 

@@ -179,12 +179,7 @@ def evaluate(
 
     out_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=("images",) if cfg.save_images else ())
     log(f"writing results to {out_dir}")
-    indices_by_degradation: dict[str, list[int]] = {}
-    for index in range(len(dataset)):
-        name = dataset.degradation_of(index)
-        bucket = indices_by_degradation.setdefault(name, [])
-        if cfg.data.max_images_per_degradation == 0 or len(bucket) < cfg.data.max_images_per_degradation:
-            bucket.append(index)
+    indices_by_degradation = dataset.eval_indices(cfg.data.max_images_per_degradation)
 
     progress_bar: Any = None
     if progress:

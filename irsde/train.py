@@ -278,16 +278,6 @@ def validate(
     return means, rows
 
 
-def _validation_indices(dataset: Any, per_degradation: int) -> list[int]:
-    names = [dataset.degradation_of(i) for i in range(len(dataset))]
-    chosen, counts = [], {}
-    for index, name in enumerate(names):
-        if per_degradation == 0 or counts.get(name, 0) < per_degradation:
-            chosen.append(index)
-            counts[name] = counts.get(name, 0) + 1
-    return chosen
-
-
 def _image_grid(rows: list[Tensor]) -> Tensor:
     width = max(r.shape[2] for r in rows)
     padded = [torch.nn.functional.pad(r, (0, width - r.shape[2])) for r in rows]
@@ -401,7 +391,11 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    val_indices = _validation_indices(val_set, cfg.data.val_images_per_degradation) if val_set else []
+    val_indices = []
+    if val_set is not None:
+        val_indices = [
+            i for group in val_set.eval_indices(cfg.data.val_images_per_degradation).values() for i in group
+        ]
     progress = None
     if dist_info.is_main:
         from tqdm import tqdm

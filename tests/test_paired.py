@@ -95,6 +95,8 @@ def test_eval_mode_every_pair_once_in_order_full_size(tmp_path):
         _assert_paired(item)
         torch.testing.assert_close(item["lq_clip"], clip_transform(read_image(item["lq_path"]), 16))
     assert [dataset.degradation_of(i) for i in range(len(dataset))] == [i["degradation"] for i in items]
+    assert dataset.eval_indices() == {"snowy": [0, 1, 2], "hazy": [3, 4, 5]}
+    assert dataset.eval_indices(2) == {"snowy": [0, 1], "hazy": [3, 4]}
 
 
 def test_keyed_training_draws_are_reproducible(tmp_path):
