@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from daclip.utils.checkpoint import load_checkpoint
 from daclip.utils.checkpoint import unwrap_state_dict as _unwrap
 from irsde.unet import UNET_PRESETS, ConditionalUNet
 
@@ -143,7 +144,7 @@ def load_official_unet(
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"U-Net weights file not found: {path}")
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = load_checkpoint(path, map_location=map_location)  # weights_only; corrupt files named
         if not isinstance(obj, Mapping):
             raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
     else:
