@@ -9,6 +9,7 @@ applied) and fails with :class:`ImageReadError` naming the file.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "original_error_message",
     "is_image_file",
     "list_images",
     "read_image",
@@ -30,8 +32,40 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+#: The text PyTorch puts in place of an exception's message when it re-raises it from a DataLoader
+#: worker (``torch._utils.ExceptionWrapper.reraise``): "Caught <Type> in DataLoader worker process 0.",
+#: then "Original Traceback (most recent call last):" and the worker's formatted traceback.
+_RERAISED = re.compile(r"\ACaught (?P<type>\w+) in .*?\.\nOriginal Traceback", re.S)
+
+
+def original_error_message(message: str) -> str:
+    """The original message of an exception that PyTorch re-raised from a DataLoader worker.
+
+    PyTorch rebuilds such an exception as ``type(text)``, where ``text`` starts with "Caught
+    <Type> in DataLoader worker process N." and holds the worker's traceback; the original message
+    is the first line of the traceback's last "<module.Type>: message" line. Any other message is
+    returned unchanged.
+    """
+    match = _RERAISED.match(message)
+    if match is None:
+        return message
+    name = re.escape(match.group("type"))
+    found = re.findall(rf"^(?:[A-Za-z_][\w.]*\.)?{name}: (.*)$", message, re.M)
+    return found[-1] if found else message
+
+
 class ImageReadError(OSError):
-    """An image file is missing, unreadable, truncated or of an unknown format."""
+    """An image file is missing, unreadable, truncated or of an unknown format.
+
+    The message always names the file, also when the error happened in a DataLoader worker:
+    PyTorch re-raises it in the main process as ``ImageReadError(<worker traceback text>)``, and the
+    constructor recovers the original one-line message from that text.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (original_error_message(args[0]),)
+        super().__init__(*args)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -86,6 +120,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return _to_float_rgb(img)
     except UnidentifiedImageError:
         raise ImageReadError(f"not an image or unknown format: {path}") from None
+    except Image.DecompressionBombError as err:
+        # Not an OSError: Pillow refuses images of more than 2 * MAX_IMAGE_PIXELS pixels outright.
+        raise ImageReadError(
+            f"cannot read image {path}: {err} (refused by Pillow's limit PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from None
 

@@ -228,3 +228,30 @@ def test_lq_image_dataset_folder_and_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         LQImageDataset(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_errors_in_dataloader_workers_name_the_file(tmp_path, capsys, workers):
+    """A corrupt image or an LQ/GT size mismatch read in a worker process is still one line naming the file."""
+    from daclip.utils.experiment import run_main
+    from data.io import ImageReadError
+
+    _write_pair(tmp_path, "noisy", "a", _gt(8, 8, 0))
+    _write_pair(tmp_path, "noisy", "b", _gt(8, 8, 1))
+    raw = (tmp_path / "noisy" / "LQ" / "b.png").read_bytes()
+    (tmp_path / "noisy" / "LQ" / "b.png").write_bytes(raw[: len(raw) // 2])  # truncated
+    dataset = PairedDataset(tmp_path, ["noisy"], mode="eval")
+    loader = DataLoader(dataset, batch_size=1, num_workers=workers)
+
+    with pytest.raises(ImageReadError) as caught:
+        list(loader)
+    assert str(caught.value).startswith("cannot read image ") and "b.png" in str(caught.value)
+    assert run_main(lambda: list(loader)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "LQ/b.png" in err and "Caught" not in err, err
+
+    # A ValueError from a worker (not our exception type) is unwrapped by the scripts' reporter too.
+    write_image(tmp_path / "noisy" / "LQ" / "b.png", _gt(6, 8, 1))
+    assert run_main(lambda: list(DataLoader(dataset, batch_size=1, num_workers=workers))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: LQ and GT sizes differ: ") and "LQ/b.png is 8x6" in err, err

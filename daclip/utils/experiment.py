@@ -190,7 +190,10 @@ def run_main(
     try:
         code = main_fn(*args)
     except USER_ERRORS + (ValueError,) + extra_errors as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        from data.io import original_error_message  # the message of an error from a DataLoader worker
+
+        text = original_error_message(str(err)).strip()
+        message = text.splitlines()[0] if text else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
     return int(code or 0)
