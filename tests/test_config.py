@@ -135,3 +135,45 @@ def test_missing_or_broken_file(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(StageConfig, bad)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
+def test_an_empty_file_says_it_is_empty(tmp_path, text):
+    path = tmp_path / "empty.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"empty\.yml: the config file is empty"):
+        load_config(StageConfig, path)
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("name: a\nname: b\n", r"duplicate key 'name' \(line 2; first given on line 1\)"),
+        (
+            "train:\n  lr: 0.1\n  use_ema: false\n  lr: 0.2\n",
+            r"duplicate key 'lr' \(line 4; first given on line 2\)",
+        ),
+        ("sde: {T: 5, T: 6}\n", r"duplicate key 'T' \(line 1; first given on line 1\)"),
+        ("train: {lr: 0.1}\ntrain: {use_ema: false}\n", r"duplicate key 'train' \(line 2"),
+    ],
+)
+def test_duplicate_keys_are_an_error_naming_the_line(tmp_path, text, pattern):
+    path = tmp_path / "dup.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"dup\.yml: " + pattern):
+        load_config(StageConfig, path)
+
+
+def test_merge_keys_bom_and_non_utf8(tmp_path):
+    # A YAML merge key may be overridden on purpose: not a duplicate.
+    merged = tmp_path / "m.yml"
+    merged.write_text("sde:\n  <<: {T: 5, schedule: linear}\n  T: 7\n")
+    assert load_config(StageConfig, merged).sde.T == 7
+    # A byte-order mark (Windows editors) is not part of the first key.
+    bom = tmp_path / "bom.yml"
+    bom.write_bytes("\ufeffname: from-windows\n".encode("utf-8"))
+    assert load_config(StageConfig, bom).name == "from-windows"
+    latin = tmp_path / "latin.yml"
+    latin.write_bytes("name: ok\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yml: not UTF-8 text \(line 2"):
+        load_config(StageConfig, latin)

@@ -263,6 +263,38 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
     Path(path).write_text(text)
 
 
+# ----------------------------------------------------------------------------- reading YAML
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping in a YAML file gives the same key twice (YAML forbids it; PyYAML keeps the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys instead of silently keeping the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML reports it below
+                break
+            if first is not None:
+                raise DuplicateKeyError(f"duplicate key '{key}' (line {line}; first given on line {first})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _line_of_offset(data: bytes, offset: int) -> int:
+    """The 1-based line number of byte ``offset`` in ``data`` (for decoding errors)."""
+    return data.count(b"\n", 0, offset) + 1
+
+
 # ----------------------------------------------------------------------------- overrides
 
 
@@ -311,19 +343,27 @@ def load_config(
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except OSError as err:
             raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            line = _line_of_offset(Path(path).read_bytes(), err.start)
+            raise ConfigError(f"{path}: not UTF-8 text (line {line}: {err.reason})") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        except DuplicateKeyError as err:
+            raise ConfigError(f"{path}: {err}") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""
             raise ConfigError(f"{path}: invalid YAML{where}") from None
         if loaded is None:
-            loaded = {}
+            raise ConfigError(
+                f"{path}: the config file is empty (no settings); give a config with the settings to change, "
+                "e.g. a copy of one in configs/"
+            )
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         data = loaded
