@@ -100,3 +100,28 @@ def test_list_images_sorted_and_filtered(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png"]
     with pytest.raises(FileNotFoundError, match="nope"):
         list_images(tmp_path / "nope")
+
+
+def test_decompression_bomb_is_an_image_read_error_naming_the_file(tmp_path, monkeypatch):
+    write_image(tmp_path / "huge.png", np.zeros((40, 50, 3)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # refused above 2 x 900 = 1800 pixels
+    with pytest.raises(ImageReadError, match=r"cannot read image .*huge\.png: Image size \(2000 pixels\)"):
+        read_image(tmp_path / "huge.png")
+
+
+def test_original_error_message_of_a_reraised_worker_exception():
+    from data.io import original_error_message
+
+    text = (
+        "Caught ValueError in DataLoader worker process 3.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise ValueError("ValueError: not this line")\n'
+        "ValueError: sizes differ: a.png is 4x4\nsecond line\n"
+    )
+    assert original_error_message(text) == "sizes differ: a.png is 4x4"
+    chained = text.replace("Caught ValueError", "Caught ImageReadError") + (
+        "\nDuring handling of the above exception, another exception occurred:\n\n"
+        "Traceback (most recent call last):\n  ...\ndata.io.ImageReadError: cannot read image b.png: truncated\n"
+    )
+    assert original_error_message(chained) == "cannot read image b.png: truncated"
+    assert ImageReadError(chained).args == ("cannot read image b.png: truncated",)
+    assert original_error_message("plain message") == "plain message"
