@@ -114,7 +114,7 @@ def read_caption_csv(
     base = path.resolve().parent
     allowed = None if degradations is None else tuple(degradations)
     rows: list[CaptionRow] = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with io.StringIO(_read_utf8(path, csv_rows=True), newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
         if header is None:
@@ -150,6 +150,29 @@ def read_caption_csv(
                 raise ValueError(f"{where}: image file not found: {image}")
             rows.append(CaptionRow(str(image), caption, degradation))
     return rows
+
+
+def _read_utf8(path: Path, *, csv_rows: bool = False) -> str:
+    """The text of ``path`` as UTF-8 (a leading byte-order mark, as Windows tools write, is dropped).
+
+    Raises:
+        ValueError: the file is not UTF-8, naming the file and the row (``csv_rows``: tab-separated
+            records, header = row 1) or line where the first undecodable byte is.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        before = data[: err.start].decode("utf-8-sig")
+        if csv_rows:
+            records = sum(1 for _ in csv.reader(io.StringIO(before, newline=""), delimiter="\t"))
+            starts_a_row = not before or before.endswith(("\n", "\r"))
+            where = f"row {records + 1 if starts_a_row else records}"
+        else:
+            where = f"line {before.count(chr(10)) + 1}"
+        raise ValueError(
+            f"{path}: {where}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 def _relative_if_inside(image: Path, folder: Path) -> str:
@@ -199,10 +222,8 @@ def write_caption_csv(
     body = buffer.getvalue()
 
     if append and path.exists() and path.stat().st_size > 0:
-        with open(path, newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle, delimiter="\t"), [])
-            handle.seek(0)
-            text = handle.read()
+        text = _read_utf8(path, csv_rows=True)
+        header = next(csv.reader(io.StringIO(text, newline=""), delimiter="\t"), [])
         if tuple(h.strip() for h in header) != _HEADER:
             raise ValueError(f"{path}: cannot append, header is {header}, expected {list(_HEADER)}")
         with open(path, "a", newline="", encoding="utf-8") as handle:
@@ -240,7 +261,7 @@ def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"caption table not found: {path}")
     table: dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
+    with io.StringIO(_read_utf8(path), newline=None) as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\n\r")
             if not line.strip() or line.lstrip().startswith("#"):

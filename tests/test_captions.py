@@ -10,7 +10,14 @@ import torch
 from PIL import Image
 
 from data import DEFAULT_DEGRADATIONS
-from data.captions import CaptionDataset, CaptionRow, parse_title, read_caption_csv, write_caption_csv
+from data.captions import (
+    CaptionDataset,
+    CaptionRow,
+    parse_title,
+    read_caption_csv,
+    read_caption_table,
+    write_caption_csv,
+)
 from data.io import read_image, write_image
 from data.transforms import clip_transform
 
@@ -313,3 +320,39 @@ def test_missing_model_fails_fast_offline(tmp_path, monkeypatch, capsys):
     (tmp_path / "not_a_model").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         captioning.resolve_blip(str(tmp_path / "not_a_model"))
+
+
+def test_bom_csv_reads_and_appends_and_non_utf8_names_file_and_row(tmp_path):
+    _images(tmp_path, 2)
+    csv_path = tmp_path / "excel.csv"
+    # Excel and Notepad save "UTF-8" with a byte-order mark; it must not hide the 'filepath' column.
+    csv_path.write_bytes("filepath\ttitle\nLQ/img0.png\tun café: noisy\n".encode("utf-8-sig"))
+    (row,) = read_caption_csv(csv_path)
+    assert (row.caption, row.degradation) == ("un café", "noisy")
+    write_caption_csv(
+        csv_path, [CaptionRow("LQ/img1.png", "a dog", "hazy")], relative_to=tmp_path, append=True
+    )
+    assert [r.caption for r in read_caption_csv(csv_path)] == ["un café", "a dog"]
+
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(
+        "filepath\ttitle\nLQ/img0.png\ta dog: noisy\nLQ/img1.png\tun café: hazy\n".encode("latin-1")
+    )
+    with pytest.raises(ValueError, match=r"latin\.csv: row 3: not UTF-8 text \(byte 0xe9\)"):
+        read_caption_csv(latin)
+    with pytest.raises(ValueError, match=r"latin\.csv: row 3: not UTF-8"):
+        write_caption_csv(
+            latin, [CaptionRow("LQ/img1.png", "a dog", "hazy")], relative_to=tmp_path, append=True
+        )
+    # A quoted caption spanning two lines is one row: the row number is the CSV row, not the line.
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_bytes(b'filepath\ttitle\nLQ/img0.png\t"two\nlines: noisy"\nLQ/img1.png\tcaf\xe9: hazy\n')
+    with pytest.raises(ValueError, match=r"quoted\.csv: row 3: not UTF-8"):
+        read_caption_csv(quoted)
+
+    table = tmp_path / "captions.txt"
+    table.write_bytes("image\tcaption\n".encode("utf-8-sig") + "img0.png\tcaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"captions\.txt: line 2: not UTF-8"):
+        read_caption_table(table)
+    table.write_bytes("img0.png\tun café\r\n".encode("utf-8-sig"))
+    assert read_caption_table(table) == {"img0": "un café"}
