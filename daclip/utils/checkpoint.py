@@ -3,26 +3,43 @@
 Checkpoints are plain dicts of tensors, numbers, strings, lists and dicts, so they
 load with ``torch.load(..., weights_only=True)``: a checkpoint downloaded from the
 internet cannot run code. Writes go to a temporary file that is renamed into
-place, so a crash never leaves a truncated checkpoint under the final name.
+place, so a crash never leaves a truncated checkpoint under the final name; a
+failed write (a full disk) is one :class:`CheckpointWriteError` naming the file
+and the OS error, and weights that are not finite are never written
+(:class:`NonFiniteWeightsError`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import os
 import pickle
 import random
-import tempfile
+import re
+import secrets
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .experiment import UserError
+
 __all__ = [
+    "CheckpointWriteError",
+    "NonFiniteWeightsError",
+    "WEIGHT_KEYS",
     "save_checkpoint",
+    "nonfinite_weights",
+    "prune_checkpoints",
     "load_checkpoint",
+    "checkpoint_kind",
+    "require_format",
+    "file_fingerprint",
     "unwrap_state_dict",
     "strip_prefix",
     "get_rng_state",
@@ -30,19 +47,123 @@ __all__ = [
 ]
 
 
-def save_checkpoint(path: str | os.PathLike, obj: Mapping[str, Any]) -> Path:
-    """Atomically write ``obj`` with ``torch.save`` (temporary file + ``os.replace``)."""
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, permissions, ...); the message names the file."""
+
+
+class NonFiniteWeightsError(UserError):
+    """Weights holding NaN or Inf were about to be written; nothing was written."""
+
+
+#: Entries of a checkpoint dict that hold weights (checked for NaN/Inf before every write).
+WEIGHT_KEYS = ("model", "ema", "state_dict", "params", "params_ema")
+
+
+def _weight_tensors(obj: Mapping[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
+    if _is_state_dict(obj):
+        yield from obj.items()
+        return
+    for key in WEIGHT_KEYS:
+        value = obj.get(key)
+        if isinstance(value, Mapping):
+            for name, tensor in value.items():
+                if isinstance(tensor, torch.Tensor):
+                    yield f"{key}[{name!r}]", tensor
+
+
+def nonfinite_weights(obj: Mapping[str, Any]) -> list[str]:
+    """Names of the weight tensors in ``obj`` (see :data:`WEIGHT_KEYS`) holding NaN or Inf."""
+    return [
+        name
+        for name, tensor in _weight_tensors(obj)
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def _os_error_text(err: BaseException, folder: Path) -> str:
+    """The OS error behind a failed write: torch wraps it in a RuntimeError ("unexpected pos ...")."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    with contextlib.suppress(OSError):  # the cause was lost (torch's C++ writer): a full disk is likely
+        if os.statvfs(folder).f_bavail == 0:
+            return os.strerror(errno.ENOSPC)
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_io_failure(err: BaseException) -> bool:
+    if isinstance(err, OSError) or isinstance(err.__context__, OSError):
+        return True
+    text = str(err)
+    return any(marker in text for marker in ("unexpected pos", "write failed", "failed writing"))
+
+
+def save_checkpoint(path: str | os.PathLike, obj: Mapping[str, Any], *, check_finite: bool = True) -> Path:
+    """Atomically write ``obj`` with ``torch.save`` (temporary file, fsync, ``os.replace``).
+
+    The file gets the normal mode of a new file (``0o666`` less the umask). On any failure the
+    temporary file is removed and a file already at ``path`` is left as it was.
+
+    Raises:
+        NonFiniteWeightsError: ``check_finite`` and a weight tensor holds NaN or Inf (nothing written).
+        CheckpointWriteError: the file could not be written; the message names it and the OS error
+            (e.g. "No space left on device").
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if check_finite:
+        bad = nonfinite_weights(obj)
+        if bad:
+            more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+            raise NonFiniteWeightsError(
+                f"not writing checkpoint {path}: {bad[0]}{more} hold NaN or Inf "
+                "(the checkpoints already written are kept)"
+            )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        torch.save(dict(obj), tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as handle:  # "x": a fresh file, mode 0o666 & ~umask
+            torch.save(dict(obj), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if not _is_io_failure(err):
+            raise  # not an I/O failure: a bug, keep its traceback
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path}: {_os_error_text(err, path.parent)} "
+            "(any earlier checkpoint there is unchanged)"
+        ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def prune_checkpoints(folder: str | os.PathLike, prefix: str, keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` highest-numbered ``<prefix><N>.pt`` files in ``folder``.
+
+    ``keep_last = 0`` keeps everything. Other files (``latest.pt``, final exports) are never
+    touched. Returns the deleted paths.
+    """
+    if keep_last <= 0:
+        return []
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.pt")
+    numbered = []
+    for candidate in Path(folder).iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if match and candidate.is_file():
+            numbered.append((int(match.group(1)), candidate))
+    numbered.sort()
+    removed = [p for _, p in numbered[: max(0, len(numbered) - keep_last)]]
+    for old in removed:
+        old.unlink(missing_ok=True)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -61,6 +182,49 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint {path} is corrupt or truncated: {first}") from None
+
+
+#: What our ``format`` strings say a checkpoint is (prefix match; the suffix is the version).
+FORMAT_KINDS = (
+    ("daclip-uir/daclip", "a DA-CLIP (stage-1) checkpoint"),
+    ("daclip-uir/irsde", "a restoration (stage-2) checkpoint"),
+)
+
+
+def checkpoint_kind(obj: Any) -> str | None:
+    """What a loaded checkpoint is, from its ``format`` key (None when it has none we know)."""
+    fmt = obj.get("format") if isinstance(obj, Mapping) else None
+    if not isinstance(fmt, str):
+        return None
+    for prefix, kind in FORMAT_KINDS:
+        if fmt.startswith(prefix):
+            return kind
+    return f"a checkpoint of format {fmt!r}"
+
+
+def require_format(obj: Any, path: str | os.PathLike, fmt: str, wanted: str) -> None:
+    """Raise a one-line ``UserError`` unless ``obj`` carries ``format == fmt``.
+
+    ``wanted`` describes what was expected, e.g. "a stage-2 training checkpoint": the message reads
+    "<path> is a DA-CLIP (stage-1) checkpoint, not <wanted>".
+    """
+    found = obj.get("format") if isinstance(obj, Mapping) else None
+    if found == fmt:
+        return
+    kind = checkpoint_kind(obj)
+    if kind is None:
+        raise UserError(f"{path} is not {wanted} (it carries no 'format' entry of this project)")
+    raise UserError(f"{path} is {kind}, not {wanted}")
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"path": <absolute path>, "size": bytes, "sha256": hex}`` of a file (read once, in chunks)."""
+    path = Path(path).expanduser().resolve()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:

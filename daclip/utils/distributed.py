@@ -25,6 +25,7 @@ __all__ = [
     "barrier",
     "all_gather_with_grad",
     "all_reduce_mean",
+    "main_rank_call",
 ]
 
 
@@ -117,3 +118,30 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     out = x.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / get_world_size()
+
+
+def main_rank_call(fn, *args, is_main: bool, **kwargs):
+    """Run ``fn`` on the main rank only; an exception there is raised on every rank.
+
+    For work only rank 0 does (writing a checkpoint): without this, a failure on rank 0 (a full
+    disk) would leave the other ranks waiting in the next collective. Must be called on every rank.
+    Returns ``fn``'s result on the main rank and None elsewhere.
+    """
+    result, error = None, None
+    if is_main:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+            error = err
+    if is_distributed():
+        holder = [None if error is None else (type(error), str(error))]
+        dist.broadcast_object_list(holder, src=0)
+        if error is None and holder[0] is not None:
+            kind, message = holder[0]
+            try:
+                error = kind(message)
+            except Exception:  # noqa: BLE001 - an exception type with another signature
+                error = RuntimeError(message)
+    if error is not None:
+        raise error
+    return result

@@ -2,9 +2,15 @@
 
 A run lives in ``<root>/<name>/`` with ``config.yaml`` (the resolved config),
 ``command.txt`` (command line and git revision), ``train.log``,
-``checkpoints/``, ``tensorboard/`` and ``samples/``. An existing run folder is
-never overwritten: a new run with a taken name gets ``<name>_1``, ``<name>_2``, ...
-and resuming reuses the folder.
+``checkpoints/`` and ``tensorboard/`` (``samples/`` is made by whoever writes samples).
+An existing run folder is never overwritten: a new run with a taken name gets
+``<name>_1``, ``<name>_2``, ...
+
+Resuming (:func:`plan_resume`, the one rule both stages use): ``resume=auto`` takes the
+newest ``checkpoints/latest.pt`` among ``<root>/<name>/`` and ``<root>/<name>_N/``; an
+explicit ``resume=<checkpoint>`` continues in the run folder that checkpoint belongs to
+(``<run>/checkpoints/x.pt`` -> ``<run>``), or in a new folder when it belongs to none;
+never in some other run's folder.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -30,6 +38,12 @@ __all__ = [
     "ExperimentConfig",
     "seed_everything",
     "create_run_dir",
+    "run_dir_of_checkpoint",
+    "find_resume_checkpoint",
+    "plan_resume",
+    "open_run_dir",
+    "NonFiniteLossError",
+    "NonFiniteGuard",
     "write_run_info",
     "git_revision",
     "setup_logger",
@@ -40,7 +54,11 @@ __all__ = [
 ]
 
 Precision = Literal["fp32", "bf16"]
-RUN_SUBDIRS = ("checkpoints", "tensorboard", "samples")
+RUN_SUBDIRS = ("checkpoints", "tensorboard")
+
+
+class UserError(Exception):
+    """A mistake on the user's side (bad input, missing weights) reported in one line."""
 
 
 @dataclasses.dataclass
@@ -53,8 +71,8 @@ class ExperimentConfig:
     device: str = spec("auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     resume: str = spec(
         "",
-        help="'' starts a new run; 'auto' resumes experiments/<name>/checkpoints/latest.pt if present; "
-        "or a checkpoint path",
+        help="'' starts a new run; 'auto' resumes the newest <root>/<name>[_N]/checkpoints/latest.pt "
+        "if any; or a checkpoint path (the run continues in the run folder it belongs to)",
     )
 
     def validate(self) -> None:
@@ -84,15 +102,103 @@ def create_run_dir(
         raise ConfigError(f"experiment.name: {name!r} is not a valid folder name")
     base = Path(root) / name
     run_dir = base
-    if not resume:
+    if resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        base.parent.mkdir(parents=True, exist_ok=True)
         index = 0
-        while run_dir.exists():
-            index += 1
-            run_dir = base.with_name(f"{name}_{index}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+        while True:  # mkdir without exist_ok claims the name, even against a concurrent start
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                index += 1
+                run_dir = base.with_name(f"{name}_{index}")
     for sub in subdirs:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def run_dir_of_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/x.pt`` with ``<run>/config.yaml``), or None."""
+    path = Path(path).expanduser().absolute()
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent
+    return None
+
+
+def find_resume_checkpoint(root: str | os.PathLike, name: str) -> Path | None:
+    """The newest (last written) ``checkpoints/latest.pt`` among ``root/name`` and ``root/name_N``."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    pattern = re.compile(re.escape(name) + r"(_[0-9]+)?")
+    candidates = [
+        folder / "checkpoints" / "latest.pt"
+        for folder in root.iterdir()
+        if pattern.fullmatch(folder.name) and (folder / "checkpoints" / "latest.pt").is_file()
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def plan_resume(experiment: ExperimentConfig) -> tuple[Path | None, Path | None]:
+    """``(checkpoint to resume from, existing run folder to continue in)`` for ``experiment.resume``.
+
+    Either may be None: no checkpoint (a new run; also ``auto`` with nothing to resume), or a
+    checkpoint outside any run folder (the run continues in a new folder, see :func:`open_run_dir`).
+    """
+    if not experiment.resume:
+        return None, None
+    if experiment.resume == "auto":
+        checkpoint = find_resume_checkpoint(experiment.root, experiment.name)
+    else:
+        checkpoint = Path(experiment.resume)
+    if checkpoint is None:
+        return None, None
+    return checkpoint, run_dir_of_checkpoint(checkpoint)
+
+
+def open_run_dir(experiment: ExperimentConfig, existing: Path | None) -> Path:
+    """Continue in ``existing`` (from :func:`plan_resume`) or create a new run folder for ``experiment``."""
+    if existing is not None:
+        return create_run_dir(existing.parent, existing.name, resume=True)
+    return create_run_dir(experiment.root, experiment.name)
+
+
+class NonFiniteLossError(UserError):
+    """The training loss was NaN or Inf for more consecutive steps than allowed."""
+
+
+class NonFiniteGuard:
+    """Counts consecutive non-finite losses; past ``max_skipped`` of them, training stops.
+
+    ``check(loss, step)`` returns True for a finite loss (take the step) and False for a
+    non-finite one that may be skipped (no update); otherwise it raises
+    :class:`NonFiniteLossError` naming the step. ``option`` is the config key of ``max_skipped``.
+    """
+
+    def __init__(self, max_skipped: int = 0, option: str = "train.max_nonfinite_steps") -> None:
+        self.max_skipped = int(max_skipped)
+        self.option = option
+        self.consecutive = 0
+        self.skipped = 0
+
+    def check(self, loss: float, step: int) -> bool:
+        if math.isfinite(loss):
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        if self.consecutive > self.max_skipped:
+            run = f" ({self.consecutive} steps in a row)" if self.consecutive > 1 else ""
+            raise NonFiniteLossError(
+                f"step {step}: the training loss is {loss}{run}; training stopped and no checkpoint of "
+                f"this step was written (lower train.lr, set train.grad_clip, or allow skipped steps with "
+                f"{self.option}={self.max_skipped + 1})"
+            )
+        self.skipped += 1
+        return False
 
 
 def git_revision(cwd: str | os.PathLike | None = None) -> str:
@@ -158,10 +264,6 @@ def autocast(device: torch.device, precision: Precision = "fp32") -> Iterator[No
             yield
     else:
         yield
-
-
-class UserError(Exception):
-    """A mistake on the user's side (bad input, missing weights) reported in one line."""
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
