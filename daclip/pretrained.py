@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -242,6 +243,52 @@ def _instantiate_clip(cfg: Mapping[str, Any]) -> nn.Module:
     return model_class(**cfg)
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _load_pretrained_weights(model: nn.Module, weights: Path, clip_model: str) -> None:
+    """``open_clip.load_checkpoint`` with one-line errors: a corrupt file, or weights that do not fit.
+
+    open_clip reads the file and fits it in one call, and a corrupt file fails with anything from
+    ``EOFError`` to ``UnpicklingError`` or a bare ``ValueError``. Only when it fails is the file read
+    again on its own, to tell a file that cannot be read from weights of another architecture.
+    """
+    try:
+        open_clip.load_checkpoint(model, str(weights))
+        return
+    except Exception as err:  # noqa: BLE001 - classified below; a genuine bug is re-raised
+        fit_error = err
+    from open_clip.factory import load_state_dict as read_state_dict
+
+    try:
+        state_dict = read_state_dict(str(weights))
+        if not isinstance(state_dict, Mapping) or not state_dict:
+            raise ValueError(f"holds {type(state_dict).__name__}, not a state dict of tensors")
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"pretrained weights file {weights} is not a plain PyTorch weights file (refused by "
+            f"torch.load(weights_only=True), or corrupt): {_first_line(err)}"
+        ) from None
+    except EOFError:
+        raise ValueError(f"pretrained weights file {weights} is empty or truncated") from None
+    except Exception as err:  # noqa: BLE001 - RuntimeError, ValueError, SafetensorError, ...
+        raise ValueError(
+            f"pretrained weights file {weights} is corrupt or not a weights file "
+            f"({type(err).__name__}: {_first_line(err)})"
+        ) from None
+    if isinstance(fit_error, (RuntimeError, KeyError, ValueError, TypeError, AttributeError)):
+        # load_state_dict's message is "Error(s) in loading ...:" then one line per problem.
+        detail = " ".join(line.strip() for line in str(fit_error).strip().splitlines()[:3])
+        if len(detail) > 400:
+            detail = detail[:400] + " ..."
+        raise ValueError(
+            f"pretrained weights {weights} do not fit {clip_model}: {detail or type(fit_error).__name__}"
+        ) from None
+    raise fit_error
+
+
 def build_clip(
     clip_model: str,
     pretrained: str = "",
@@ -262,11 +309,7 @@ def build_clip(
     model = _instantiate_clip(cfg)
     check_vision_tower(model.visual)
     if weights is not None:
-        try:
-            open_clip.load_checkpoint(model, str(weights))
-        except (RuntimeError, KeyError, ValueError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise ValueError(f"pretrained weights {weights} do not fit {clip_model}: {first}") from None
+        _load_pretrained_weights(model, weights, clip_model)
     tag_cfg = open_clip.get_pretrained_cfg(clip_model, pretrained) if pretrained else {}
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size

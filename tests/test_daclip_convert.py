@@ -173,3 +173,37 @@ def test_pretrained_bad_values_are_user_errors(tmp_path) -> None:
         resolve_pretrained("ViT-B-32", "laion3b")
     with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'"):
         build_clip("ViT-Q-99", "")
+
+
+def test_corrupt_local_pretrained_file_is_one_line_naming_it(tmp_path) -> None:
+    """EOFError, UnpicklingError, zip and safetensors errors of a local `model.pretrained` file."""
+    import collections
+    import pickle
+
+    from daclip.utils.experiment import run_main
+
+    clip, _ = build_clip(TINY_NAME, "", TINY_CONFIG)
+    torch.save(clip.state_dict(), tmp_path / "good.bin")
+    raw = (tmp_path / "good.bin").read_bytes()
+    files = {
+        "empty.bin": (b"", "is empty or truncated"),
+        "cut.bin": (raw[: len(raw) // 2], r"is corrupt or not a weights file \(RuntimeError: "),
+        "text.bin": (b"this is not a weights file\n" * 4, "is corrupt or not a weights file"),
+        # Any pickle of objects that are not tensors or plain data is refused unread (weights_only).
+        "code.pt": (pickle.dumps(collections.Counter(a=1)), "not a plain PyTorch weights file"),
+        "bad.safetensors": (
+            b"\x10\x00\x00\x00\x00\x00\x00\x00{bad json}......",
+            "is corrupt or not a weights",
+        ),
+    }
+    for name, (data, message) in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=message) as caught:
+            build_clip(TINY_NAME, str(tmp_path / name), TINY_CONFIG)
+        assert f"pretrained weights file {tmp_path / name} " in str(caught.value)
+        assert run_main(lambda n=name: build_daclip(TINY_NAME, str(tmp_path / n), TINY_CONFIG)) == 2
+    # A readable file of another architecture is still reported as not fitting, with the keys.
+    torch.save({"visual.proj": torch.zeros(3)}, tmp_path / "other.bin")
+    with pytest.raises(ValueError, match=r"do not fit ViT-Tiny-16: Error\(s\) in loading .* Missing key"):
+        build_clip(TINY_NAME, str(tmp_path / "other.bin"), TINY_CONFIG)
+    build_clip(TINY_NAME, str(tmp_path / "good.bin"), TINY_CONFIG)  # and a good file loads
