@@ -16,6 +16,8 @@ from torch import nn
 
 from daclip.model import DaCLIP
 from daclip.pretrained import ClipSource, Tokenizer, load_daclip, make_tokenizer
+from daclip.utils.checkpoint import checkpoint_kind
+from daclip.utils.experiment import UserError
 from daclip.zero_shot import ZeroShotClassifier, encode_names
 from data.transforms import clip_transform_batch
 
@@ -101,6 +103,25 @@ def load_frozen_daclip(
     model_config: str | os.PathLike | Mapping | None = None,
     device: str | torch.device = "cpu",
 ) -> FrozenDaCLIP:
-    """Build a frozen DA-CLIP from our checkpoint or the released file (see :func:`load_daclip`)."""
-    model, source = load_daclip(path, clip_model=clip_model, model_config=model_config, device=device)
+    """Build a frozen DA-CLIP from our checkpoint or the released file (see :func:`load_daclip`).
+
+    A checkpoint of another kind of this project (a restoration model) is one line saying so.
+    """
+    try:
+        model, source = load_daclip(path, clip_model=clip_model, model_config=model_config, device=device)
+    except ValueError:
+        kind = _other_checkpoint_kind(path)
+        if kind is not None:
+            raise UserError(f"{path} is {kind}, not a DA-CLIP checkpoint") from None
+        raise
     return FrozenDaCLIP(model, source)
+
+
+def _other_checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """What a checkpoint of this project that is not a DA-CLIP is (None: a DA-CLIP, or unknown)."""
+    try:  # only on the error path; mmap keeps the second read cheap
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: the original error says why
+        return None
+    kind = checkpoint_kind(obj)
+    return kind if kind is not None and "DA-CLIP" not in kind else None

@@ -11,13 +11,18 @@ step, the logit scale clamped to ``[0, ln 100]`` after every step (as open_clip 
 
 Run folder ``experiments/<name>/``: ``config.yaml``, ``command.txt``, ``train.log``,
 ``tensorboard/`` (losses, lr, logit scale, validation accuracy) and
-``checkpoints/``: ``latest.pt`` every epoch, ``epoch_<n>.pt`` every
-``save_every_epochs``, and at the end ``daclip_final.pt`` holding the full model (frozen
+``checkpoints/``: ``latest.pt`` every epoch (written before that epoch's validation),
+``epoch_<n>.pt`` every ``save_every_epochs`` (the last ``keep_last`` of them kept), and at
+the end ``daclip_final.pt`` holding the full model (frozen
 CLIP included), which :func:`daclip.inference.load_frozen_daclip` and stage 2 read
 from the file alone. Training checkpoints hold the trained weights only, plus the
 CLIP description (name, architecture, pretrained source); when the CLIP is randomly
 initialised (``pretrained: ""``) its weights are stored too, since nothing else can
 rebuild them.
+
+A NaN/Inf loss skips its update; more than ``train.max_nonfinite_steps`` of them in a row
+stop training with one line naming the step, and weights that are not finite are never
+written. Resuming follows :func:`daclip.utils.experiment.plan_resume` (the rule stage 2 uses).
 """
 
 from __future__ import annotations
@@ -38,7 +43,14 @@ from daclip.classify import confusion_matrices
 from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
 from daclip.model import DaCLIP
 from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
-from daclip.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from daclip.utils.checkpoint import (
+    get_rng_state,
+    load_checkpoint,
+    prune_checkpoints,
+    require_format,
+    save_checkpoint,
+    set_rng_state,
+)
 from daclip.utils.config import ConfigError, spec, to_dict
 from daclip.utils.distributed import (
     DistInfo,
@@ -47,16 +59,21 @@ from daclip.utils.distributed import (
     get_world_size,
     init_distributed,
     is_distributed,
+    main_rank_call,
 )
 from daclip.utils.experiment import (
     ExperimentConfig,
+    NonFiniteGuard,
+    UserError,
     autocast,
-    create_run_dir,
+    open_run_dir,
+    plan_resume,
     seed_everything,
     setup_logger,
     write_run_info,
 )
 from daclip.utils.optim import cosine_warmup_lambda
+from daclip.utils.preflight import check_images
 from daclip.zero_shot import ZeroShotClassifier, encode_names
 from data import DEFAULT_DEGRADATIONS
 from data.captions import CaptionDataset
@@ -138,6 +155,10 @@ class TrainSection:
     degradation_loss: DegradationLoss = spec("clip", help="clip (the paper's) or class_aware")
     log_every: int = spec(10, minimum=1, help="steps between logged scalars")
     save_every_epochs: int = spec(1, minimum=1, help="epochs between numbered checkpoints")
+    keep_last: int = spec(0, minimum=0, help="numbered checkpoints kept (the newest); 0 = all")
+    max_nonfinite_steps: int = spec(
+        0, minimum=0, help="NaN/Inf losses skipped in a row before training stops (0 = stop at the first)"
+    )
 
     def validate(self) -> None:
         if not all(0.0 <= b < 1.0 for b in self.betas):
@@ -231,7 +252,8 @@ def train_step(
     """One optimisation step on a collated batch (see :class:`CaptionCollate`); returns the losses.
 
     Caption features come from the frozen text tower without gradient; gradients are summed over
-    ranks; the logit scale is clamped to ``[0, ln 100]`` after the update.
+    ranks; the logit scale is clamped to ``[0, ln 100]`` after the update. A NaN/Inf loss (on any
+    rank) makes no update (the scheduler still steps); the caller decides whether to go on.
     """
     device = model.logit_scale.device
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
@@ -249,14 +271,21 @@ def train_step(
             model.logit_scale,
         )
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()
-    sync_gradients(model.controller.parameters(), [model.logit_scale])
-    optimizer.step()
+    finite = torch.isfinite(losses.total.detach()).float()
+    if is_distributed():  # every rank takes (or skips) the step together
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    total = losses.total.detach()
+    if bool(finite):
+        losses.total.backward()
+        sync_gradients(model.controller.parameters(), [model.logit_scale])
+        optimizer.step()
+    else:  # skipped: report it as non-finite on every rank, whatever this rank's own value
+        total = torch.full_like(total, float("nan")) if torch.isfinite(total) else total
     if scheduler is not None:
         scheduler.step()
     with torch.no_grad():
         model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
-    return DaCLIPLossOutput(losses.total.detach(), losses.content.detach(), losses.degradation.detach())
+    return DaCLIPLossOutput(total, losses.content.detach(), losses.degradation.detach())
 
 
 def make_checkpoint(
@@ -287,18 +316,6 @@ def make_checkpoint(
 class _RunState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
-
-
-def _resolve_resume(cfg: DaCLIPTrainConfig) -> tuple[Path | None, bool]:
-    """(checkpoint to resume from, whether to reuse the run folder it belongs to)."""
-    resume = cfg.experiment.resume
-    if not resume:
-        return None, False
-    if resume == "auto":
-        latest = Path(cfg.experiment.root) / cfg.experiment.name / "checkpoints" / "latest.pt"
-        return (latest, True) if latest.is_file() else (None, False)
-    path = Path(resume)
-    return path, path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
 
 
 def _broadcast_path(path: Path | None, info: DistInfo) -> Path:
@@ -354,6 +371,8 @@ def _data_loaders(
     val_loader = None
     if cfg.data.val_csv:
         val_set = CaptionDataset(cfg.data.val_csv, **data_kwargs)
+        # Headers only (cheap): an unreadable validation image fails now, not after an epoch.
+        check_images((row.filepath for row in val_set.rows), f"validation set {cfg.data.val_csv}")
         val_loader = _validation_loader(val_set, tcfg.batch_size, info, cfg.data.num_workers)
     return loader, val_loader
 
@@ -387,8 +406,12 @@ def _restore(
 ) -> _RunState:
     """Load trained weights, optimizer, scheduler, counters and this rank's RNG state from ``path``."""
     ckpt = load_checkpoint(path)
-    if not (isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT and "optimizer" in ckpt):
-        raise ValueError(f"{path} is not a stage-1 training checkpoint of this project")
+    require_format(ckpt, path, CHECKPOINT_FORMAT, "a stage-1 (DA-CLIP) training checkpoint")
+    if "optimizer" not in ckpt:
+        raise UserError(
+            f"{path} is a DA-CLIP model export without optimizer state, not a training checkpoint "
+            "(resume from checkpoints/latest.pt or epoch_<n>.pt)"
+        )
     missing = [k for k in model.trainable_state_dict() if k not in ckpt["model"]]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks trained weights {missing[:4]}")
@@ -448,7 +471,7 @@ def train_daclip(cfg: DaCLIPTrainConfig, argv: Sequence[str] | None = None, *, p
 def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, progress: bool) -> Path:
     device = info.device
     tcfg = cfg.train
-    resume_path, reuse_dir = _resolve_resume(cfg)
+    resume_path, resume_dir = plan_resume(cfg.experiment)
     # Weights first (a missing download fails before any folder is written). The main rank
     # resolves (and, online, downloads) them; the others then read the cache. Every rank
     # builds with the same seed (a random CLIP must be the same everywhere), and rank 0's
@@ -475,20 +498,6 @@ def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, p
     train_set, steps_per_epoch = loader.dataset, len(loader)
     global_batch = tcfg.batch_size * info.world_size
 
-    run_dir = None
-    if info.is_main:
-        run_dir = create_run_dir(cfg.experiment.root, cfg.experiment.name, resume=reuse_dir)
-        write_run_info(run_dir, cfg, argv)
-    run_dir = _broadcast_path(run_dir, info)
-    log = setup_logger(run_dir, info.is_main, name="daclip.train")
-    if info.is_main and run_dir.name != cfg.experiment.name:
-        log.info(
-            "run folder %s/%s exists; this run writes to %s",
-            cfg.experiment.root,
-            cfg.experiment.name,
-            run_dir,
-        )
-
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps
@@ -502,7 +511,30 @@ def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, p
     state = _RunState()
     if resume_path is not None:
         state = _restore(resume_path, model, optimizer, scheduler, cfg, info)
-        log.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step)
+
+    # Everything that can fail on the user's inputs has run: only now is a run folder written.
+    run_dir = None
+    if info.is_main:
+        run_dir = open_run_dir(cfg.experiment, resume_dir)
+        write_run_info(run_dir, cfg, argv)
+    run_dir = _broadcast_path(run_dir, info)
+    log = setup_logger(run_dir, info.is_main, name="daclip.train")
+    if resume_path is not None:
+        log.info(
+            "resumed from %s at epoch %d, step %d; run folder %s",
+            resume_path,
+            state.epoch,
+            state.step,
+            run_dir,
+        )
+    elif cfg.experiment.resume == "auto":
+        log.info("nothing to resume for %r; new run folder %s", cfg.experiment.name, run_dir)
+    if resume_dir is None and run_dir.name != cfg.experiment.name:
+        log.info(
+            "run folder %s exists; this run writes to %s",
+            Path(cfg.experiment.root) / cfg.experiment.name,
+            run_dir,
+        )
 
     writer = None
     if info.is_main:
@@ -527,6 +559,7 @@ def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, p
             writer.add_scalar("val/clip_accuracy", baseline["clip"], 0)
             writer.add_scalar("val/daclip_accuracy", baseline["daclip"], 0)
 
+    nonfinite = NonFiniteGuard(tcfg.max_nonfinite_steps)
     for epoch in range(state.epoch, tcfg.epochs):
         loader.sampler.set_epoch(epoch)
         model.train()
@@ -542,6 +575,8 @@ def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, p
         for batch in batches:
             losses = train_step(model, batch, criterion, name_features, optimizer, scheduler, tcfg.precision)
             state.step += 1
+            if not nonfinite.check(losses.total.item(), state.step):
+                log.warning("step %d: the loss is %s; update skipped", state.step, losses.total.item())
             if bar is not None:
                 bar.set_postfix(loss=f"{losses.total.item():.4f}")
             if state.step % tcfg.log_every == 0 and info.is_main:
@@ -550,19 +585,23 @@ def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, p
         if bar is not None:
             bar.close()
         state.epoch = epoch + 1
+        # Saved before validating: a validation failure must not lose the epoch.
+        _save_training_checkpoint(model, source, cfg, optimizer, scheduler, state, run_dir, info)
         accuracy = _validate(model, val_loader, classifier, cfg, device, ("daclip",))
         if accuracy:
             log.info("epoch %d: DA-CLIP validation accuracy %.4f", state.epoch, accuracy["daclip"])
             if writer is not None:
                 writer.add_scalar("val/daclip_accuracy", accuracy["daclip"], state.step)
-        _save_training_checkpoint(model, source, cfg, optimizer, scheduler, state, run_dir, info)
         log.info("epoch %d done in %.1f s", state.epoch, time.perf_counter() - started)
 
-    if info.is_main:
-        final = run_dir / "checkpoints" / "daclip_final.pt"
-        save_checkpoint(
+    final = run_dir / "checkpoints" / "daclip_final.pt"
+    main_rank_call(
+        lambda: save_checkpoint(
             final, make_checkpoint(model, source, cfg, full=True, epoch=state.epoch, step=state.step)
-        )
+        ),
+        is_main=info.is_main,
+    )
+    if info.is_main:
         log.info("final model (frozen CLIP included): %s", final)
         writer.close()
     barrier()
@@ -584,7 +623,8 @@ def _save_training_checkpoint(
         gathered: list[Any] = [None] * info.world_size
         dist.all_gather_object(gathered, rng)
         rng = gathered
-    if info.is_main:
+
+    def save() -> None:
         ckpt = make_checkpoint(
             model,
             source,
@@ -596,7 +636,10 @@ def _save_training_checkpoint(
             rng=rng,
         )
         folder = run_dir / "checkpoints"
-        save_checkpoint(folder / "latest.pt", ckpt)
         if state.epoch % cfg.train.save_every_epochs == 0 or state.epoch == cfg.train.epochs:
             save_checkpoint(folder / f"epoch_{state.epoch}.pt", ckpt)
+            prune_checkpoints(folder, "epoch_", cfg.train.keep_last)
+        save_checkpoint(folder / "latest.pt", ckpt)
+
+    main_rank_call(save, is_main=info.is_main)  # a failure on rank 0 stops every rank
     barrier()

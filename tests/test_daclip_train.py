@@ -29,9 +29,10 @@ from daclip.train import (
 )
 from daclip.utils.checkpoint import load_checkpoint
 from daclip.utils.config import ConfigError, load_config
+from daclip.utils.experiment import NonFiniteLossError, UserError
 from daclip.zero_shot import encode_names
 from data.captions import CaptionDataset, CaptionRow, write_caption_csv
-from data.io import write_image
+from data.io import ImageReadError, write_image
 from tests.test_daclip_model import TINY_CONFIG, TINY_NAME, tiny_daclip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,3 +303,173 @@ def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path
     assert isinstance(two["rng"], list) and len(two["rng"]) == 2  # every rank's generators
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+# ----------------------------------------------------------------------------- lifecycle: NaN, resume, saves
+
+
+def _all_checkpoints_finite(root: Path) -> int:
+    count = 0
+    for path in root.rglob("*.pt"):
+        ckpt = load_checkpoint(path)
+        for key, value in ckpt["model"].items():
+            assert torch.isfinite(value).all(), f"{path}: {key} is not finite"
+        count += 1
+    return count
+
+
+def test_a_nan_loss_stops_training_naming_the_step_without_writing_nan(tmp_path, capsys) -> None:
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    with pytest.raises(NonFiniteLossError, match=r"^step \d+: the training loss is (nan|inf)"):
+        train_daclip(
+            _tiny_cfg(tmp_path, csv_path, **{"train.lr": "1e9", "train.epochs": "4"}), progress=False
+        )
+    runs = tmp_path / "runs"
+    _all_checkpoints_finite(runs)
+    assert not list(runs.rglob("daclip_final.pt"))  # the run did not "finish"
+    # Through the script: one line, exit code 2.
+    code = _script("train_daclip").main(
+        ["-c", str(ROOT / "configs/daclip_tiny.yml"), *_tiny_cfg_overrides(tmp_path, csv_path)]
+        + ["train.lr=1e9", "train.epochs=4", "--no-progress"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: step ")
+    _all_checkpoints_finite(runs)
+
+
+def test_skipped_nonfinite_steps_make_no_update(tmp_path, monkeypatch) -> None:
+    """train.max_nonfinite_steps: a NaN loss within the allowance skips its update and training goes on."""
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    calls = {"n": 0}
+    real_forward = DaCLIPLoss.forward
+
+    def nan_at_second_call(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            return type(out)(out.total * float("nan"), out.content, out.degradation)
+        return out
+
+    monkeypatch.setattr(DaCLIPLoss, "forward", nan_at_second_call)
+    cfg = _tiny_cfg(
+        tmp_path, csv_path, **{"train.epochs": "1", "data.val_csv": "''", "train.max_nonfinite_steps": "1"}
+    )
+    run = train_daclip(cfg, progress=False)
+    assert "step 2: the loss is nan; update skipped" in (run / "train.log").read_text()
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 3
+    # Without the allowance the same NaN stops the run at step 2.
+    calls["n"] = 0
+    cfg = _tiny_cfg(tmp_path, csv_path, **{"train.epochs": "1", "data.val_csv": "''"})
+    with pytest.raises(NonFiniteLossError, match="^step 2:"):
+        train_daclip(cfg, progress=False)
+
+
+def test_train_step_skips_the_update_on_a_nan_loss(tmp_path) -> None:
+    model = tiny_daclip().train()
+    batch = one_batch(synthetic_captions(tmp_path))
+    names = encode_names(model.encode_text, make_tokenizer(_tiny_source()), NAMES)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def nan_loss(*args, **kwargs):
+        out = DaCLIPLoss("clip")(*args, **kwargs)
+        return type(out)(out.total * float("nan"), out.content, out.degradation)
+
+    losses = train_step(model, batch, nan_loss, names, optimizer)
+    assert math.isnan(losses.total.item())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not optimizer.state  # Adam took no step
+
+
+def test_auto_resume_finds_the_run_an_earlier_resume_wrote_to(tmp_path) -> None:
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    runs = tmp_path / "runs"
+    # A start killed before its first checkpoint left daclip_tiny/ with a config and no checkpoint.
+    (runs / "daclip_tiny").mkdir(parents=True)
+    (runs / "daclip_tiny" / "config.yaml").write_text("killed: true\n")
+    auto = {"experiment.resume": "auto", "train.keep_last": "1"}
+    first = train_daclip(_tiny_cfg(tmp_path, csv_path, **auto, **{"train.epochs": "1"}), progress=False)
+    assert first.name == "daclip_tiny_1"  # nothing to resume: a new folder
+    assert not (runs / "daclip_tiny" / "checkpoints").exists()
+    again = train_daclip(_tiny_cfg(tmp_path, csv_path, **auto, **{"train.epochs": "3"}), progress=False)
+    assert again == first  # resumed where the checkpoint is, not from zero in daclip_tiny_2
+    assert not (runs / "daclip_tiny_2").exists()
+    assert "resumed from" in (first / "train.log").read_text()
+    latest = load_checkpoint(first / "checkpoints" / "latest.pt")
+    assert (latest["epoch"], latest["step"]) == (3, 3 * (12 // 4))
+    # train.keep_last=1: only the newest numbered checkpoint is kept.
+    assert {p.name for p in (first / "checkpoints").glob("*.pt")} == {
+        "latest.pt",
+        "epoch_3.pt",
+        "daclip_final.pt",
+    }
+
+
+def test_explicit_resume_continues_in_the_checkpoints_run_never_a_third_one(tmp_path) -> None:
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    one_epoch = {"train.epochs": "1", "data.val_csv": "''"}
+    a = train_daclip(_tiny_cfg(tmp_path, csv_path, **one_epoch, **{"experiment.name": "a"}), progress=False)
+    b = train_daclip(_tiny_cfg(tmp_path, csv_path, **one_epoch, **{"experiment.name": "b"}), progress=False)
+    b_files = {p: p.read_bytes() for p in b.rglob("*") if p.is_file()}
+    resumed = train_daclip(
+        _tiny_cfg(
+            tmp_path,
+            csv_path,
+            **{
+                "experiment.name": "b",
+                "experiment.resume": str(a / "checkpoints" / "epoch_1.pt"),
+                "train.epochs": "2",
+                "data.val_csv": "''",
+            },
+        ),
+        progress=False,
+    )
+    assert resumed == a
+    assert load_checkpoint(a / "checkpoints" / "latest.pt")["epoch"] == 2
+    assert {p: p.read_bytes() for p in b.rglob("*") if p.is_file()} == b_files  # b untouched
+
+
+def test_wrong_checkpoint_kinds_are_one_line_and_leave_no_folder(tmp_path, capsys) -> None:
+    from tests.conftest import write_tiny_ir_checkpoint
+
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    ir_ckpt = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    code = _script("train_daclip").main(
+        ["-c", str(ROOT / "configs/daclip_tiny.yml"), *_tiny_cfg_overrides(tmp_path, csv_path)]
+        + [f"experiment.resume={ir_ckpt}", "--no-progress"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{ir_ckpt} is a restoration (stage-2) checkpoint, not a stage-1" in err
+    assert not (tmp_path / "runs").exists()  # a failed start leaves no run folder
+    with pytest.raises(UserError, match=r"ir\.pt is a restoration \(stage-2\) checkpoint, not a DA-CLIP"):
+        load_frozen_daclip(ir_ckpt)
+
+
+def test_bad_validation_image_fails_at_start_up_without_a_run_folder(tmp_path) -> None:
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    (tmp_path / "data" / "hazy" / "2.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ImageReadError, match=r"validation set .*hazy/2\.png"):
+        train_daclip(_tiny_cfg(tmp_path, csv_path), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_epoch_is_saved_before_it_is_validated(tmp_path, monkeypatch) -> None:
+    import daclip.train
+
+    csv_path = synthetic_captions(tmp_path / "data", per_class=4)
+    real_validate = daclip.train._validate
+    calls = {"n": 0}
+
+    def failing_after_training(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first is the baseline before training
+            raise ImageReadError("cannot read image val.png: truncated")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(daclip.train, "_validate", failing_after_training)
+    with pytest.raises(ImageReadError):
+        train_daclip(_tiny_cfg(tmp_path, csv_path), progress=False)
+    latest = load_checkpoint(tmp_path / "runs" / "daclip_tiny" / "checkpoints" / "latest.pt")
+    assert latest["epoch"] == 1
