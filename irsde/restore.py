@@ -5,27 +5,66 @@ downsampling factor and cropped back, and with ``tile`` set the network sees bou
 (:class:`irsde.tiling.TiledModel`), so memory does not grow with the image. The predicted
 degradation (DA-CLIP zero-shot, top-3 with probabilities) is printed and saved to
 ``predictions.csv``. Inputs are never overwritten.
+
+Outputs are PNGs named after the inputs (``photo.jpg`` -> ``photo.png``); when several inputs share a
+name stem (``photo.jpg`` and ``photo.png``), each of them keeps its extension in the name
+(``photo_jpg.png``, ``photo_png.png``), so no image is skipped or overwritten. An output path with an
+image extension restores a single input into exactly that file.
+
+An image that cannot be read is reported and skipped; the others are restored, and the run ends with
+a :class:`RestoreError` naming it. A restored image with non-finite values (NaN weights, a diverged
+sampler) is an error naming the image: nothing is written for it.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
-from data.io import write_image
+from data.io import IMAGE_EXTENSIONS, ImageReadError, write_image
 
 from .pipeline import RestorationPipeline
+from .tiling import tile_starts
 
-__all__ = ["restore_images", "same_size_batches"]
+__all__ = [
+    "NonFiniteOutputError",
+    "ProgressReporter",
+    "RestoreError",
+    "output_targets",
+    "restore_images",
+    "same_size_batches",
+]
+
+PREDICTIONS_NAME = "predictions.csv"
+_PREDICTION_FIELDS = ["input", "output", "degradation", "probability", "top3"]
+
+
+class RestoreError(ValueError):
+    """Some images could not be restored (the others were); the message names the first one."""
+
+    def __init__(self, message: str, failures: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.failures = list(failures)  # (input path, reason)
+
+
+class NonFiniteOutputError(ValueError):
+    """The restored image holds NaN or Inf values: the model or the sampling diverged."""
 
 
 def same_size_batches(dataset: Any, batch_size: int) -> Iterator[list[dict[str, Any]]]:
     """Consecutive items of ``dataset`` grouped into batches of at most ``batch_size`` equal-size images."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     batch: list[dict[str, Any]] = []
     for index in range(len(dataset)):
         item = dataset[index]
@@ -37,65 +76,323 @@ def same_size_batches(dataset: Any, batch_size: int) -> Iterator[list[dict[str, 
         yield batch
 
 
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def output_targets(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> tuple[list[Path], bool]:
+    """The output file of every input, and whether ``output`` names a single file.
+
+    ``output`` is a folder, unless it has an image extension and is not an existing folder: then it
+    is the output file of a single input (more inputs are an error). In a folder, outputs are
+    ``<stem>.png``; inputs whose stems clash (compared case-insensitively, as file systems on macOS and
+    Windows do) get ``<stem>_<ext>.png`` instead. Fails before any work on a name that still clashes,
+    on an output that is one of the inputs, and on an output folder that is the input folder.
+    """
+    output = Path(output)
+    paths = [Path(p) for p in inputs]
+    resolved_inputs = {p.resolve() for p in paths}
+    if _is_image_name(output) and not output.is_dir():
+        if len(paths) != 1:
+            raise ValueError(
+                f"output {output} names one image file, but there are {len(paths)} input images: "
+                "give an output folder"
+            )
+        if output.resolve() in resolved_inputs:
+            raise ValueError(
+                f"output {output} is the input image: choose another name (inputs are never overwritten)"
+            )
+        return [output], True
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {output} exists and is not a folder (nor an image name for a single input)")
+    if output.resolve() in {p.parent for p in resolved_inputs}:
+        raise ValueError(
+            f"output folder {output} is the input folder: choose another (inputs are never overwritten)"
+        )
+    stems: dict[str, int] = {}
+    for path in paths:
+        stems[path.stem.casefold()] = stems.get(path.stem.casefold(), 0) + 1
+    targets = []
+    for path in paths:
+        clash = stems[path.stem.casefold()] > 1
+        name = f"{path.stem}_{path.suffix.lstrip('.')}.png" if clash else f"{path.stem}.png"
+        targets.append(output / name)
+    seen: dict[str, Path] = {}
+    for path, target in zip(paths, targets):
+        other = seen.setdefault(target.name.casefold(), path)
+        if other != path:
+            raise ValueError(
+                f"inputs {other} and {path} would both be restored to {target}: rename one of them"
+            )
+        if target.resolve() in resolved_inputs:
+            raise ValueError(f"refusing to overwrite input image {target}: choose another output folder")
+    return targets, False
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ProgressReporter:
+    """Progress within an image, at a bounded rate, readable in a terminal and in a log file.
+
+    On a terminal one status line is rewritten in place at most every ``tty_interval`` seconds;
+    otherwise (output redirected to a file or a pipe) a full line is written at most every
+    ``interval`` seconds, so a log of an hour-long restore stays short. Progress counts network
+    evaluations (one per sampler step, or one per batch of tiles with tiling).
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        interval: float = 10.0,
+        tty_interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty()) if callable(isatty) else False
+        self.interval = tty_interval if self.tty else interval
+        self.clock = clock
+        self.label = ""
+        self.total = 0
+        self.steps = 0
+        self.done = 0
+        self._start = self._last = 0.0
+
+    def start(self, label: str, total: int, steps: int) -> None:
+        """A new image (or batch): ``total`` network calls over ``steps`` sampler steps."""
+        self.label, self.total, self.steps, self.done = label, max(int(total), 1), max(int(steps), 1), 0
+        self._start = self._last = self.clock()
+
+    def _line(self) -> str:
+        elapsed = self.clock() - self._start
+        fraction = min(self.done / self.total, 1.0)
+        per_step = self.total / self.steps
+        step = min(int(self.done / per_step) + 1, self.steps)  # the step under way
+        text = f"{self.label}: {fraction:4.0%} (step {step}/{self.steps}"
+        if per_step > 1:
+            text += f", network call {self.done}/{self.total}"
+        text += f"), {_duration(elapsed)} elapsed"
+        if 0 < fraction < 1:
+            text += f", about {_duration(elapsed * (1 - fraction) / fraction)} left"
+        return text
+
+    def _write(self, text: str, final: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def update(self, done: int | None = None) -> None:
+        """One more network call finished (or ``done`` in total); writes a line if one is due."""
+        self.done = self.done + 1 if done is None else int(done)
+        now = self.clock()
+        if now - self._last >= self.interval and self.done < self.total:
+            self._last = now
+            self._write(self._line())
+
+    def finish(self) -> None:
+        """The image is done: a last line on a terminal (elsewhere the caller logs the result)."""
+        self.done = self.total
+        if self.tty:
+            self._write(self._line(), final=True)
+
+
+def _network_calls(pipeline: RestorationPipeline, batch: int, height: int, width: int) -> tuple[int, int]:
+    """(network calls, sampler steps) for one batch, to put progress within an image in numbers."""
+    steps = int(pipeline.num_steps or pipeline.sde.T)
+    tile = pipeline.tile
+    if tile is None or (height <= tile and width <= tile):
+        return steps, steps
+    tiles = len(tile_starts(height, tile, pipeline.tile_overlap)) * len(
+        tile_starts(width, tile, pipeline.tile_overlap)
+    )
+    return steps * math.ceil(batch * tiles / pipeline.tile_batch_size), steps
+
+
+@contextmanager
+def _count_network_calls(module: torch.nn.Module, callback: Callable[[], None]) -> Iterator[None]:
+    handle = module.register_forward_hook(lambda *_: callback())
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# ----------------------------------------------------------------------------- predictions.csv
+
+
+def _write_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Merge ``records`` into ``path`` (rows of outputs restored earlier are kept), atomically."""
+    rows: dict[str, dict[str, str]] = {}
+    if path.is_file():
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    if row.get("output"):
+                        rows[row["output"]] = {k: row.get(k) or "" for k in _PREDICTION_FIELDS}
+        except (OSError, UnicodeDecodeError, csv.Error):
+            rows = {}  # unreadable: rewritten from this run's records
+    for r in records:
+        name, prob = r["top3"][0]
+        rows[r["output"]] = {
+            "input": r["input"],
+            "output": r["output"],
+            "degradation": name,
+            "probability": f"{prob:.4f}",
+            "top3": "; ".join(f"{n} {p:.3f}" for n, p in r["top3"]),
+        }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=_PREDICTION_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows[key] for key in sorted(rows))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- restoring
+
+
 def restore_images(
     pipeline: RestorationPipeline,
     dataset: Any,
-    out_dir: str | os.PathLike,
+    output: str | os.PathLike,
     *,
     degradations: Sequence[str] | None = None,
     batch_size: int = 1,
     seed: int = 0,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
-    progress: bool = False,
+    progress: bool | ProgressReporter = False,
 ) -> list[dict[str, Any]]:
-    """Restore every image of ``dataset`` (items with ``lq``, ``lq_clip``, ``path``) into ``out_dir``.
+    """Restore every image of ``dataset`` into the folder (or, for one image, the file) ``output``.
 
-    Returns one record per image: input path, output path, and (when the pipeline has a DA-CLIP and
-    ``degradations`` are given) the top-3 predicted degradations with probabilities.
+    ``dataset`` items are dicts with ``lq``, ``lq_clip`` and ``path``; its ``paths`` attribute lists
+    the inputs (as :class:`data.paired.LQImageDataset` does), so that outputs are named, and
+    already restored images skipped, before any image is read. ``progress``: True reports progress
+    within each image on stderr (:class:`ProgressReporter`), or pass a reporter.
+
+    Returns one record per restored image: input path, output path, and (when the pipeline has a
+    DA-CLIP and ``degradations`` are given) the top-3 predicted degradations with probabilities.
+
+    Raises:
+        ValueError: a bad ``batch_size`` or output (before any work).
+        NonFiniteOutputError: a restored image is not finite (nothing is written for it).
+        RestoreError: at the end, when some images could not be read (the others are restored).
     """
-    out_dir = Path(out_dir)
-    inputs = {Path(p).resolve() for p in getattr(dataset, "paths", [])}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if out_dir.resolve() in {p.parent for p in inputs}:
-        raise ValueError(
-            f"output folder {out_dir} is the input folder: choose another (inputs are never overwritten)"
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    if hasattr(dataset, "paths"):
+        paths = [Path(p) for p in dataset.paths]
+    else:
+        paths = [Path(dataset[i]["path"]) for i in range(len(dataset))]
+    targets, single_file = output_targets(paths, output)
+    folder = targets[0].parent if single_file else Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    clashing = [(p, t) for p, t in zip(paths, targets) if not single_file and t.stem != p.stem]
+    if clashing:
+        log(
+            f"{len(clashing)} inputs share a name with another input: their outputs keep the extension "
+            f"(e.g. {clashing[0][0].name} -> {clashing[0][1].name})"
         )
+    pending = [i for i, t in enumerate(targets) if overwrite or not t.exists()]
+    if len(pending) < len(targets):
+        log(
+            f"skipping {len(targets) - len(pending)} image(s) already restored in {folder} "
+            "(pass --overwrite to redo)"
+        )
+
+    reporter: ProgressReporter | None
+    reporter = (
+        progress if isinstance(progress, ProgressReporter) else (ProgressReporter() if progress else None)
+    )
     classify = getattr(pipeline.embedder, "classify", None) if degradations else None
     generator = torch.Generator(device=pipeline.device).manual_seed(seed)
     records: list[dict[str, Any]] = []
-    batches: Any = same_size_batches(dataset, batch_size)
-    if progress:
-        from tqdm import tqdm
+    failures: list[tuple[str, str]] = []
 
-        batches = tqdm(batches, desc="restore", total=None, dynamic_ncols=True)
-    for batch in batches:
-        targets = [out_dir / f"{Path(item['path']).stem}.png" for item in batch]
-        if not overwrite and all(t.exists() for t in targets):
-            log(f"skipping {len(targets)} image(s) already restored in {out_dir} (pass --overwrite to redo)")
-            continue
-        lq = torch.stack([item["lq"] for item in batch])  # (B, 3, H, W)
-        lq_clip = torch.stack([item["lq_clip"] for item in batch]) if pipeline.embedder is not None else None
-        restored = pipeline(lq, lq_clip, generator=generator)  # (B, 3, H, W)
-        probs = classify(lq_clip.to(pipeline.device), list(degradations)) if classify is not None else None
-        for i, (item, target) in enumerate(zip(batch, targets)):
-            if target.resolve() in inputs:
-                raise ValueError(f"refusing to overwrite input image {target}")
-            write_image(target, restored[i])
-            record: dict[str, Any] = {"input": item["path"], "output": str(target)}
-            if probs is not None:
-                top = torch.topk(probs[i], k=min(3, probs.shape[1]))
-                record["top3"] = [(degradations[j], float(p)) for p, j in zip(top.values, top.indices)]
-                name, prob = record["top3"][0]
-                log(f"{Path(item['path']).name}: {name} ({prob:.1%}) -> {target}")
+    def items() -> Iterator[tuple[int, dict[str, Any]]]:
+        for index in pending:
+            try:
+                yield index, dataset[index]
+            except ImageReadError as err:
+                failures.append((str(paths[index]), str(err)))
+                log(f"error: {err} (skipped)")
+
+    def batches() -> Iterator[list[tuple[int, dict[str, Any]]]]:
+        batch: list[tuple[int, dict[str, Any]]] = []
+        for index, item in items():
+            if batch and (len(batch) == batch_size or batch[0][1]["lq"].shape != item["lq"].shape):
+                yield batch
+                batch = []
+            batch.append((index, item))
+        if batch:
+            yield batch
+
+    done = len(targets) - len(pending)
+    try:
+        for batch in batches():
+            lq = torch.stack([item["lq"] for _, item in batch])  # (B, 3, H, W)
+            lq_clip = (
+                torch.stack([item["lq_clip"] for _, item in batch]) if pipeline.embedder is not None else None
+            )
+            names = ", ".join(Path(item["path"]).name for _, item in batch)
+            if reporter is not None:
+                calls, steps = _network_calls(pipeline, lq.shape[0], lq.shape[-2], lq.shape[-1])
+                label = f"[{done + 1}/{len(targets)}] {names} ({lq.shape[-1]}x{lq.shape[-2]})"
+                reporter.start(label, calls, steps)
+                with _count_network_calls(pipeline.unet, reporter.update):
+                    restored = pipeline(lq, lq_clip, generator=generator)  # (B, 3, H, W)
+                reporter.finish()
             else:
-                log(f"{Path(item['path']).name} -> {target}")
-            records.append(record)
-    if records and "top3" in records[0]:
-        with open(out_dir / "predictions.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["input", "output", "degradation", "probability", "top3"])
-            for r in records:
-                top3 = "; ".join(f"{n} {p:.3f}" for n, p in r["top3"])
-                writer.writerow([r["input"], r["output"], r["top3"][0][0], f"{r['top3'][0][1]:.4f}", top3])
+                restored = pipeline(lq, lq_clip, generator=generator)
+            probs = (
+                classify(lq_clip.to(pipeline.device), list(degradations)) if classify is not None else None
+            )
+            for i, (index, item) in enumerate(batch):
+                target = targets[index]
+                finite = bool(torch.isfinite(restored[i]).all())
+                if not finite or (probs is not None and not bool(torch.isfinite(probs[i]).all())):
+                    what = "restored image" if not finite else "degradation probabilities"
+                    raise NonFiniteOutputError(
+                        f"restoring {item['path']} gave a {what} with NaN or Inf values (the model weights "
+                        f"or the sampling diverged); nothing was written for it"
+                    )
+                write_image(target, restored[i])
+                record: dict[str, Any] = {"input": item["path"], "output": str(target)}
+                if probs is not None:
+                    top = torch.topk(probs[i], k=min(3, probs.shape[1]))
+                    record["top3"] = [(degradations[j], float(p)) for p, j in zip(top.values, top.indices)]
+                    name, prob = record["top3"][0]
+                    log(f"{Path(item['path']).name}: {name} ({prob:.1%}) -> {target}")
+                else:
+                    log(f"{Path(item['path']).name} -> {target}")
+                records.append(record)
+            done += len(batch)
+    finally:
+        # Also after an error: the predictions of the images written so far are kept.
+        predicted = [r for r in records if "top3" in r]
+        if predicted and not single_file:
+            _write_predictions(folder / PREDICTIONS_NAME, predicted)
+    if failures:
+        first, reason = failures[0]
+        more = f" (and {len(failures) - 1} more, listed above)" if len(failures) > 1 else ""
+        raise RestoreError(
+            f"{len(failures)} of {len(targets)} images could not be restored: {reason}{more}", failures
+        )
     return records

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
@@ -22,24 +23,44 @@ from daclip.utils.experiment import UserError, run_main  # noqa: E402
 from data import DEFAULT_DEGRADATIONS  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
 from irsde.pipeline import RestorationPipeline, load_restoration_checkpoint  # noqa: E402
-from irsde.restore import restore_images  # noqa: E402
+from irsde.restore import output_targets, restore_images  # noqa: E402
 from irsde.train import DaclipSection, build_embedder  # noqa: E402
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (argparse reports anything else as a usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True, help="image file or folder")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument(
+        "-o", "--output", required=True, help="output folder, or an image file name (.png) for a single input"
+    )
     p.add_argument("--checkpoint", required=True, help="our stage-2 checkpoint or universal-ir.pth")
     p.add_argument("--daclip", default="", help="DA-CLIP weights (default: the one the checkpoint records)")
     p.add_argument(
         "--clip-model", default="ViT-B-32", help="open_clip architecture of a released DA-CLIP file"
     )
+    p.add_argument(
+        "--model-config", default="", help="open_clip JSON of a custom architecture (with --clip-model)"
+    )
     p.add_argument("--sampler", default="posterior", choices=["posterior", "sde", "ode"])
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: T)")
-    p.add_argument("--tile", type=int, default=None, help="tile size for large images (e.g. 256)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
-    p.add_argument("--batch-size", type=int, default=1, help="images (of equal size) per batch")
+    p.add_argument("--steps", type=_at_least(1), default=None, help="sampling steps (default: T)")
+    p.add_argument("--tile", type=_at_least(1), default=None, help="tile size for large images (e.g. 256)")
+    p.add_argument("--overlap", type=_at_least(0), default=64, help="tile overlap in pixels")
+    p.add_argument("--batch-size", type=_at_least(1), default=1, help="images (of equal size) per batch")
     p.add_argument(
         "--degradations", nargs="+", default=list(DEFAULT_DEGRADATIONS), help="classifier vocabulary"
     )
@@ -51,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        # Inputs and output names are checked before the model is loaded.
+        output_targets(LQImageDataset(args.input).paths, args.output)
         device = resolve_device(args.device)
         loaded = load_restoration_checkpoint(args.checkpoint)
         daclip_path = args.daclip or loaded.daclip_checkpoint or ""
@@ -58,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         if needs_daclip and not daclip_path:
             raise UserError(f"{args.checkpoint} is conditioned on DA-CLIP: pass --daclip <weights>")
         embedder = (
-            build_embedder(DaclipSection(daclip_path, args.clip_model), device) if daclip_path else None
+            build_embedder(DaclipSection(daclip_path, args.clip_model, args.model_config), device)
+            if daclip_path
+            else None
         )
         pipeline = RestorationPipeline(
             loaded.unet.to(device),

@@ -222,3 +222,200 @@ def test_benchmark_reports_json(tmp_path, capsys):
     assert result["torch"] == torch.__version__ and result["restore"]["num_steps"] == 10
     assert result["train"]["images_per_second"] > 0 and result["restore"]["seconds_per_image"] > 0
     assert json.loads(capsys.readouterr().out)["device"].startswith("CPU")
+
+
+# ----------------------------------------------------------------------------- restore.py: names, errors, outputs
+
+
+def _restore(argv) -> int:
+    return _script("restore").main([str(a) for a in argv])
+
+
+def _restore_args(checkpoint, *extra):
+    return ["--checkpoint", str(checkpoint), "--device", "cpu", "--steps", "2", *map(str, extra)]
+
+
+def _nan_checkpoint(source: Path, target: Path) -> Path:
+    """``source`` with NaN weights, written with plain torch.save (our writer refuses NaN weights)."""
+    from daclip.utils.checkpoint import load_checkpoint
+
+    obj = load_checkpoint(source)
+    for key in ("model", "ema"):
+        obj[key] = {
+            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in obj[key].items()
+        }
+    torch.save(obj, target)
+    return target
+
+
+def test_restore_gives_inputs_with_one_stem_distinct_outputs(tmp_path, capsys):
+    inputs = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    sizes = {"photo.jpg": (20, 28), "photo.png": (24, 16), "Photo.bmp": (12, 12), "other.png": (16, 20)}
+    for name, (h, w) in sizes.items():
+        write_image(inputs / name, rng.random((h, w, 3)).astype(np.float32))
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    out = tmp_path / "restored"
+    assert _restore(["-i", inputs, "-o", out, *_restore_args(checkpoint)]) == 0
+    expected = {
+        "photo_jpg.png": (20, 28),
+        "photo_png.png": (24, 16),
+        "Photo_bmp.png": (12, 12),
+        "other.png": (16, 20),
+    }
+    assert {p.name for p in out.glob("*.png")} == set(expected)
+    for name, (h, w) in expected.items():
+        assert read_image(out / name).shape == (h, w, 3)
+    assert "keep the extension" in capsys.readouterr().out
+    # A rerun finds every output in place.
+    assert _restore(["-i", inputs, "-o", out, *_restore_args(checkpoint)]) == 0
+    assert "skipping 4 image(s) already restored" in capsys.readouterr().out
+
+
+def test_restore_with_non_finite_weights_is_an_error_naming_the_image(
+    tmp_path, tiny_daclip_checkpoint, capsys
+):
+    inputs = tmp_path / "photos"
+    for name in ("a.png", "b.png"):
+        write_image(inputs / name, np.full((16, 16, 3), 0.5, dtype=np.float32))
+    good = write_tiny_ir_checkpoint(
+        tmp_path / "ir.pt", daclip_checkpoint=str(tiny_daclip_checkpoint), context=True
+    )
+    bad = _nan_checkpoint(good, tmp_path / "nan.pt")
+    out = tmp_path / "restored"
+    assert _restore(["-i", inputs, "-o", out, *_restore_args(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NaN" in err, err
+    assert not list(out.glob("*.png")), "no black image is written"
+    assert not (out / "predictions.csv").exists() or "nan" not in (out / "predictions.csv").read_text()
+    # The restore itself names the image (whatever the checkpoint loader checks first).
+    from data.paired import LQImageDataset
+    from irsde.restore import NonFiniteOutputError, restore_images
+
+    net = LocalNet()
+    with torch.no_grad():
+        net.body[0].bias.fill_(float("nan"))
+    with pytest.raises(
+        NonFiniteOutputError, match=r"restoring .*a\.png gave a restored image with NaN or Inf"
+    ):
+        restore_images(RestorationPipeline(net, IRSDE(T=3)), LQImageDataset(inputs), out, log=lambda _: None)
+    assert not list(out.glob("*.png"))
+    # The same folder restores with good weights; predictions.csv holds only finite probabilities.
+    assert _restore(["-i", inputs, "-o", out, *_restore_args(good)]) == 0
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [Path(r["output"]).name for r in rows] == ["a.png", "b.png"]
+    assert all(np.isfinite(float(r["probability"])) for r in rows)
+
+
+def test_restore_skips_an_unreadable_image_reports_it_and_fails_at_the_end(tmp_path, capsys):
+    inputs = tmp_path / "photos"
+    for name in ("a.png", "c.png"):
+        write_image(inputs / name, np.full((16, 16, 3), 0.5, dtype=np.float32))
+    (inputs / "b.png").write_bytes(b"not a png")
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    out = tmp_path / "restored"
+    assert _restore(["-i", inputs, "-o", out, *_restore_args(checkpoint)]) == 2
+    captured = capsys.readouterr()
+    assert {p.name for p in out.glob("*.png")} == {"a.png", "c.png"}
+    assert captured.err.count("\n") == 1 and "1 of 3 images could not be restored" in captured.err
+    assert "b.png" in captured.err and "b.png" in captured.out
+
+
+def test_restore_output_file_batch_size_and_input_checks(tmp_path, capsys):
+    inputs = tmp_path / "photos"
+    write_image(inputs / "a.png", np.full((16, 12, 3), 0.25, dtype=np.float32))
+    write_image(inputs / "b.jpg", np.full((16, 12, 3), 0.75, dtype=np.float32))
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    # -o with an image name for one input writes exactly that file.
+    target = tmp_path / "out" / "restored.png"
+    assert _restore(["-i", inputs / "a.png", "-o", target, *_restore_args(checkpoint)]) == 0
+    assert target.is_file() and read_image(target).shape == (16, 12, 3)
+    assert not (target.parent / "a.png").exists() and not (target.parent / "predictions.csv").exists()
+    # ... but not for a folder of several images, and never onto the input itself.
+    before = (inputs / "a.png").read_bytes()
+    for args, message in [
+        (["-i", inputs, "-o", tmp_path / "x.png"], "names one image file, but there are 2 input images"),
+        (["-i", inputs / "a.png", "-o", inputs / "a.png"], "is the input image"),
+        (["-i", inputs / "a.png", "-o", inputs], "is the input folder"),
+    ]:
+        assert _restore([*args, *_restore_args(checkpoint)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert (inputs / "a.png").read_bytes() == before and not (tmp_path / "x.png").exists()
+    for bad in (["--batch-size", "0"], ["--steps", "0"], ["--tile", "-16"], ["--overlap", "-1"]):
+        with pytest.raises(SystemExit) as caught:
+            _restore(["-i", inputs, "-o", tmp_path / "o", *_restore_args(checkpoint), *bad])
+        assert caught.value.code == 2 and "must be >=" in capsys.readouterr().err
+    from irsde.restore import restore_images
+
+    pipeline = RestorationPipeline(LocalNet(), IRSDE(T=3))
+    with pytest.raises(ValueError, match="batch size must be an integer >= 1"):
+        restore_images(pipeline, [], tmp_path / "o", batch_size=0)
+
+
+def test_restore_keeps_predictions_of_earlier_runs(tmp_path, tiny_daclip_checkpoint, capsys):
+    inputs = tmp_path / "photos"
+    write_image(inputs / "a.png", np.full((16, 16, 3), 0.5, dtype=np.float32))
+    checkpoint = write_tiny_ir_checkpoint(
+        tmp_path / "ir.pt", daclip_checkpoint=str(tiny_daclip_checkpoint), context=True
+    )
+    out = tmp_path / "restored"
+    args = _restore_args(checkpoint, "--degradations", "noisy", "hazy")
+    assert _restore(["-i", inputs, "-o", out, *args]) == 0
+    write_image(inputs / "b.png", np.full((16, 16, 3), 0.2, dtype=np.float32))  # a new photo, then a rerun
+    assert _restore(["-i", inputs, "-o", out, *args]) == 0
+    with open(out / "predictions.csv") as handle:
+        assert [Path(r["input"]).name for r in csv.DictReader(handle)] == ["a.png", "b.png"]
+
+
+def test_restore_accepts_a_daclip_model_config(tmp_path, capsys):
+    """A released-format DA-CLIP of a custom open_clip architecture, described by --model-config."""
+    from daclip.pretrained import build_daclip
+    from tests.test_daclip_convert import official_file
+    from tests.test_daclip_model import TINY_CONFIG
+
+    name = "ViT-Restore-Tiny"  # registered by nothing else: only --model-config describes it
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    torch.manual_seed(0)
+    model, _ = build_daclip(name, "", TINY_CONFIG)
+    daclip_file = tmp_path / "daclip_custom.pt"
+    official_file(model, daclip_file)
+    checkpoint = write_tiny_ir_checkpoint(
+        tmp_path / "ir.pt", daclip_checkpoint=str(daclip_file), context=True
+    )
+    write_image(tmp_path / "in.png", np.full((16, 16, 3), 0.5, dtype=np.float32))
+    common = [
+        "-i",
+        tmp_path / "in.png",
+        *_restore_args(checkpoint, "--daclip", daclip_file, "--clip-model", name),
+    ]
+    assert _restore([*common, "-o", tmp_path / "out", "--model-config", config]) == 0
+    assert (tmp_path / "out" / "in.png").is_file() and "in.png:" in capsys.readouterr().out
+
+
+def test_restore_progress_within_an_image_at_a_bounded_rate(tmp_path):
+    """With tiles, progress counts network calls within the image; lines come at most every interval."""
+    import io
+
+    from data.paired import LQImageDataset
+    from irsde.restore import ProgressReporter, restore_images
+
+    write_image(tmp_path / "in" / "big.png", np.random.default_rng(0).random((40, 56, 3)).astype(np.float32))
+    pipeline = RestorationPipeline(LocalNet(), IRSDE(T=6), tile=16, tile_overlap=4, tile_batch_size=2)
+    calls = []
+    pipeline.unet.register_forward_hook(lambda *_: calls.append(1))  # each network call takes 1 s
+    stream = io.StringIO()  # not a terminal: whole lines
+    reporter = ProgressReporter(stream, interval=5.0, clock=lambda: float(len(calls)))
+    records = restore_images(pipeline, LQImageDataset(tmp_path / "in"), tmp_path / "out", progress=reporter)
+    assert len(records) == 1 and (tmp_path / "out" / "big.png").is_file()
+    # 40x56 in 16-pixel tiles with stride 12: 3 x 5 = 15 tiles, 8 calls of <= 2 tiles per step, 6 steps.
+    assert len(calls) == reporter.total == 6 * 8
+    lines = stream.getvalue().splitlines()
+    assert lines and all(line.startswith("[1/1] big.png (56x40): ") for line in lines)
+    assert lines[0].endswith("10% (step 1/6, network call 5/48), 5s elapsed, about 43s left")
+    assert "\r" not in stream.getvalue()
+    assert len(lines) == (len(calls) - 1) // 5  # a line every 5 s, none for the last call
+    done = [int(line.split("network call ")[1].split("/")[0]) for line in lines]
+    assert done == sorted(done) and done[-1] < len(calls)
