@@ -8,6 +8,7 @@ when the config names its weights; otherwise random embeddings stand in (reporte
 
 from __future__ import annotations
 
+import gc
 import platform
 import resource
 import time
@@ -37,14 +38,44 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _reset_peak(device: torch.device) -> None:
+def _proc_status_kib(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (Linux), or None."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_peak(device: torch.device) -> str:
+    """Start a new peak-memory measurement; returns what :func:`_peak_memory_mib` will measure.
+
+    CUDA: the allocator's peak, reset. CPU: the process's peak resident set size, which Linux resets
+    to the current size on writing ``5`` to ``/proc/self/clear_refs``; without that (another OS) the
+    process's lifetime peak is all there is, which includes whatever ran before (e.g. training).
+    """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return "CUDA max_memory_allocated since the reset"
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        if _proc_status_kib("VmHWM") is not None:
+            return "peak RSS of the process since the reset (Linux VmHWM)"
+    except OSError:
+        pass
+    return "peak RSS of the process over its lifetime (could not reset it here)"
 
 
 def _peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _proc_status_kib("VmHWM")  # reset by _reset_peak
+    if hwm is not None:
+        return hwm / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
@@ -93,7 +124,7 @@ def benchmark_training(
     for _ in range(warmup):
         one_step()
     _sync(device)
-    _reset_peak(device)
+    memory_kind = _reset_peak(device)
     start = time.perf_counter()
     for _ in range(steps):
         one_step()
@@ -103,6 +134,7 @@ def benchmark_training(
         "images_per_second": batch * steps / seconds,
         "seconds_per_step": seconds / steps,
         "peak_memory_mib": _peak_memory_mib(device),
+        "peak_memory_kind": memory_kind,
         "batch_size": batch,
         "patch_size": size,
         "steps_timed": steps,
@@ -120,7 +152,15 @@ def benchmark_restoration(
     tile: int | None = None,
     repeats: int = 2,
 ) -> dict[str, Any]:
-    """Seconds per image (batch 1) for the whole reverse process at ``size`` x ``size``."""
+    """Seconds per image (batch 1) for the whole reverse process at ``size`` x ``size``.
+
+    The peak memory is the restoration's own: the measurement is reset before the model is built,
+    so an earlier training benchmark in the same process does not count (see :func:`_reset_peak`).
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    memory_kind = _reset_peak(device)
     torch.manual_seed(0)
     unet = build_unet(cfg.model).to(device).eval()
     sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
@@ -130,7 +170,6 @@ def benchmark_restoration(
     clip = torch.randn(1, 3, embedder.image_size, embedder.image_size, device=device)
     pipeline(lq, clip)  # warm-up
     _sync(device)
-    _reset_peak(device)
     start = time.perf_counter()
     for _ in range(repeats):
         pipeline(lq, clip)
@@ -139,6 +178,7 @@ def benchmark_restoration(
     return {
         "seconds_per_image": seconds,
         "peak_memory_mib": _peak_memory_mib(device),
+        "peak_memory_kind": memory_kind,
         "size": size,
         "num_steps": num_steps or sde.T,
         "sampler": sampler,

@@ -419,3 +419,25 @@ def test_restore_progress_within_an_image_at_a_bounded_rate(tmp_path):
     assert len(lines) == (len(calls) - 1) // 5  # a line every 5 s, none for the last call
     done = [int(line.split("network call ")[1].split("/")[0]) for line in lines]
     assert done == sorted(done) and done[-1] < len(calls)
+
+
+def test_benchmark_restore_peak_memory_is_its_own_not_the_process_peak():
+    """An earlier, larger allocation (as the training benchmark makes) does not count for the restore."""
+    import resource
+
+    from irsde.benchmark import benchmark_restoration
+    from irsde.train import IRTrainConfig
+
+    cfg = load_config(
+        IRTrainConfig,
+        ROOT / "configs" / "universal_ir_tiny.yml",
+        ["data.train_root=", "data.val_root=", "sde.T=3", "train.val_steps=3", "experiment.device=cpu"],
+    )
+    big = torch.ones(150 * 2**20)  # 600 MiB, written, then returned to the OS
+    del big
+    process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = benchmark_restoration(cfg, torch.device("cpu"), size=16, repeats=1)
+    if "could not reset" in result["peak_memory_kind"]:
+        pytest.skip("this OS offers no resettable peak RSS")
+    assert "since the reset" in result["peak_memory_kind"]
+    assert result["peak_memory_mib"] < process_peak - 400, (result["peak_memory_mib"], process_peak)
