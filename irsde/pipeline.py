@@ -181,7 +181,14 @@ def load_restoration_checkpoint(
         cfg = obj["config"]
         unet = ConditionalUNet(**_unet_kwargs(cfg["model"]))
         weights = obj["ema"] if use_ema and obj.get("ema") is not None else obj["model"]
-        missing, unexpected = unet.load_state_dict(weights, strict=False)
+        try:
+            missing, unexpected = unet.load_state_dict(weights, strict=False)
+        except RuntimeError as err:  # torch lists every shape mismatch, one per line: report one line
+            lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+            raise ValueError(
+                f"{path}: weights do not fit the U-Net in its config ({len(lines)} shape mismatch(es), "
+                f"e.g. {lines[0] if lines else str(err).strip().splitlines()[0]})"
+            ) from None
         if missing or unexpected:
             raise ValueError(
                 f"{path}: weights do not fit the U-Net in its config (missing {missing[:3]}, "

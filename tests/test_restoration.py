@@ -441,3 +441,23 @@ def test_benchmark_restore_peak_memory_is_its_own_not_the_process_peak():
         pytest.skip("this OS offers no resettable peak RSS")
     assert "since the reset" in result["peak_memory_kind"]
     assert result["peak_memory_mib"] < process_peak - 400, (result["peak_memory_mib"], process_peak)
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path, capsys):
+    from daclip.utils.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    obj = load_checkpoint(checkpoint)
+    obj["config"]["model"]["nf"] = 16  # the weights are of nf = 8
+    save_checkpoint(tmp_path / "edited.pt", obj)
+    with pytest.raises(
+        ValueError, match=r"edited\.pt: weights do not fit the U-Net in its config \(\d+ shape mismatch"
+    ):
+        load_restoration_checkpoint(tmp_path / "edited.pt")
+    write_image(tmp_path / "in.png", np.full((16, 16, 3), 0.5, dtype=np.float32))
+    assert (
+        _restore(["-i", tmp_path / "in.png", "-o", tmp_path / "out", *_restore_args(tmp_path / "edited.pt")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "size mismatch for " in err, err
