@@ -129,7 +129,7 @@ def evaluate(
     device = resolve_device(cfg.device)
     loaded = load_restoration_checkpoint(cfg.model.checkpoint, use_ema=cfg.model.use_ema, map_location="cpu")
     unet = loaded.unet.to(device)
-    daclip_ckpt = cfg.model.daclip_checkpoint or loaded.daclip_checkpoint or ""
+    daclip_ckpt = loaded.daclip_weights(cfg.model.daclip_checkpoint, option="model.daclip_checkpoint") or ""
     embedder = None
     if unet.use_degra_context or unet.use_image_context or (cfg.metrics.classification and daclip_ckpt):
         if not daclip_ckpt:

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from daclip.utils.checkpoint import load_checkpoint
+from daclip.utils.checkpoint import file_fingerprint, load_checkpoint
+from daclip.utils.experiment import UserError
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
 
 from .convert import load_official_unet
@@ -163,6 +164,33 @@ class LoadedRestorer:
     config: dict[str, Any] | None  # the training config of our checkpoints; None for released weights
     daclip_checkpoint: str | None  # the DA-CLIP weights the U-Net was trained with, if recorded
     source: str  # "ours" or "official"
+    daclip_sha256: str | None = None  # their content fingerprint (checkpoints written since it is recorded)
+    path: str = ""  # the file this was loaded from
+
+    def daclip_weights(self, override: str | os.PathLike = "", *, option: str = "--daclip") -> str | None:
+        """The DA-CLIP weights to embed with: ``override`` if given, else the recorded file, checked.
+
+        The recorded file must exist and (when a fingerprint is recorded) hold the same bytes as at
+        training time; otherwise one line names ``option``, the setting that points at the right file.
+        Returns None when nothing is recorded (released weights, or a U-Net trained without DA-CLIP).
+        """
+        if override:
+            return str(override)
+        if not self.daclip_checkpoint:
+            return None
+        recorded = self.daclip_checkpoint
+        if not os.path.isfile(recorded):
+            raise UserError(
+                f"{self.path or 'this checkpoint'} was trained with the DA-CLIP weights {recorded}, which do "
+                f"not exist here; point {option} at that file"
+            )
+        if self.daclip_sha256 and file_fingerprint(recorded)["sha256"] != self.daclip_sha256:
+            raise UserError(
+                f"{recorded} is not the DA-CLIP {self.path or 'this checkpoint'} was trained with (its "
+                f"content changed: sha256 differs from the recorded {self.daclip_sha256[:12]}...); point "
+                f"{option} at the original file"
+            )
+        return recorded
 
 
 def load_restoration_checkpoint(
@@ -195,10 +223,14 @@ def load_restoration_checkpoint(
                 f"unexpected {unexpected[:3]})"
             )
         sde = IRSDE(**cfg["sde"])
-        daclip_ckpt = (cfg.get("daclip") or {}).get("checkpoint") or None
-        return LoadedRestorer(unet.eval(), sde, dict(cfg), daclip_ckpt, "ours")
+        # Since the fingerprint: {"path": absolute path, "sha256": ...}; before: the config's (relative) path.
+        record = obj.get("daclip") if isinstance(obj.get("daclip"), Mapping) else {}
+        daclip_ckpt = record.get("path") or (cfg.get("daclip") or {}).get("checkpoint") or None
+        return LoadedRestorer(
+            unet.eval(), sde, dict(cfg), daclip_ckpt, "ours", record.get("sha256"), str(path)
+        )
     unet = load_official_unet(obj)
-    return LoadedRestorer(unet.eval(), IRSDE(**PAPER_SDE), None, None, "official")
+    return LoadedRestorer(unet.eval(), IRSDE(**PAPER_SDE), None, None, "official", path=str(path))
 
 
 def _unet_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from daclip.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from daclip.utils.checkpoint import (
+    file_fingerprint,
+    get_rng_state,
+    load_checkpoint,
+    prune_checkpoints,
+    require_format,
+    save_checkpoint,
+    set_rng_state,
+)
 from daclip.utils.config import ConfigError, spec, to_dict
 from daclip.utils.distributed import (
     DistInfo,
@@ -35,16 +43,21 @@ from daclip.utils.distributed import (
     barrier,
     cleanup_distributed,
     init_distributed,
+    main_rank_call,
 )
 from daclip.utils.experiment import (
     ExperimentConfig,
+    NonFiniteGuard,
+    UserError,
     autocast,
-    create_run_dir,
+    open_run_dir,
+    plan_resume,
     seed_everything,
     setup_logger,
     write_run_info,
 )
 from daclip.utils.optim import cosine_warmup_lambda
+from daclip.utils.preflight import check_image_pairs
 from data import DEFAULT_DEGRADATIONS
 
 from .losses import build_loss
@@ -128,6 +141,10 @@ class IRTrainSection:
     log_every: int = spec(100, minimum=1)
     val_every: int = spec(5000, minimum=0, help="0 = no validation")
     save_every: int = spec(5000, minimum=1)
+    keep_last: int = spec(0, minimum=0, help="step checkpoints kept (the newest); 0 = all")
+    max_nonfinite_steps: int = spec(
+        0, minimum=0, help="NaN/Inf losses skipped in a row before training stops (0 = stop at the first)"
+    )
     val_sampler: Literal["posterior", "sde", "ode"] = "posterior"
     val_steps: int | None = spec(None, minimum=1, help="sampling steps for validation (None = T)")
 
@@ -287,13 +304,24 @@ def _image_grid(rows: list[Tensor]) -> Tensor:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _resume_path(cfg: IRTrainConfig, run_dir: Path) -> Path | None:
-    if not cfg.experiment.resume:
-        return None
-    if cfg.experiment.resume == "auto":
-        latest = run_dir / "checkpoints" / "latest.pt"
-        return latest if latest.is_file() else None
-    return Path(cfg.experiment.resume)
+_RESUME_KEYS = ("model", "ema", "optimizer", "scheduler", "step", "rng", "generator")
+
+
+def _check_resumable(state: Any, path: Path, daclip_record: dict[str, Any] | None) -> str | None:
+    """One-line errors for a checkpoint that cannot resume stage 2; returns a warning for another DA-CLIP."""
+    require_format(state, path, CHECKPOINT_FORMAT, "a stage-2 (restoration) training checkpoint")
+    missing = [key for key in _RESUME_KEYS if key not in state]
+    if missing:
+        raise UserError(
+            f"{path} holds restoration weights without the training state {missing} needed to resume"
+        )
+    recorded = state.get("daclip")
+    if daclip_record and isinstance(recorded, dict) and recorded.get("sha256") != daclip_record["sha256"]:
+        return (
+            f"daclip.checkpoint {daclip_record['path']} is not the DA-CLIP {path} was trained with "
+            f"({recorded.get('path')}, sha256 {str(recorded.get('sha256'))[:12]}...)"
+        )
+    return None
 
 
 def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
@@ -304,24 +332,15 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         raise ConfigError("data.train_root: required (a folder <root>/<degradation>/{LQ,GT}/)")
     dist_info: DistInfo = init_distributed(cfg.experiment.device)
     device = dist_info.device
-    resuming = bool(cfg.experiment.resume)
-    run_dir = (
-        create_run_dir(cfg.experiment.root, cfg.experiment.name, resume=resuming)
-        if dist_info.is_main
-        else None
-    )
-    if dist_info.distributed:  # every rank needs the folder for resume paths
-        holder = [str(run_dir) if run_dir else ""]
-        torch.distributed.broadcast_object_list(holder, src=0)
-        run_dir = Path(holder[0])
-    assert run_dir is not None
-    logger = setup_logger(run_dir, dist_info.is_main, name="irsde")
-    if dist_info.is_main:
-        write_run_info(run_dir, cfg, argv)
-        logger.info("run folder: %s", run_dir)
+    # The run folder is written only after everything that can fail on the user's inputs has run.
+    resume_from, resume_dir = plan_resume(cfg.experiment)
     seed_everything(cfg.experiment.seed, dist_info.rank)
 
     embedder = build_embedder(cfg.daclip, device)
+    # The DA-CLIP weights, recorded in every checkpoint by absolute path and content (sha256).
+    daclip_record = (
+        file_fingerprint(cfg.daclip.checkpoint) if cfg.daclip.checkpoint and dist_info.is_main else None
+    )
     clip_kwargs: dict[str, Any] = {}
     if embedder is not None:
         clip_kwargs = dict(clip_size=int(embedder.image_size), clip_mean=embedder.mean, clip_std=embedder.std)
@@ -336,6 +355,15 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
     val_set = None
     if cfg.data.val_root and cfg.train.val_every:
         val_set = PairedDataset(cfg.data.val_root, cfg.data.degradations, mode="eval", **clip_kwargs)
+        # Headers only (cheap): an unreadable or mismatched validation pair fails now, not at step val_every.
+        check_image_pairs(
+            (
+                (val_set.pairs[i].lq_path, val_set.pairs[i].gt_path)
+                for group in val_set.eval_indices(cfg.data.val_images_per_degradation).values()
+                for i in group
+            ),
+            f"validation set {cfg.data.val_root}",
+        )
 
     sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
     unet = build_unet(cfg.model).to(device)
@@ -356,17 +384,22 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
     generator = torch.Generator(device=device).manual_seed(cfg.experiment.seed * 1000 + dist_info.rank)
 
     step = 0
-    resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=device)
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        resume_warning = _check_resumable(state, resume_from, daclip_record)
+        try:
+            unet.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+        except RuntimeError as err:  # another architecture: one line, not the full key listing
+            detail = " ".join(str(err).split())[:300]
+            raise UserError(
+                f"{resume_from} does not fit the U-Net of this config (model.*): {detail}"
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         set_rng_state(state["rng"])
         generator.set_state(state["generator"][dist_info.rank % len(state["generator"])].to("cpu"))
-        logger.info("resumed from %s at step %d", resume_from, step)
 
     sampler = EpochSampler(
         len(train_set), cfg.train.batch_size, dist_info.rank, dist_info.world_size, cfg.experiment.seed
@@ -385,6 +418,23 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         drop_last=True,
         persistent_workers=False,
     )
+
+    run_dir = main_rank_call(open_run_dir, cfg.experiment, resume_dir, is_main=dist_info.is_main)
+    if dist_info.distributed:
+        holder = [str(run_dir) if run_dir else ""]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        run_dir = Path(holder[0])
+    assert run_dir is not None
+    logger = setup_logger(run_dir, dist_info.is_main, name="irsde")
+    if dist_info.is_main:
+        write_run_info(run_dir, cfg, argv)
+        logger.info("run folder: %s", run_dir)
+    if resume_from is not None:
+        logger.info("resumed from %s at step %d", resume_from, step)
+        if resume_warning:
+            logger.warning(resume_warning)
+    elif cfg.experiment.resume == "auto":
+        logger.info("nothing to resume for %r: a new run", cfg.experiment.name)
 
     writer = None
     if dist_info.is_main:
@@ -408,25 +458,30 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         if dist_info.distributed:  # every rank's generator, so a resume continues each stream
             generators = [torch.empty(0)] * dist_info.world_size
             torch.distributed.all_gather_object(generators, generator.get_state().cpu())
-        if not dist_info.is_main:
-            return
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "model": unet.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "rng": get_rng_state(),
-            "generator": generators,
-            "config": to_dict(cfg),
-        }
-        save_checkpoint(run_dir / "checkpoints" / f"{tag}.pt", state)
-        save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
+
+        def save() -> None:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "model": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "rng": get_rng_state(),
+                "generator": generators,
+                "config": to_dict(cfg),
+                "daclip": daclip_record,  # absolute path + sha256 of the DA-CLIP weights (None: no DA-CLIP)
+            }
+            save_checkpoint(run_dir / "checkpoints" / f"{tag}.pt", state)  # refuses NaN/Inf weights
+            prune_checkpoints(run_dir / "checkpoints", "step_", cfg.train.keep_last)
+            save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
+
+        main_rank_call(save, is_main=dist_info.is_main)  # a failed save stops every rank
 
     unet.train()
     loss_window: list[float] = []
-    started = time.time()
+    nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    started, start_step = time.time(), step  # steps/s counts this process's steps only
     while step < cfg.train.total_steps:
         epoch, skip = divmod(step, sampler.batches_per_epoch)
         sampler.epoch, sampler.skip_batches = epoch, skip
@@ -448,17 +503,22 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
                 noise_pred = model(xt, lq, t, **context)
             loss = loss_fn(noise_pred.float(), xt, gt, lq, t, noise=noise)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip > 0:
-                nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.grad_clip)
-            optimizer.step()
+            loss_value = all_reduce_mean(loss.detach()).item()  # the same on every rank
+            finite = nonfinite.check(loss_value, step + 1)  # raises past train.max_nonfinite_steps
+            if finite:
+                loss.backward()
+                if cfg.train.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+            else:
+                logger.warning("step %d: the loss is %s; update skipped", step + 1, loss_value)
             scheduler.step()
             step += 1
             if step % cfg.train.ema_every == 0:
                 update_ema(ema, unet, cfg.train.ema_decay)
 
-            loss_value = all_reduce_mean(loss.detach()).item()
-            loss_window.append(loss_value)
+            if finite:
+                loss_window.append(loss_value)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss_value:.4f}")
@@ -466,15 +526,17 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
                 writer.add_scalar("train/loss", loss_value, step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
             if step % cfg.train.log_every == 0 or step == cfg.train.total_steps:
-                rate = step / max(1e-9, time.time() - started)
+                rate = (step - start_step) / max(1e-9, time.time() - started)
                 logger.info(
                     "step %d  loss %.5f  lr %.3g  (%.2f steps/s)",
                     step,
-                    sum(loss_window) / len(loss_window),
+                    sum(loss_window) / len(loss_window) if loss_window else float("nan"),
                     scheduler.get_last_lr()[0],
                     rate,
                 )
                 loss_window.clear()
+            if step % cfg.train.save_every == 0 or step == cfg.train.total_steps:
+                checkpoint(f"step_{step:07d}")  # before validating: a validation failure loses nothing
             if val_indices and cfg.train.val_every and step % cfg.train.val_every == 0 and dist_info.is_main:
                 pipeline = RestorationPipeline(
                     ema, sde, embedder, sampler=cfg.train.val_sampler, num_steps=cfg.train.val_steps
@@ -484,8 +546,6 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
                     writer.add_scalar(f"val_psnr/{name}", value, step)
                 writer.add_image("val/lq_output_gt", _image_grid(rows), step)
                 logger.info("step %d  validation PSNR %.2f dB", step, metrics.get("average", float("nan")))
-            if step % cfg.train.save_every == 0 or step == cfg.train.total_steps:
-                checkpoint(f"step_{step:07d}")
             if step >= cfg.train.total_steps:
                 break
         barrier()

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         output_targets(LQImageDataset(args.input).paths, args.output)
         device = resolve_device(args.device)
         loaded = load_restoration_checkpoint(args.checkpoint)
-        daclip_path = args.daclip or loaded.daclip_checkpoint or ""
+        daclip_path = loaded.daclip_weights(args.daclip, option="--daclip") or ""
         needs_daclip = loaded.unet.use_degra_context or loaded.unet.use_image_context
         if needs_daclip and not daclip_path:
             raise UserError(f"{args.checkpoint} is conditioned on DA-CLIP: pass --daclip <weights>")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import importlib.util
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from daclip.utils.checkpoint import load_checkpoint
 from daclip.utils.config import ConfigError, load_config
+from daclip.utils.experiment import NonFiniteLossError
 from data.io import write_image
 from irsde.losses import MaximumLikelihoodLoss
 from irsde.pipeline import load_restoration_checkpoint
@@ -15,6 +21,7 @@ from irsde.sde import IRSDE
 from irsde.train import IRTrainConfig, build_unet, loss_history, train
 
 DEGRADATIONS = ["noisy", "low-light"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,8 @@ def paired_root(tmp_path_factory):
     return root
 
 
-def _config(root, tmp_path, *overrides: str) -> IRTrainConfig:
-    base = [
+def _overrides(root, tmp_path) -> list[str]:
+    return [
         f"experiment.root={tmp_path}",
         "experiment.name=tiny",
         "experiment.device=cpu",
@@ -55,7 +62,12 @@ def _config(root, tmp_path, *overrides: str) -> IRTrainConfig:
         "train.val_steps=3",
         "train.ema_every=1",
     ]
-    return load_config(IRTrainConfig, "configs/universal_ir_tiny.yml", [*base, *overrides])
+
+
+def _config(root, tmp_path, *overrides: str) -> IRTrainConfig:
+    return load_config(
+        IRTrainConfig, ROOT / "configs/universal_ir_tiny.yml", [*_overrides(root, tmp_path), *overrides]
+    )
 
 
 def _fixed_batch_loss(weights: dict, cfg: IRTrainConfig, root) -> float:
@@ -112,7 +124,10 @@ def test_resume_follows_the_uninterrupted_loss_sequence(paired_root, tmp_path):
     # 8 training pairs at batch 2 -> 4 batches per epoch: step 3 stops mid-epoch.
     common = ["train.total_steps=6", "train.save_every=3", "train.val_every=0"]
     straight = train(_config(paired_root, tmp_path, *common))
-    stopped_at_3 = straight / "checkpoints" / "step_0000003.pt"  # what an interrupted run leaves
+    # What an interrupted run leaves, copied out of its run folder: the resumed run gets a new folder.
+    stopped_at_3 = tmp_path / "saved" / "step_0000003.pt"
+    stopped_at_3.parent.mkdir()
+    stopped_at_3.write_bytes((straight / "checkpoints" / "step_0000003.pt").read_bytes())
     resumed = train(
         _config(
             paired_root, tmp_path, *common, "experiment.name=resumed", f"experiment.resume={stopped_at_3}"
@@ -161,3 +176,268 @@ def test_training_with_daclip_context_trains_the_conditioning_paths(
     for key in ("text_mlp.0.weight", "prompt", "mid_attn.fn.fn.transformer_blocks.0.attn2.to_k.weight"):
         assert not torch.equal(trained[key], initial[key]), key
     assert "validation PSNR" in (run_dir / "train.log").read_text()
+
+
+# ----------------------------------------------------------------------------- lifecycle: NaN, resume, saves
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _script_args(root, tmp_path, *overrides: str) -> list[str]:
+    """The command line of scripts/train_ir.py with the settings of :func:`_config`."""
+    return ["-c", str(ROOT / "configs/universal_ir_tiny.yml"), *_overrides(root, tmp_path), *overrides]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """The error lines of a script's stderr (the training progress bar writes there too)."""
+    assert "Traceback" not in stderr
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _finite_checkpoints(folder: Path) -> int:
+    count = 0
+    for path in folder.rglob("*.pt"):
+        state = load_checkpoint(path)
+        for part in ("model", "ema"):
+            for key, value in state[part].items():
+                assert torch.isfinite(value).all(), f"{path}: {part} {key} is not finite"
+        count += 1
+    return count
+
+
+def test_a_nan_loss_stops_training_naming_the_step(paired_root, tmp_path):
+    overrides = ["train.lr=1e9", "train.lr_min=1e9", "train.total_steps=8", "train.save_every=1"]
+    cfg = _config(paired_root, tmp_path, *overrides, "train.val_every=0")
+    with pytest.raises(NonFiniteLossError, match=r"^step (\d+): the training loss is (nan|inf)") as info:
+        train(cfg)
+    bad_step = int(str(info.value).split(":")[0].split()[1])
+    run = tmp_path / "tiny"
+    # Every checkpoint on disk is finite, and none was written for the bad step or after it.
+    assert _finite_checkpoints(run) >= 1
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] < bad_step
+    assert not (run / "checkpoints" / f"step_{bad_step:07d}.pt").exists()
+
+
+def test_skipped_nonfinite_steps_make_no_update(paired_root, tmp_path, monkeypatch):
+    import irsde.train
+
+    real_build_loss = irsde.train.build_loss
+    calls = {"n": 0}
+
+    def nan_at_second_step(*args, **kwargs):
+        loss_fn = real_build_loss(*args, **kwargs)
+
+        def wrapped(*a, **k):
+            calls["n"] += 1
+            loss = loss_fn(*a, **k)
+            return loss * float("nan") if calls["n"] == 2 else loss
+
+        return wrapped
+
+    monkeypatch.setattr(irsde.train, "build_loss", nan_at_second_step)
+    common = ["train.total_steps=3", "train.save_every=1", "train.val_every=0"]
+    run = train(_config(paired_root, tmp_path, *common, "train.max_nonfinite_steps=1"))
+    assert "step 2: the loss is nan; update skipped" in (run / "train.log").read_text()
+    one, two = (load_checkpoint(run / "checkpoints" / f"step_000000{i}.pt") for i in (1, 2))
+    for key, value in one["model"].items():
+        assert torch.equal(two["model"][key], value), key  # the skipped step changed no weight
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 3
+    calls["n"] = 0
+    with pytest.raises(NonFiniteLossError, match="^step 2:"):  # the default: stop at the first
+        train(_config(paired_root, tmp_path, *common))
+
+
+def test_explicit_resume_continues_in_the_checkpoints_run_never_a_third_one(paired_root, tmp_path):
+    common = ["train.save_every=1", "train.val_every=0"]
+    a = train(_config(paired_root, tmp_path, *common, "experiment.name=a", "train.total_steps=2"))
+    b = train(_config(paired_root, tmp_path, *common, "experiment.name=b", "train.total_steps=1"))
+    b_files = {p: p.read_bytes() for p in b.rglob("*") if p.is_file()}
+    resumed = train(
+        _config(
+            paired_root,
+            tmp_path,
+            *common,
+            "experiment.name=b",
+            f"experiment.resume={a / 'checkpoints' / 'step_0000001.pt'}",
+            "train.total_steps=3",
+        )
+    )
+    assert resumed == a
+    assert load_checkpoint(a / "checkpoints" / "latest.pt")["step"] == 3
+    assert {p: p.read_bytes() for p in b.rglob("*") if p.is_file()} == b_files  # b untouched
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["a", "b"]
+
+
+def test_auto_resume_finds_the_newest_run_of_the_name(paired_root, tmp_path, monkeypatch):
+    import irsde.train
+
+    (tmp_path / "tiny").mkdir()  # a start killed before its first checkpoint
+    (tmp_path / "tiny" / "config.yaml").write_text("killed: true\n")
+    common = ["experiment.resume=auto", "train.save_every=1", "train.val_every=0", "train.keep_last=1"]
+    first = train(_config(paired_root, tmp_path, *common, "train.total_steps=2"))
+    assert first.name == "tiny_1"
+
+    class Clock:  # one second per call: steps/s = steps of this process / seconds
+        now = 0.0
+
+        def time(self):
+            self.now += 1.0
+            return self.now
+
+    monkeypatch.setattr(irsde.train, "time", Clock())
+    again = train(_config(paired_root, tmp_path, *common, "train.total_steps=6", "train.log_every=6"))
+    assert again == first and not (tmp_path / "tiny_2").exists()
+    log = (first / "train.log").read_text()
+    assert "resumed from" in log and "step_0000002" not in log.split("resumed from")[1].split("\n")[0]
+    assert "(4.00 steps/s)" in log  # 4 steps in one (fake) second, not the 6 of the whole run
+    assert load_checkpoint(first / "checkpoints" / "latest.pt")["step"] == 6
+    assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["latest.pt", "step_0000006.pt"]
+
+
+def _copy_root(paired_root, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(paired_root, tmp_path / "data"))
+
+
+def test_bad_validation_pairs_fail_at_start_up_without_a_run_folder(paired_root, tmp_path):
+    from data.io import ImageReadError
+
+    root = _copy_root(paired_root, tmp_path)
+    runs = tmp_path / "runs"
+    lq = root / "val" / "noisy" / "LQ" / "0.png"
+    good = lq.read_bytes()
+    lq.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageReadError, match=r"validation set .*noisy/LQ/0\.png"):
+        train(_config(root, runs, "train.total_steps=2", "train.val_every=2"))
+    lq.write_bytes(good)
+    write_image(root / "val" / "low-light" / "GT" / "0.png", np.zeros((24, 32, 3), np.float32))
+    with pytest.raises(ValueError, match=r"LQ and GT sizes differ: .*low-light/LQ/0\.png is 32x32"):
+        train(_config(root, runs, "train.total_steps=2", "train.val_every=2"))
+    assert not runs.exists()
+
+
+def test_the_checkpoint_is_saved_before_validation_at_the_same_step(paired_root, tmp_path):
+    from data.io import ImageReadError
+
+    root = _copy_root(paired_root, tmp_path)
+    gt = root / "val" / "noisy" / "GT" / "0.png"
+    gt.write_bytes(gt.read_bytes()[:120])  # the header reads; the pixels are cut off
+    cfg = _config(root, tmp_path / "runs", "train.total_steps=4", "train.val_every=2", "train.save_every=2")
+    with pytest.raises(ImageReadError, match=r"noisy/GT/0\.png"):
+        train(cfg)
+    assert load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "latest.pt")["step"] == 2
+
+
+def test_disk_full_is_one_line_and_keeps_the_previous_checkpoint(paired_root, tmp_path, monkeypatch, capsys):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def full_after_two(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:  # step_0000001.pt and latest.pt fit; step_0000002.pt does not
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_after_two)
+    code = _script("train_ir").main(
+        _script_args(paired_root, tmp_path, "train.total_steps=3", "train.save_every=1", "train.val_every=0")
+    )
+    monkeypatch.setattr(torch, "save", real_save)
+    (err,) = _error_lines(capsys.readouterr().err)
+    assert code == 2 and "step_0000002.pt" in err and "No space left on device" in err
+    checkpoints = tmp_path / "tiny" / "checkpoints"
+    assert load_checkpoint(checkpoints / "latest.pt")["step"] == 1
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest.pt", "step_0000001.pt"]
+
+
+def test_wrong_checkpoint_kinds_are_one_line_and_leave_no_folder(
+    paired_root, tmp_path, tiny_daclip_checkpoint, capsys
+):
+    from tests.conftest import write_tiny_ir_checkpoint
+
+    runs = tmp_path / "runs"
+    ir_only = write_tiny_ir_checkpoint(tmp_path / "ir.pt")  # restoration weights, no training state
+    cases = [
+        (f"experiment.resume={tiny_daclip_checkpoint}", "is a DA-CLIP (stage-1) checkpoint, not a stage-2"),
+        (f"experiment.resume={ir_only}", "without the training state"),
+        (f"daclip.checkpoint={ir_only}", "ir.pt is a restoration (stage-2) checkpoint, not a DA-CLIP"),
+    ]
+    for override, expected in cases:
+        code = _script("train_ir").main(_script_args(paired_root, runs, override, "train.total_steps=1"))
+        (err,) = _error_lines(capsys.readouterr().err)
+        assert code == 2 and expected in err, err
+    assert not runs.exists()
+
+
+def test_the_daclip_weights_are_recorded_by_absolute_path_and_content(
+    paired_root, tmp_path, tiny_daclip_checkpoint, monkeypatch, capsys
+):
+    import hashlib
+    import shutil
+
+    from daclip.utils.experiment import UserError
+    from irsde.evaluate import TestConfig, evaluate
+
+    weights = tmp_path / "weights" / "daclip.pt"
+    weights.parent.mkdir()
+    shutil.copy(tiny_daclip_checkpoint, weights)
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(
+        paired_root,
+        tmp_path / "runs",
+        "daclip.checkpoint=weights/daclip.pt",  # relative to where training runs
+        "model.use_degra_context=true",
+        "model.use_image_context=true",
+        "model.nf=16",
+        "model.context_dim=32",
+        "train.total_steps=1",
+        "train.save_every=1",
+        "train.val_every=0",
+    )
+    ckpt = train(cfg) / "checkpoints" / "latest.pt"
+    record = load_checkpoint(ckpt)["daclip"]
+    assert record["path"] == str(weights.resolve())
+    assert record["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "weights").mkdir()
+    (elsewhere / "weights" / "daclip.pt").write_bytes(b"another file at the same relative path")
+    monkeypatch.chdir(elsewhere)
+    loaded = load_restoration_checkpoint(ckpt)
+    assert loaded.daclip_weights() == str(weights.resolve())  # not ./weights/daclip.pt
+    assert loaded.daclip_weights("mine.pt") == "mine.pt"  # an explicit choice wins
+
+    image = tmp_path / "in.png"
+    write_image(image, np.full((16, 16, 3), 0.5, np.float32))
+    weights.write_bytes(weights.read_bytes() + b"changed")
+    capsys.readouterr()
+    code = _script("restore").main(["-i", str(image), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt)])
+    (err,) = _error_lines(capsys.readouterr().err)
+    assert code == 2 and "sha256" in err and "--daclip" in err and str(weights.resolve()) in err
+    weights.unlink()
+    with pytest.raises(UserError, match=r"do not exist here; point model\.daclip_checkpoint at that file"):
+        evaluate(
+            load_config(
+                TestConfig,
+                None,
+                [f"model.checkpoint={ckpt}", f"data.root={paired_root / 'val'}", "device=cpu"],
+            ),
+            log=lambda _: None,
+        )
+
+    # A checkpoint written before the fingerprint existed still loads, with its recorded path.
+    old = write_tiny_ir_checkpoint_with(tmp_path / "old.pt", str(tiny_daclip_checkpoint))
+    assert load_restoration_checkpoint(old).daclip_weights() == str(tiny_daclip_checkpoint)
+
+
+def write_tiny_ir_checkpoint_with(path: Path, daclip_checkpoint: str) -> Path:
+    from tests.conftest import write_tiny_ir_checkpoint
+
+    return write_tiny_ir_checkpoint(path, daclip_checkpoint=daclip_checkpoint, context=True)

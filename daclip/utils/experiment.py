@@ -280,6 +280,14 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 USER_ERRORS = _user_error_types()
 
 
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an exception left open (a training loop stopped by a user error)."""
+    module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(module, "tqdm", None), "_instances", None) or ()):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
 def run_main(
     main_fn: Callable[..., int | None], *args: Any, extra_errors: tuple[type[BaseException], ...] = ()
 ) -> int:
@@ -292,6 +300,7 @@ def run_main(
     try:
         code = main_fn(*args)
     except USER_ERRORS + (ValueError,) + extra_errors as err:
+        _close_progress_bars()  # a bar the error left open would share the error's line
         from data.io import original_error_message  # the message of an error from a DataLoader worker
 
         text = original_error_message(str(err)).strip()
