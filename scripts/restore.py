@@ -6,7 +6,13 @@
         --daclip daclip_ViT-B-32.pt --tile 256 --steps 100
 
 Large images: ``--tile`` runs the network on overlapping tiles (smoothly blended) so memory stays
-bounded. Outputs are PNGs named after the inputs; inputs are never overwritten.
+bounded; progress within each image goes to stderr (a line every 10 s when it is not a terminal).
+
+Outputs are PNGs named after the inputs (``photo_jpg.png`` and ``photo_png.png`` when two inputs share
+a name), with the predictions in ``predictions.csv``; ``-o restored.png`` restores a single input into
+that file. Inputs are never overwritten; images already restored are skipped (``--overwrite`` redoes
+them). An unreadable image is reported and skipped, and the run then ends with exit code 2; an output
+with NaN/Inf values (diverged weights) is an error naming the image, never a black PNG.
 """
 
 from __future__ import annotations
