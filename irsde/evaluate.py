@@ -30,10 +30,23 @@ from data.io import write_image
 
 from .metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
 from .pipeline import RestorationPipeline, load_restoration_checkpoint
+from .samplers import make_timesteps
 
 __all__ = ["TestConfig", "evaluate", "format_markdown", "METRIC_COLUMNS"]
 
-METRIC_COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y", "lpips", "fid", "accuracy", "seconds")
+METRIC_COLUMNS = (
+    "input_psnr",
+    "psnr",
+    "psnr_gain",
+    "input_ssim",
+    "ssim",
+    "psnr_y",
+    "ssim_y",
+    "lpips",
+    "fid",
+    "accuracy",
+    "seconds",
+)
 
 
 @dataclass
@@ -58,8 +71,13 @@ class TestDataSection:
 
 @dataclass
 class SamplingSection:
-    sampler: Literal["posterior", "sde", "ode"] = "posterior"
-    num_steps: int | None = spec(None, minimum=1, help="None = T")
+    sampler: Literal["posterior", "sde", "ode", "mr"] = spec(
+        "posterior", help="posterior (the paper's), sde, ode, or mr (deterministic exponential integrator)"
+    )
+    num_steps: int | None = spec(None, minimum=1, help="network evaluations; None = T")
+    clamp_x0: bool | None = spec(
+        None, help="clamp x0 to [0, 1] in every step; None = off for noise prediction, on otherwise"
+    )
     seed: int = spec(0, minimum=0)
     tile: int | None = spec(None, minimum=16, help="tiled network calls for large images")
     tile_overlap: int = spec(64, minimum=0)
@@ -147,6 +165,7 @@ def evaluate(
         embedder,
         sampler=cfg.sampling.sampler,
         num_steps=cfg.sampling.num_steps,
+        clamp_x0=cfg.sampling.clamp_x0,
         tile=cfg.sampling.tile,
         tile_overlap=cfg.sampling.tile_overlap,
         tile_batch_size=cfg.sampling.tile_batch_size,
@@ -210,6 +229,10 @@ def evaluate(
             out8 = quantize(out)  # the saved 8-bit result, as the official evaluation scores it
             scores["psnr"].append(psnr(out8, gt, crop_border=border).item())
             scores["ssim"].append(ssim(out8, gt, crop_border=border).item())
+            # The degraded input scored the same way: what "doing nothing" would get.
+            scores["input_psnr"].append(psnr(quantize(lq), gt, crop_border=border).item())
+            scores["input_ssim"].append(ssim(quantize(lq), gt, crop_border=border).item())
+            scores["psnr_gain"].append(scores["psnr"][-1] - scores["input_psnr"][-1])
             scores["psnr_y"].append(psnr(out8, gt, crop_border=border, y_channel=True).item())
             scores["ssim_y"].append(ssim(out8, gt, crop_border=border, y_channel=True).item())
             if lpips_metric is not None:
@@ -250,6 +273,10 @@ def evaluate(
         "output": str(out_dir),
         "config": to_dict(cfg),
         "checkpoint_source": loaded.source,
+        "prediction": pipeline.prediction,
+        "sampler": cfg.sampling.sampler,
+        "nfe": len(make_timesteps(loaded.sde.T, cfg.sampling.num_steps)),
+        "clamp_x0": pipeline.clamp_x0,
     }
     _write_results(out_dir, results)
     log(format_markdown(results))
@@ -276,14 +303,25 @@ def format_markdown(results: dict[str, Any]) -> str:
             value = row.get(column)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 cells.append("n/a")
-            elif column in ("psnr", "psnr_y", "fid"):
+            elif column in ("psnr", "psnr_y", "fid", "input_psnr"):
                 cells.append(f"{value:.2f}")
+            elif column == "psnr_gain":
+                cells.append(f"{value:+.2f}")
             elif column == "seconds":
                 cells.append(f"{value:.3f}")
             else:
                 cells.append(f"{value:.4f}")
         label = f"**{name}**" if name == "average" else name
         lines.append(f"| {label} | {int(row.get('images', 0))} | " + " | ".join(cells) + " |")
+    if "sampler" in results:
+        lines.append(
+            f"\nModel output: {results['prediction']}; sampler: {results['sampler']}, "
+            f"{results['nfe']} network evaluation(s) per image, x0 clamping "
+            f"{'on' if results['clamp_x0'] else 'off'}."
+        )
+    worse = [n for n, r in rows.items() if n != "average" and r.get("psnr_gain", 0.0) < 0]
+    if worse:
+        lines.append(f"\nThe output is worse than the degraded input (lower PSNR) for: {', '.join(worse)}.")
     for metric, reason in results.get("unavailable", {}).items():
         lines.append(f"\n{metric}: unavailable ({reason})")
     return "\n".join(lines)

@@ -1,8 +1,14 @@
-"""Training losses of the IR-SDE noise network.
+"""Training losses of the IR-SDE network.
 
-Both losses share one call signature, ``loss(noise_pred, xt, x0, mu, t, noise=None)``, so a trainer can
-swap them through :func:`build_loss` without other changes. Both reduce like the official ``MatchingLoss``
-(unweighted): the element-wise error is averaged per sample, then over the batch.
+All losses share one call signature, ``loss(model_output, xt, x0, mu, t, noise=None)``, so a trainer can
+swap them through :func:`build_loss` without other changes. ``model_output`` is of the network's
+parametrisation (``prediction``: ``noise``, ``x0`` or ``residual``); each loss turns it into what it compares
+(ε̂, the reverse-step mean, or x̂_0) with the identities of :class:`irsde.sde.IRSDE`. All reduce like the
+official ``MatchingLoss`` (unweighted): the element-wise error is averaged per sample, then over the batch.
+
+Which to use: ``ml`` with ``noise`` is the paper's (and the released model's) objective. For the data
+predictions, ``x0`` (L1 on x̂_0) weights every timestep alike; ``ml`` would weight the x̂_0 error by the
+posterior coefficient of x_0, which is tiny at large t, and learn little there.
 """
 
 from __future__ import annotations
@@ -12,19 +18,21 @@ from typing import Literal, get_args
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from irsde.sde import IRSDE, Timestep
+from irsde.sde import IRSDE, PredictionType, Timestep
 
 __all__ = [
     "LOSSES",
+    "DataMatchingLoss",
     "LossKind",
     "LossName",
     "MaximumLikelihoodLoss",
     "NoiseMatchingLoss",
     "build_loss",
+    "default_loss",
 ]
 
 LossKind = Literal["l1", "l2"]
-LossName = Literal["ml", "noise"]
+LossName = Literal["ml", "noise", "x0"]
 
 _KINDS: tuple[str, ...] = get_args(LossKind)
 
@@ -53,15 +61,18 @@ class MaximumLikelihoodLoss(nn.Module):
     Args:
         sde: the IR-SDE whose schedule defines both means.
         kind: ``"l1"`` (the released model) or ``"l2"``.
+        prediction: the network's parametrisation (``noise`` for the released model).
     """
 
-    def __init__(self, sde: IRSDE, kind: LossKind = "l1") -> None:
+    def __init__(self, sde: IRSDE, kind: LossKind = "l1", prediction: PredictionType = "noise") -> None:
         super().__init__()
         self.sde = sde
         self.kind = _check_kind(kind)
+        self.prediction = sde.check_prediction(prediction)
 
-    def per_sample(self, noise_pred: Tensor, xt: Tensor, x0: Tensor, mu: Tensor, t: Timestep) -> Tensor:
+    def per_sample(self, model_output: Tensor, xt: Tensor, x0: Tensor, mu: Tensor, t: Timestep) -> Tensor:
         """The loss of each sample, shape [B]."""
+        noise_pred = self.sde.predict_noise(model_output, xt, mu, t, self.prediction)
         score = self.sde.noise_to_score(noise_pred, t)
         xt_prev_pred = self.sde.reverse_sde_step_mean(xt, mu, t, score)
         xt_prev_opt = self.sde.posterior_mean(xt, x0, mu, t)
@@ -69,7 +80,7 @@ class MaximumLikelihoodLoss(nn.Module):
 
     def forward(
         self,
-        noise_pred: Tensor,
+        model_output: Tensor,
         xt: Tensor,
         x0: Tensor,
         mu: Tensor,
@@ -77,10 +88,10 @@ class MaximumLikelihoodLoss(nn.Module):
         noise: Tensor | None = None,
     ) -> Tensor:
         """Scalar loss; ``noise`` (the true noise) is accepted for a common signature and not used."""
-        return self.per_sample(noise_pred, xt, x0, mu, t).mean()
+        return self.per_sample(model_output, xt, x0, mu, t).mean()
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}"
+        return f"kind={self.kind!r}, prediction={self.prediction!r}"
 
 
 class NoiseMatchingLoss(nn.Module):
@@ -91,17 +102,23 @@ class NoiseMatchingLoss(nn.Module):
 
     Args:
         kind: ``"l1"`` or ``"l2"``.
-        sde: needed only when the true noise is not passed in.
+        sde: needed when the true noise is not passed in, or the network does not predict noise.
+        prediction: the network's parametrisation.
     """
 
-    def __init__(self, kind: LossKind = "l1", sde: IRSDE | None = None) -> None:
+    def __init__(
+        self, kind: LossKind = "l1", sde: IRSDE | None = None, prediction: PredictionType = "noise"
+    ) -> None:
         super().__init__()
         self.kind = _check_kind(kind)
         self.sde = sde
+        self.prediction = IRSDE.check_prediction(prediction)
+        if prediction != "noise" and sde is None:
+            raise ValueError(f"NoiseMatchingLoss: prediction {prediction!r} needs the sde")
 
     def per_sample(
         self,
-        noise_pred: Tensor,
+        model_output: Tensor,
         xt: Tensor | None = None,
         x0: Tensor | None = None,
         mu: Tensor | None = None,
@@ -116,11 +133,16 @@ class NoiseMatchingLoss(nn.Module):
                     "and pass xt, x0, mu, t"
                 )
             noise = self.sde.noise_from_x0(xt, x0, mu, t)
+        noise_pred = model_output
+        if self.prediction != "noise":
+            if xt is None or mu is None or t is None:
+                raise ValueError("NoiseMatchingLoss: a data prediction needs xt, mu and t")
+            noise_pred = self.sde.predict_noise(model_output, xt, mu, t, self.prediction)  # type: ignore[union-attr]
         return _per_sample_error(noise_pred, noise, self.kind)
 
     def forward(
         self,
-        noise_pred: Tensor,
+        model_output: Tensor,
         xt: Tensor | None = None,
         x0: Tensor | None = None,
         mu: Tensor | None = None,
@@ -128,19 +150,70 @@ class NoiseMatchingLoss(nn.Module):
         noise: Tensor | None = None,
     ) -> Tensor:
         """Scalar loss."""
-        return self.per_sample(noise_pred, xt, x0, mu, t, noise).mean()
+        return self.per_sample(model_output, xt, x0, mu, t, noise).mean()
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}"
+        return f"kind={self.kind!r}, prediction={self.prediction!r}"
 
 
-LOSSES: dict[str, type[nn.Module]] = {"ml": MaximumLikelihoodLoss, "noise": NoiseMatchingLoss}
+class DataMatchingLoss(nn.Module):
+    """L1/L2 between the predicted x̂_0 and the true x_0, every timestep weighted alike.
+
+    For the ``x0`` and ``residual`` parametrisations this is the plain regression loss on the network
+    output; for ``noise`` it compares x̂_0 recovered from ε̂ (weighting the noise error by σ̄_t/α_t).
+
+    Args:
+        sde: converts the network output to x̂_0.
+        kind: ``"l1"`` or ``"l2"``.
+        prediction: the network's parametrisation.
+    """
+
+    def __init__(self, sde: IRSDE, kind: LossKind = "l1", prediction: PredictionType = "residual") -> None:
+        super().__init__()
+        self.sde = sde
+        self.kind = _check_kind(kind)
+        self.prediction = sde.check_prediction(prediction)
+
+    def per_sample(self, model_output: Tensor, xt: Tensor, x0: Tensor, mu: Tensor, t: Timestep) -> Tensor:
+        """The loss of each sample, shape [B]."""
+        return _per_sample_error(self.sde.predict_x0(model_output, xt, mu, t, self.prediction), x0, self.kind)
+
+    def forward(
+        self,
+        model_output: Tensor,
+        xt: Tensor,
+        x0: Tensor,
+        mu: Tensor,
+        t: Timestep,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Scalar loss; ``noise`` is accepted for a common signature and not used."""
+        return self.per_sample(model_output, xt, x0, mu, t).mean()
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, prediction={self.prediction!r}"
 
 
-def build_loss(name: LossName, sde: IRSDE, kind: LossKind = "l1") -> nn.Module:
-    """The loss called ``name`` (``"ml"`` or ``"noise"``) for ``sde``, with error ``kind``."""
+LOSSES: dict[str, type[nn.Module]] = {
+    "ml": MaximumLikelihoodLoss,
+    "noise": NoiseMatchingLoss,
+    "x0": DataMatchingLoss,
+}
+
+
+def default_loss(prediction: PredictionType) -> LossName:
+    """The loss that trains each parametrisation well: ``ml`` (the paper's) for noise, ``x0`` otherwise."""
+    return "ml" if IRSDE.check_prediction(prediction) == "noise" else "x0"
+
+
+def build_loss(
+    name: LossName, sde: IRSDE, kind: LossKind = "l1", prediction: PredictionType = "noise"
+) -> nn.Module:
+    """The loss called ``name`` (one of :data:`LOSSES`) for ``sde``, error ``kind`` and ``prediction``."""
     if name == "ml":
-        return MaximumLikelihoodLoss(sde, kind)
+        return MaximumLikelihoodLoss(sde, kind, prediction)
     if name == "noise":
-        return NoiseMatchingLoss(kind, sde=sde)
+        return NoiseMatchingLoss(kind, sde=sde, prediction=prediction)
+    if name == "x0":
+        return DataMatchingLoss(sde, kind, prediction)
     raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)}")

@@ -23,7 +23,7 @@ from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_ba
 
 from .convert import load_official_unet
 from .samplers import SamplerName, sample
-from .sde import IRSDE
+from .sde import IRSDE, PredictionType
 from .tiling import TiledModel
 from .unet import ConditionalUNet
 
@@ -37,10 +37,16 @@ __all__ = [
     "LoadedRestorer",
     "load_restoration_checkpoint",
     "PAPER_SDE",
+    "default_clamp_x0",
 ]
 
 #: The IR-SDE the released ``universal-ir.pth`` was trained with.
 PAPER_SDE: dict[str, Any] = dict(max_sigma=50.0, T=100, schedule="cosine", eps=0.005)
+
+
+def default_clamp_x0(prediction: PredictionType) -> bool:
+    """Clamp x̂_0 by default for the data predictions; not for ``noise`` (the released model's numerics)."""
+    return IRSDE.check_prediction(prediction) != "noise"
 
 
 class Embedder(Protocol):
@@ -62,7 +68,10 @@ class RestorationPipeline:
         unet: the conditional U-Net (put in eval mode here).
         sde: the IR-SDE it was trained with.
         embedder: frozen DA-CLIP; required when the U-Net uses a context.
-        sampler, num_steps: reverse-process sampler name and its number of steps (None: T).
+        sampler, num_steps: reverse-process sampler name and its number of network evaluations (None: T).
+        clamp_x0: clamp x̂_0 to [0, 1] inside every sampler step; None takes the default of the U-Net's
+            parametrisation (``unet.prediction``): off for ``noise`` (the paper's numerics), on for the data
+            predictions.
         tile, tile_overlap, tile_batch_size: tiled network calls for large images (None: whole image).
     """
 
@@ -74,6 +83,7 @@ class RestorationPipeline:
         *,
         sampler: SamplerName = "posterior",
         num_steps: int | None = None,
+        clamp_x0: bool | None = None,
         tile: int | None = None,
         tile_overlap: int = 64,
         tile_batch_size: int = 4,
@@ -88,6 +98,8 @@ class RestorationPipeline:
         self.embedder = embedder
         self.sampler = sampler
         self.num_steps = num_steps
+        self.prediction: PredictionType = IRSDE.check_prediction(getattr(unet, "prediction", "noise"))
+        self.clamp_x0 = default_clamp_x0(self.prediction) if clamp_x0 is None else bool(clamp_x0)
         self.tile = tile
         self.tile_overlap = tile_overlap
         self.tile_batch_size = tile_batch_size
@@ -151,6 +163,8 @@ class RestorationPipeline:
             self.num_steps,
             generator=generator,
             progress=progress,
+            prediction=self.prediction,
+            clamp_x0=self.clamp_x0,
         )
         return out.clamp(0.0, 1.0)
 
@@ -234,7 +248,16 @@ def load_restoration_checkpoint(
 
 
 def _unet_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("in_nc", "out_nc", "nf", "ch_mult", "context_dim", "use_degra_context", "use_image_context")
+    keys = (
+        "in_nc",
+        "out_nc",
+        "nf",
+        "ch_mult",
+        "context_dim",
+        "use_degra_context",
+        "use_image_context",
+        "prediction",
+    )
     kwargs = {k: model_cfg[k] for k in keys if k in model_cfg}
     if "ch_mult" in kwargs:
         kwargs["ch_mult"] = tuple(kwargs["ch_mult"])

@@ -1,17 +1,24 @@
 """Reverse-time samplers for the IR-SDE, as diffusers-like scheduler objects.
 
 A sampler holds no model and is not an ``nn.Module``: ``set_timesteps(n)`` chooses the descending timesteps,
-``step(model_output, t, sample, mu)`` takes the network's predicted noise at ``t`` and returns the state at
-the next timestep, and ``init_noise(mu)`` draws x_T. :func:`sample` runs the whole loop.
+``step(model_output, t, sample, mu)`` takes the network's output at ``t`` and returns the state at the next
+timestep, and ``init_noise(mu)`` draws x_T. :func:`sample` runs the whole loop.
+
+Parametrisations: ``prediction`` says what the network outputs (``noise``, ``x0`` or ``residual`` = x_0 − μ,
+see :data:`irsde.sde.PredictionType`); every sampler turns the output into x̂_0 and ε̂ with the identities
+x̂_0 − μ = (y_t − σ̄_t·ε̂)/α_t, y_t = x_t − μ. With ``clamp_x0`` the x̂_0 is clamped to the data range [0, 1]
+before it is used, and ε̂ is recomputed from the clamped x̂_0, so every step (posterior, Euler, solver)
+sees one consistent prediction. The paper's setting (``noise``, no clamp) takes the official formulas
+unchanged.
 
 Timesteps: with ``num_steps = T`` (the default) they are T, T−1, ..., 1 and every step goes from t to t − 1,
 exactly as the official ``reverse_posterior`` / ``reverse_sde`` / ``reverse_ode`` loops. With fewer steps they
 are ``num_steps`` evenly spaced integers from T down to 1, both ends included (T alone for one step), and the
-last step always goes to t = 0.
+last step always goes to t = 0. ``num_steps`` is the number of network evaluations (NFE).
 
 Random draws use ``torch.randn`` with the caller's ``generator``; without one they come from the global RNG
 in the same order and shape as the official ``torch.randn_like`` calls, so a seeded official run is
-reproduced draw for draw.
+reproduced draw for draw. The ``mr`` solver draws nothing after x_T: given x_T it is deterministic.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from irsde.sde import IRSDE, Timestep
+from irsde.sde import IRSDE, PredictionType, Timestep
 
 __all__ = [
+    "DATA_RANGE",
     "SAMPLERS",
     "EulerMaruyamaSampler",
+    "MRSolver",
     "ODESampler",
     "PosteriorSampler",
     "Sampler",
@@ -40,8 +49,11 @@ __all__ = [
     "sample",
 ]
 
-SamplerName = Literal["posterior", "sde", "ode"]
+SamplerName = Literal["posterior", "sde", "ode", "mr"]
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+#: The range images live in; ``clamp_x0`` clamps x̂_0 to it.
+DATA_RANGE: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass
@@ -99,6 +111,8 @@ class Sampler(abc.ABC):
 
     Args:
         sde: the IR-SDE to reverse.
+        prediction: what the network outputs (``noise``, ``x0`` or ``residual``).
+        clamp_x0: clamp x̂_0 to :data:`DATA_RANGE` (and recompute ε̂ from it) before every step.
 
     Attributes:
         timesteps: descending LongTensor (on the CPU) of the timesteps to visit; set by :meth:`set_timesteps`.
@@ -106,14 +120,32 @@ class Sampler(abc.ABC):
 
     name: SamplerName
 
-    def __init__(self, sde: IRSDE) -> None:
+    def __init__(self, sde: IRSDE, prediction: PredictionType = "noise", clamp_x0: bool = False) -> None:
         self.sde = sde
+        self.prediction: PredictionType = sde.check_prediction(prediction)
+        self.clamp_x0 = bool(clamp_x0)
         self.timesteps: Tensor
         self._next: dict[int, int]
         self.set_timesteps(None)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(sde={self.sde!r}, num_steps={self.num_steps})"
+        return (
+            f"{type(self).__name__}(sde={self.sde!r}, num_steps={self.num_steps}, "
+            f"prediction={self.prediction!r}, clamp_x0={self.clamp_x0})"
+        )
+
+    def predict(self, model_output: Tensor, t: int, sample: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂_0, ε̂) from the network output at ``t``, clamped if configured.
+
+        The paper's case (noise, no clamp) is the official ``get_init_state_from_noise`` with the network's
+        noise itself, so released weights step exactly as in the official code.
+        """
+        if self.prediction == "noise" and not self.clamp_x0:
+            return self.sde.x0_from_noise(sample, mu, t, model_output), model_output
+        x0_pred = self.sde.predict_x0(model_output, sample, mu, t, self.prediction)
+        if self.clamp_x0:
+            x0_pred = x0_pred.clamp(*DATA_RANGE)
+        return x0_pred, self.sde.noise_from_x0(sample, x0_pred, mu, t)
 
     @property
     def num_steps(self) -> int:
@@ -150,7 +182,7 @@ class Sampler(abc.ABC):
         *,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
-        """Go from ``sample`` = x_t to the next timestep, given the predicted noise ``model_output``."""
+        """Go from ``sample`` = x_t to the next timestep, given the network's output at ``t``."""
 
 
 class PosteriorSampler(Sampler):
@@ -164,8 +196,14 @@ class PosteriorSampler(Sampler):
 
     name: SamplerName = "posterior"
 
-    def __init__(self, sde: IRSDE, noise_on_last_step: bool = True) -> None:
-        super().__init__(sde)
+    def __init__(
+        self,
+        sde: IRSDE,
+        prediction: PredictionType = "noise",
+        clamp_x0: bool = False,
+        noise_on_last_step: bool = True,
+    ) -> None:
+        super().__init__(sde, prediction, clamp_x0)
         self.noise_on_last_step = noise_on_last_step
 
     def step(
@@ -180,7 +218,7 @@ class PosteriorSampler(Sampler):
         """x_s ~ q(x_s | x_t, x̂_0) with s the next timestep (paper eq. 8 and 13)."""
         t_int = _as_scalar_timestep(t)
         s = self.prev_timestep(t_int)
-        x0_pred = self.sde.x0_from_noise(sample, mu, t_int, model_output)
+        x0_pred, _ = self.predict(model_output, t_int, sample, mu)
         # s = t − 1 takes the official formula path exactly; a wider gap uses the general posterior.
         s_arg = None if s == t_int - 1 else s
         mean = self.sde.posterior_mean(sample, x0_pred, mu, t_int, s_arg)
@@ -215,13 +253,13 @@ class EulerMaruyamaSampler(Sampler):
         """One Euler–Maruyama step of the reverse SDE (paper eq. 6)."""
         t_int = _as_scalar_timestep(t)
         gap = t_int - self.prev_timestep(t_int)
-        score = self.sde.noise_to_score(model_output, t_int)
+        x0_pred, noise_pred = self.predict(model_output, t_int, sample, mu)
+        score = self.sde.noise_to_score(noise_pred, t_int)
         drift = self.sde.sde_drift(sample, mu, t_int, score)
         mean = sample - drift if gap == 1 else sample - drift * gap
         sigma = self.sde.sigma(t_int, like=sample)
         dispersion = sigma * (_randn_like(sample, generator) * math.sqrt(self.sde.dt * gap))
         prev = mean - dispersion
-        x0_pred = self.sde.x0_from_noise(sample, mu, t_int, model_output)
         return SamplerOutput(prev_sample=prev.to(sample.dtype), pred_original_sample=x0_pred.to(sample.dtype))
 
 
@@ -245,10 +283,48 @@ class ODESampler(Sampler):
         """One Euler step of the probability-flow ODE; ``generator`` is unused."""
         t_int = _as_scalar_timestep(t)
         gap = t_int - self.prev_timestep(t_int)
-        score = self.sde.noise_to_score(model_output, t_int)
+        x0_pred, noise_pred = self.predict(model_output, t_int, sample, mu)
+        score = self.sde.noise_to_score(noise_pred, t_int)
         drift = self.sde.ode_drift(sample, mu, t_int, score)
         prev = sample - drift if gap == 1 else sample - drift * gap
-        x0_pred = self.sde.x0_from_noise(sample, mu, t_int, model_output)
+        return SamplerOutput(prev_sample=prev.to(sample.dtype), pred_original_sample=x0_pred.to(sample.dtype))
+
+
+class MRSolver(Sampler):
+    """Exponential-integrator solver of the probability-flow ODE, first order (deterministic, few steps).
+
+    With y = x − μ, α_t = exp(−Θ_t·dt) and σ̄_t = λ·sqrt(1 − α_t²), the probability-flow ODE of the IR-SDE is
+    dy/dt = −θ_t·y + λ²θ_t·ε/σ̄_t: the same form as a variance-preserving diffusion with signal α_t and noise
+    σ̄_t, so its linear part integrates exactly. Holding the network's prediction fixed over a step from t
+    to s < t gives (the mean-reverting DDIM step; MR Sampler, arXiv 2502.07856, first order)::
+
+        y_s = α_s·(x̂_0 − μ) + σ̄_s·ε̂,        ε̂ = (y_t − α_t·(x̂_0 − μ))/σ̄_t
+
+    With the true x_0 it lands exactly on the marginal path at any step size; the last step (s = 0, α = 1,
+    σ̄ = 0) returns x̂_0. It draws no noise: given x_T the result is deterministic.
+    """
+
+    name: SamplerName = "mr"
+
+    def step(
+        self,
+        model_output: Tensor,
+        t: Timestep,
+        sample: Tensor,
+        mu: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> SamplerOutput:
+        """One first-order exponential-integrator step from t to the next timestep; ``generator`` is unused."""
+        t_int = _as_scalar_timestep(t)
+        s = self.prev_timestep(t_int)
+        x0_pred, noise_pred = self.predict(model_output, t_int, sample, mu)
+        if s == 0:
+            prev = x0_pred
+        else:
+            alpha_s = self.sde.alpha(s, like=sample)
+            sigma_bar_s = self.sde.marginal_std(s).to(sample.device)
+            prev = mu + alpha_s * (x0_pred - mu) + sigma_bar_s * noise_pred
         return SamplerOutput(prev_sample=prev.to(sample.dtype), pred_original_sample=x0_pred.to(sample.dtype))
 
 
@@ -256,14 +332,17 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "posterior": PosteriorSampler,
     "sde": EulerMaruyamaSampler,
     "ode": ODESampler,
+    "mr": MRSolver,
 }
 
 
-def build_sampler(name: SamplerName, sde: IRSDE) -> Sampler:
-    """The sampler called ``name`` (``"posterior"``, ``"sde"`` or ``"ode"``) for ``sde``."""
+def build_sampler(
+    name: SamplerName, sde: IRSDE, prediction: PredictionType = "noise", clamp_x0: bool = False
+) -> Sampler:
+    """The sampler called ``name`` (one of :data:`SAMPLERS`) for ``sde`` and a network of ``prediction``."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid choices: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](sde)
+    return SAMPLERS[name](sde, prediction=prediction, clamp_x0=clamp_x0)
 
 
 def sample(
@@ -276,12 +355,14 @@ def sample(
     generator: torch.Generator | None = None,
     progress: bool = False,
     x_T: Tensor | None = None,
+    prediction: PredictionType = "noise",
+    clamp_x0: bool = False,
 ) -> Tensor:
     """Restore ``mu`` (the LQ batch [B, C, H, W]) by running the reverse process from x_T down to t = 0.
 
     Args:
-        model_fn: ``model_fn(x_t, mu, t_batch) -> predicted noise``, with ``t_batch`` a LongTensor [B];
-            called once per step, under ``torch.no_grad``.
+        model_fn: ``model_fn(x_t, mu, t_batch) -> network output`` (of the ``prediction`` kind), with
+            ``t_batch`` a LongTensor [B]; called once per step, under ``torch.no_grad``.
         mu: the LQ images.
         sde: the IR-SDE the model was trained with.
         sampler: a name from :data:`SAMPLERS` or a ready sampler (then ``num_steps`` None keeps its schedule).
@@ -289,12 +370,14 @@ def sample(
         generator: source of all random draws (x_T and the per-step noise); None uses the global RNG.
         progress: show a tqdm progress bar.
         x_T: start from this state instead of drawing one.
+        prediction, clamp_x0: the network's parametrisation and x̂_0 clamping, for a named sampler (a ready
+            sampler keeps its own).
 
     Returns:
         The final state x_0, same shape and dtype as ``mu``.
     """
     if isinstance(sampler, str):
-        scheduler = build_sampler(sampler, sde)  # type: ignore[arg-type]
+        scheduler = build_sampler(sampler, sde, prediction, clamp_x0)  # type: ignore[arg-type]
         scheduler.set_timesteps(num_steps)
     else:
         scheduler = sampler
@@ -310,6 +393,6 @@ def sample(
         x = scheduler.init_noise(mu, generator=generator) if x_T is None else x_T.to(mu.dtype)
         for t in timesteps:
             t_batch = torch.full((mu.shape[0],), t, dtype=torch.long, device=mu.device)
-            noise_pred = model_fn(x, mu, t_batch)
-            x = scheduler.step(noise_pred, t, x, mu, generator=generator).prev_sample
+            model_output = model_fn(x, mu, t_batch)
+            x = scheduler.step(model_output, t, x, mu, generator=generator).prev_sample
     return x

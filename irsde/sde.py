@@ -25,10 +25,16 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-__all__ = ["IRSDE", "ScheduleName", "Timestep"]
+__all__ = ["IRSDE", "PREDICTIONS", "PredictionType", "ScheduleName", "Timestep"]
 
 ScheduleName = Literal["cosine", "linear", "constant"]
 Timestep = int | Tensor
+
+#: What the network outputs. ``noise``: the noise ε of the marginal (the paper, and the released weights).
+#: ``x0``: the clean image x_0 itself. ``residual``: x_0 − μ, the correction to the LQ image (a network whose
+#: output layer starts at zero then starts as the identity restorer).
+PredictionType = Literal["noise", "x0", "residual"]
+PREDICTIONS: tuple[str, ...] = get_args(PredictionType)
 
 _SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
@@ -230,6 +236,42 @@ class IRSDE:
         """The true conditional score −(x_t − E[x_t | x_0])/σ̄_t²."""
         t = self._check_t(t, low=1)
         return -(xt - self.marginal_mean(x0, mu, t)) / self._gather(self.sigma_bars, t, xt) ** 2
+
+    # ------------------------------------------------------------------ parametrisations
+    def alpha(self, t: Timestep, like: Tensor | None = None) -> Tensor:
+        """α_t = exp(−Θ_t·dt), the fraction of (x_0 − μ) left in the marginal mean at t (α_T = eps)."""
+        return torch.exp(-self._gather(self.thetas_cumsum, self._check_t(t), like) * self.dt)
+
+    @staticmethod
+    def check_prediction(prediction: str) -> PredictionType:
+        """``prediction`` if it names a parametrisation, else a ValueError listing the valid ones."""
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; valid choices: {', '.join(PREDICTIONS)}")
+        return prediction  # type: ignore[return-value]
+
+    def predict_x0(
+        self, model_output: Tensor, xt: Tensor, mu: Tensor, t: Timestep, prediction: PredictionType
+    ) -> Tensor:
+        """x̂_0 implied by a network output of the given parametrisation at (x_t, μ, t)."""
+        prediction = self.check_prediction(prediction)
+        if prediction == "noise":
+            return self.x0_from_noise(xt, mu, t, model_output)
+        return model_output if prediction == "x0" else mu + model_output
+
+    def predict_noise(
+        self, model_output: Tensor, xt: Tensor, mu: Tensor, t: Timestep, prediction: PredictionType
+    ) -> Tensor:
+        """ε̂ implied by a network output: ε̂ = (x_t − μ − α_t·(x̂_0 − μ))/σ̄_t for the data predictions."""
+        if self.check_prediction(prediction) == "noise":
+            return model_output
+        return self.noise_from_x0(xt, self.predict_x0(model_output, xt, mu, t, prediction), mu, t)
+
+    def model_target(self, x0: Tensor, mu: Tensor, noise: Tensor, prediction: PredictionType) -> Tensor:
+        """What a perfect network of the given parametrisation outputs for x_t = add_noise(x0, mu, t, noise)."""
+        prediction = self.check_prediction(prediction)
+        if prediction == "noise":
+            return noise
+        return x0 if prediction == "x0" else x0 - mu
 
     # ------------------------------------------------------------------ reverse-time steps (t → t−1)
     def sde_drift(self, xt: Tensor, mu: Tensor, t: Timestep, score: Tensor) -> Tensor:

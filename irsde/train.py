@@ -60,7 +60,7 @@ from daclip.utils.optim import cosine_warmup_lambda
 from daclip.utils.preflight import check_image_pairs
 from data import DEFAULT_DEGRADATIONS
 
-from .losses import build_loss
+from .losses import build_loss, default_loss
 from .metrics import psnr
 from .pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from .pipeline import Embedder, RestorationPipeline
@@ -102,6 +102,11 @@ class UNetSection:
     use_degra_context: bool = True
     use_image_context: bool = True
     grad_checkpointing: bool = False
+    prediction: Literal["noise", "x0", "residual"] = spec(
+        "noise",
+        help="what the U-Net outputs: noise (the paper, released weights), x0, or residual = x0 - LQ "
+        "(starts as the identity; trains well in few steps)",
+    )
 
 
 @dataclass
@@ -132,7 +137,9 @@ class IRTrainSection:
     warmup_steps: int = spec(0, minimum=0)
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = spec(0.0, minimum=0.0)
-    loss: Literal["ml", "noise"] = "ml"
+    loss: Literal["auto", "ml", "noise", "x0"] = spec(
+        "auto", help="auto = ml (the paper's) for model.prediction=noise, x0 (L1 on x0) otherwise"
+    )
     loss_kind: Literal["l1", "l2"] = "l1"
     ema_decay: float = spec(0.995, minimum=0.0, maximum=1.0)
     ema_every: int = spec(10, minimum=1)
@@ -145,7 +152,7 @@ class IRTrainSection:
     max_nonfinite_steps: int = spec(
         0, minimum=0, help="NaN/Inf losses skipped in a row before training stops (0 = stop at the first)"
     )
-    val_sampler: Literal["posterior", "sde", "ode"] = "posterior"
+    val_sampler: Literal["posterior", "sde", "ode", "mr"] = "posterior"
     val_steps: int | None = spec(None, minimum=1, help="sampling steps for validation (None = T)")
 
     def validate(self) -> None:
@@ -204,6 +211,7 @@ def build_unet(section: UNetSection) -> ConditionalUNet:
         use_degra_context=section.use_degra_context,
         use_image_context=section.use_image_context,
         use_checkpoint=section.grad_checkpointing,
+        prediction=section.prediction,
     )
 
 
@@ -373,7 +381,8 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         model = nn.parallel.DistributedDataParallel(
             unet, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loss_fn = build_loss(cfg.train.loss, sde, cfg.train.loss_kind)
+    loss_name = default_loss(cfg.model.prediction) if cfg.train.loss == "auto" else cfg.train.loss
+    loss_fn = build_loss(loss_name, sde, cfg.train.loss_kind, cfg.model.prediction)
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
     )
@@ -500,8 +509,8 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
             noise = torch.randn(gt.shape, device=device, generator=generator, dtype=gt.dtype)
             xt = sde.add_noise(gt, lq, t, noise)  # x_t ~ marginal, Eq. (5) of IR-SDE
             with autocast(device, cfg.train.precision):
-                noise_pred = model(xt, lq, t, **context)
-            loss = loss_fn(noise_pred.float(), xt, gt, lq, t, noise=noise)
+                model_output = model(xt, lq, t, **context)  # of the model.prediction kind
+            loss = loss_fn(model_output.float(), xt, gt, lq, t, noise=noise)
             optimizer.zero_grad(set_to_none=True)
             loss_value = all_reduce_mean(loss.detach()).item()  # the same on every rank
             finite = nonfinite.check(loss_value, step + 1)  # raises past train.max_nonfinite_steps

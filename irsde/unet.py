@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .sde import PREDICTIONS
+
 __all__ = [
     "UNET_PRESETS",
     "ChannelLayerNorm",
@@ -308,11 +310,11 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 class ConditionalUNet(nn.Module):
-    """The IR-SDE noise predictor of DA-CLIP: ``eps_hat = unet(x_t, mu, t, degra_emb, content_emb)``.
+    """The IR-SDE network of DA-CLIP: ``output = unet(x_t, mu, t, degra_emb, content_emb)``.
 
     Args:
         in_nc: image channels of ``x_t`` and ``mu`` (the network sees ``cat[x_t - mu, mu]``).
-        out_nc: output channels (the predicted noise).
+        out_nc: output channels (the predicted noise, x_0 or x_0 − μ: see ``prediction``).
         nf: base width; the time embedding has ``4 * nf`` features.
         ch_mult: width multiplier of each level; its length is the depth (inputs are padded to a
             multiple of ``2 ** len(ch_mult)``).
@@ -323,6 +325,10 @@ class ConditionalUNet(nn.Module):
             levels >= 3 and in the middle block (LinearAttention elsewhere).
         use_checkpoint: gradient checkpointing of the residual and attention blocks while training
             (less memory, one extra forward; the same numbers).
+        prediction: what the output means (``noise``: the paper and the released weights; ``x0``;
+            ``residual`` = x_0 − μ). Samplers and losses read it from here; for ``residual`` the output
+            conv starts at zero, so an untrained network restores as the identity (x̂_0 = μ) and training
+            only has to learn the correction.
     """
 
     def __init__(
@@ -335,6 +341,7 @@ class ConditionalUNet(nn.Module):
         use_degra_context: bool = True,
         use_image_context: bool = True,
         use_checkpoint: bool = False,
+        prediction: str = "noise",
     ) -> None:
         super().__init__()
         ch_mult = self._validate(
@@ -342,6 +349,10 @@ class ConditionalUNet(nn.Module):
         )
         if not isinstance(use_checkpoint, bool):
             raise ValueError(f"ConditionalUNet: use_checkpoint must be a bool, got {use_checkpoint!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"ConditionalUNet: prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}"
+            )
         self.config: dict[str, Any] = dict(
             in_nc=in_nc,
             out_nc=out_nc,
@@ -350,7 +361,9 @@ class ConditionalUNet(nn.Module):
             context_dim=context_dim,
             use_degra_context=use_degra_context,
             use_image_context=use_image_context,
+            prediction=prediction,
         )
+        self.prediction = prediction
         self.in_nc = in_nc
         self.nf = nf
         self.depth = len(ch_mult)
@@ -421,6 +434,10 @@ class ConditionalUNet(nn.Module):
         self.mid_block2 = ResBlock(mid_dim, mid_dim, time_dim)
         self.final_res_block = ResBlock(nf * 2, nf, time_dim)
         self.final_conv = nn.Conv2d(nf, out_nc, 3, 1, 1)
+        if prediction == "residual":
+            # Zero output = zero correction: training starts from the identity restorer x̂_0 = μ.
+            nn.init.zeros_(self.final_conv.weight)
+            nn.init.zeros_(self.final_conv.bias)
 
     @staticmethod
     def _validate(

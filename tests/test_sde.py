@@ -375,7 +375,7 @@ def test_losses_kinds_and_factory():
     with pytest.raises(ValueError, match="pass the true noise"):
         l2(noise_pred, xt, x0, mu, t)
 
-    assert set(LOSSES) == {"ml", "noise"}
+    assert set(LOSSES) == {"ml", "noise", "x0"}
     with pytest.raises(ValueError, match="valid choices: ml, noise"):
         build_loss("mle", sde)
     with pytest.raises(ValueError, match="valid choices: l1, l2"):

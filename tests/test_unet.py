@@ -120,7 +120,12 @@ def test_loader_accepts_wrapped_prefixed_file(small, tmp_path):
     path = tmp_path / "universal-ir.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, path)
     model = load_official_unet(path)  # config inferred from the shapes
-    assert model.config == {**small["config"], "ch_mult": tuple(small["config"]["ch_mult"])}
+    # Released weights predict noise (the paper's parametrisation).
+    assert model.config == {
+        **small["config"],
+        "ch_mult": tuple(small["config"]["ch_mult"]),
+        "prediction": "noise",
+    }
     assert not model.training
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in sd.items())
@@ -268,4 +273,4 @@ def test_bf16_autocast_close_to_float32():
 def test_presets_build(preset):
     with torch.device("meta"):
         model = ConditionalUNet(**UNET_PRESETS[preset])
-    assert model.config == UNET_PRESETS[preset]
+    assert model.config == {**UNET_PRESETS[preset], "prediction": "noise"}
