@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data import DEFAULT_DEGRADATIONS
-from data.io import read_image
+from data.io import atomic_open, read_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 
 __all__ = [
@@ -235,14 +234,8 @@ def write_caption_csv(
         return
 
     content = "\t".join(_HEADER) + "\n" + body
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            handle.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        handle.write(content)
 
 
 def read_caption_table(path: str | os.PathLike) -> dict[str, str]:

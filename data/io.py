@@ -8,10 +8,13 @@ applied) and fails with :class:`ImageReadError` naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import tempfile
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ __all__ = [
     "list_images",
     "read_image",
     "write_image",
+    "atomic_open",
     "image_to_tensor",
     "tensor_to_image",
 ]
@@ -162,12 +166,28 @@ def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor) -> Path
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image extension for {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with atomic_open(path, "wb") as handle:
+        Image.fromarray(data).save(handle, format=fmt)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a fresh temporary file next to ``path`` for writing; on success rename it to ``path``.
+
+    An interrupted write never leaves a truncated file under the final name, and on failure the
+    temporary file is removed. The file gets the normal mode of a new file (``0o666`` less the
+    umask; ``tempfile.mkstemp`` would give ``0o600``). ``mode`` is ``"wb"`` or ``"w"`` (then
+    ``kwargs`` such as ``encoding`` and ``newline`` go to :func:`open`).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a new file: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(data).save(handle, format=fmt)
+        with open(tmp, mode.replace("w", "x"), **kwargs) as handle:
+            yield handle
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path

@@ -22,7 +22,6 @@ import csv
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from typing import Any, TextIO
 
 import torch
 
-from data.io import IMAGE_EXTENSIONS, ImageReadError, write_image
+from data.io import IMAGE_EXTENSIONS, ImageReadError, atomic_open, write_image
 
 from .pipeline import RestorationPipeline
 from .tiling import tile_starts
@@ -253,16 +252,10 @@ def _write_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
             "probability": f"{prob:.4f}",
             "top3": "; ".join(f"{n} {p:.3f}" for n, p in r["top3"]),
         }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=_PREDICTION_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows[key] for key in sorted(rows))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_PREDICTION_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows[key] for key in sorted(rows))
 
 
 # ----------------------------------------------------------------------------- restoring

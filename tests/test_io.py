@@ -125,3 +125,28 @@ def test_original_error_message_of_a_reraised_worker_exception():
     assert original_error_message(chained) == "cannot read image b.png: truncated"
     assert ImageReadError(chained).args == ("cannot read image b.png: truncated",)
     assert original_error_message("plain message") == "plain message"
+
+
+def test_written_files_get_the_normal_mode_and_no_temporary_is_left(tmp_path, monkeypatch):
+    import os
+
+    from data.captions import CaptionRow, write_caption_csv
+
+    old = os.umask(0o022)
+    try:
+        image = write_image(tmp_path / "out.png", np.zeros((2, 2, 3)))
+        write_caption_csv(tmp_path / "c.csv", [CaptionRow(str(image), "a dot", "noisy")])
+    finally:
+        os.umask(old)
+    for name in ("out.png", "c.csv"):
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == oct(0o644), name  # not 0o600
+    with pytest.raises(ValueError, match="unknown image extension"):
+        write_image(tmp_path / "bad.unknown", np.zeros((2, 2, 3)))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)  # fails inside the write
+    with pytest.raises(OSError, match="No space left"):
+        write_image(tmp_path / "broken.png", np.zeros((2, 2, 3)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "out.png"]
