@@ -78,10 +78,15 @@ class SamplingSection:
     clamp_x0: bool | None = spec(
         None, help="clamp x0 to [0, 1] in every step; None = off for noise prediction, on otherwise"
     )
+    order: int | None = spec(None, minimum=1, maximum=2, help="order of the mr solver (None = 2)")
     seed: int = spec(0, minimum=0)
     tile: int | None = spec(None, minimum=16, help="tiled network calls for large images")
     tile_overlap: int = spec(64, minimum=0)
     tile_batch_size: int = spec(4, minimum=1)
+
+    def validate(self) -> None:
+        if self.order == 2 and self.sampler != "mr":
+            raise ConfigError(f"sampling.order: 2 applies to the mr solver only (sampler is {self.sampler!r})")
 
 
 @dataclass
@@ -166,6 +171,7 @@ def evaluate(
         sampler=cfg.sampling.sampler,
         num_steps=cfg.sampling.num_steps,
         clamp_x0=cfg.sampling.clamp_x0,
+        order=cfg.sampling.order,
         tile=cfg.sampling.tile,
         tile_overlap=cfg.sampling.tile_overlap,
         tile_batch_size=cfg.sampling.tile_batch_size,

@@ -72,6 +72,7 @@ class RestorationPipeline:
         clamp_x0: clamp x̂_0 to [0, 1] inside every sampler step; None takes the default of the U-Net's
             parametrisation (``unet.prediction``): off for ``noise`` (the paper's numerics), on for the data
             predictions.
+        order: order of the ``mr`` solver (1 or 2; None: 2).
         tile, tile_overlap, tile_batch_size: tiled network calls for large images (None: whole image).
     """
 
@@ -84,6 +85,7 @@ class RestorationPipeline:
         sampler: SamplerName = "posterior",
         num_steps: int | None = None,
         clamp_x0: bool | None = None,
+        order: int | None = None,
         tile: int | None = None,
         tile_overlap: int = 64,
         tile_batch_size: int = 4,
@@ -100,6 +102,7 @@ class RestorationPipeline:
         self.num_steps = num_steps
         self.prediction: PredictionType = IRSDE.check_prediction(getattr(unet, "prediction", "noise"))
         self.clamp_x0 = default_clamp_x0(self.prediction) if clamp_x0 is None else bool(clamp_x0)
+        self.order = order
         self.tile = tile
         self.tile_overlap = tile_overlap
         self.tile_batch_size = tile_batch_size
@@ -165,6 +168,7 @@ class RestorationPipeline:
             progress=progress,
             prediction=self.prediction,
             clamp_x0=self.clamp_x0,
+            order=self.order,
         )
         return out.clamp(0.0, 1.0)
 

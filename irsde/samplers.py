@@ -291,20 +291,48 @@ class ODESampler(Sampler):
 
 
 class MRSolver(Sampler):
-    """Exponential-integrator solver of the probability-flow ODE, first order (deterministic, few steps).
+    """Exponential-integrator solver of the probability-flow ODE, first or second order (deterministic).
 
     With y = x − μ, α_t = exp(−Θ_t·dt) and σ̄_t = λ·sqrt(1 − α_t²), the probability-flow ODE of the IR-SDE is
-    dy/dt = −θ_t·y + λ²θ_t·ε/σ̄_t: the same form as a variance-preserving diffusion with signal α_t and noise
-    σ̄_t, so its linear part integrates exactly. Holding the network's prediction fixed over a step from t
-    to s < t gives (the mean-reverting DDIM step; MR Sampler, arXiv 2502.07856, first order)::
+    dy/dt = −θ_t·y + λ²θ_t·ε/σ̄_t: the form of a variance-preserving diffusion with signal α_t and noise σ̄_t,
+    so its linear part integrates exactly and only the network term is approximated. In the half log-SNR
+    ℓ_t = log(α_t/σ̄_t), with D = x̂_0 − μ the data prediction and h = ℓ_s − ℓ_t for a step from t to s < t
+    (MR Sampler, Li et al., arXiv 2502.07856, data-prediction form; DPM-Solver++ for VP diffusions)::
 
-        y_s = α_s·(x̂_0 − μ) + σ̄_s·ε̂,        ε̂ = (y_t − α_t·(x̂_0 − μ))/σ̄_t
+        first order:   y_s = (σ̄_s/σ̄_t)·y_t − α_s·(e^{−h} − 1)·D_t          (= α_s·D_t + σ̄_s·ε̂_t)
+        second order:  the same with D_t replaced by (1 + 1/(2r))·D_t − 1/(2r)·D_prev, r = h_prev/h
 
-    With the true x_0 it lands exactly on the marginal path at any step size; the last step (s = 0, α = 1,
-    σ̄ = 0) returns x̂_0. It draws no noise: given x_T the result is deterministic.
+    where D_prev, h_prev belong to the previous step (multistep: one network evaluation per step). The first
+    step has no history and the last one (s = 0, where σ̄_0 = 0 and ℓ = ∞) returns x̂_0: both are first
+    order. With the true x_0, D is the same at every step, so both orders land exactly on the marginal path
+    at any step size. It draws no noise: given x_T the result is deterministic.
+
+    Args:
+        sde, prediction, clamp_x0: as for every sampler.
+        order: 1 or 2.
     """
 
     name: SamplerName = "mr"
+
+    def __init__(
+        self, sde: IRSDE, prediction: PredictionType = "noise", clamp_x0: bool = False, order: int = 2
+    ) -> None:
+        if order not in (1, 2):
+            raise ValueError(f"MRSolver: order must be 1 or 2, got {order!r}")
+        self.order = order
+        self._history: tuple[int, Tensor] | None = None  # (t, D_t) of the previous step
+        super().__init__(sde, prediction, clamp_x0)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", order={self.order})"
+
+    def set_timesteps(self, num_steps: int | None = None) -> None:
+        super().set_timesteps(num_steps)
+        self._history = None
+
+    def half_log_snr(self, t: int) -> float:
+        """ℓ_t = log(α_t/σ̄_t) (t >= 1; σ̄_0 = 0 makes ℓ_0 infinite)."""
+        return math.log(float(self.sde.alpha(t)) / float(self.sde.marginal_std(t)))
 
     def step(
         self,
@@ -315,16 +343,27 @@ class MRSolver(Sampler):
         *,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
-        """One first-order exponential-integrator step from t to the next timestep; ``generator`` is unused."""
+        """One exponential-integrator step from t to the next timestep; ``generator`` is unused."""
         t_int = _as_scalar_timestep(t)
         s = self.prev_timestep(t_int)
-        x0_pred, noise_pred = self.predict(model_output, t_int, sample, mu)
+        if t_int == int(self.timesteps[0]):
+            self._history = None  # a new trajectory
+        x0_pred, _ = self.predict(model_output, t_int, sample, mu)
+        data = x0_pred - mu  # D_t
         if s == 0:
             prev = x0_pred
         else:
+            h = self.half_log_snr(s) - self.half_log_snr(t_int)
+            if self.order == 2 and self._history is not None:
+                t_prev, data_prev = self._history
+                r = (self.half_log_snr(t_int) - self.half_log_snr(t_prev)) / h
+                data = (1 + 0.5 / r) * data - (0.5 / r) * data_prev
+            sigma_ratio = self.sde.marginal_std(s).to(sample.device) / self.sde.marginal_std(t_int).to(
+                sample.device
+            )
             alpha_s = self.sde.alpha(s, like=sample)
-            sigma_bar_s = self.sde.marginal_std(s).to(sample.device)
-            prev = mu + alpha_s * (x0_pred - mu) + sigma_bar_s * noise_pred
+            prev = mu + sigma_ratio * (sample - mu) - alpha_s * math.expm1(-h) * data
+        self._history = (t_int, x0_pred - mu)
         return SamplerOutput(prev_sample=prev.to(sample.dtype), pred_original_sample=x0_pred.to(sample.dtype))
 
 
@@ -337,11 +376,22 @@ SAMPLERS: dict[str, type[Sampler]] = {
 
 
 def build_sampler(
-    name: SamplerName, sde: IRSDE, prediction: PredictionType = "noise", clamp_x0: bool = False
+    name: SamplerName,
+    sde: IRSDE,
+    prediction: PredictionType = "noise",
+    clamp_x0: bool = False,
+    order: int | None = None,
 ) -> Sampler:
-    """The sampler called ``name`` (one of :data:`SAMPLERS`) for ``sde`` and a network of ``prediction``."""
+    """The sampler called ``name`` (one of :data:`SAMPLERS`) for ``sde`` and a network of ``prediction``.
+
+    ``order`` (1 or 2) applies to the ``mr`` solver (None: 2); the other samplers are first order.
+    """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid choices: {', '.join(SAMPLERS)}")
+    if name == "mr":
+        return MRSolver(sde, prediction=prediction, clamp_x0=clamp_x0, order=2 if order is None else order)
+    if order not in (None, 1):
+        raise ValueError(f"sampler {name!r} is first order; order={order} applies to 'mr' only")
     return SAMPLERS[name](sde, prediction=prediction, clamp_x0=clamp_x0)
 
 
@@ -357,6 +407,7 @@ def sample(
     x_T: Tensor | None = None,
     prediction: PredictionType = "noise",
     clamp_x0: bool = False,
+    order: int | None = None,
 ) -> Tensor:
     """Restore ``mu`` (the LQ batch [B, C, H, W]) by running the reverse process from x_T down to t = 0.
 
@@ -370,14 +421,14 @@ def sample(
         generator: source of all random draws (x_T and the per-step noise); None uses the global RNG.
         progress: show a tqdm progress bar.
         x_T: start from this state instead of drawing one.
-        prediction, clamp_x0: the network's parametrisation and x̂_0 clamping, for a named sampler (a ready
-            sampler keeps its own).
+        prediction, clamp_x0, order: the network's parametrisation, x̂_0 clamping and the solver order
+            (``mr`` only), for a named sampler (a ready sampler keeps its own).
 
     Returns:
         The final state x_0, same shape and dtype as ``mu``.
     """
     if isinstance(sampler, str):
-        scheduler = build_sampler(sampler, sde, prediction, clamp_x0)  # type: ignore[arg-type]
+        scheduler = build_sampler(sampler, sde, prediction, clamp_x0, order)  # type: ignore[arg-type]
         scheduler.set_timesteps(num_steps)
     else:
         scheduler = sampler

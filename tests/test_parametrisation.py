@@ -88,16 +88,17 @@ def test_every_sampler_lands_on_x0_with_an_oracle(name, num_steps, prediction, c
         assert (out - gt).abs().mean() < 0.25 * (lq - gt).abs().mean()
 
 
+@pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("num_steps", [2, 5, T])
-def test_mr_solver_follows_the_exact_marginal_path(prediction, num_steps):
+def test_mr_solver_follows_the_exact_marginal_path(prediction, num_steps, order):
     """y_s = α_s(x_0 − μ) + σ̄_s·ε with the ε of x_T at every visited timestep, for any grid."""
     sde = IRSDE(T=T, dtype=torch.float64)
     gt, lq = _pair(4)
     noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     x_T = sde.add_noise(gt, lq, T, noise)
     oracle = Oracle(sde, gt, prediction)
-    solver = MRSolver(sde, prediction=prediction)
+    solver = MRSolver(sde, prediction=prediction, order=order)
     solver.set_timesteps(num_steps)
     sample(oracle, lq, sde, solver, x_T=x_T)
     assert [t for _, t in oracle.calls] == solver.timesteps.tolist()
@@ -218,3 +219,54 @@ def test_residual_unet_starts_as_the_identity_restorer():
             use_image_context=False,
             prediction="v",
         )
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_mr_solver_lands_on_x0_at_every_nfe(order):
+    sde = IRSDE(T=T, dtype=torch.float64)
+    gt, lq = _pair(12)
+    for nfe in range(1, T + 1):
+        solver = MRSolver(sde, prediction="noise", order=order)
+        out = sample(Oracle(sde, gt, "noise"), lq, sde, solver, nfe, generator=torch.Generator().manual_seed(nfe))
+        torch.testing.assert_close(out, gt, rtol=0, atol=1e-9, msg=f"NFE {nfe}")
+
+
+class GaussianDenoiser:
+    """The exact denoiser when every pixel of x_0 is N(m, s²) independently: E[x_0 | x_t] in closed form."""
+
+    def __init__(self, sde: IRSDE, mean: torch.Tensor, std: float) -> None:
+        self.sde, self.mean, self.std = sde, mean, std
+
+    def __call__(self, xt: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t_int = int(t[0])
+        alpha, sigma_bar = self.sde.alpha(t_int), self.sde.marginal_std(t_int)
+        prior = self.mean - mu  # E[y_0]
+        gain = alpha * self.std**2 / (alpha**2 * self.std**2 + sigma_bar**2)
+        return mu + prior + gain * (xt - mu - alpha * prior)  # x̂_0 (prediction "x0")
+
+    def exact_ode_solution(self, x_T: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """The probability-flow ODE keeps (y_t − α_t·E[y_0])/std(y_t) constant for Gaussian data."""
+        alpha, sigma_bar = self.sde.alpha(self.sde.T), self.sde.marginal_std(self.sde.T)
+        prior = self.mean - mu
+        z = (x_T - mu - alpha * prior) / torch.sqrt(alpha**2 * self.std**2 + sigma_bar**2)
+        return mu + prior + self.std * z
+
+
+@pytest.mark.parametrize("nfe", [5, 20, 50])
+def test_second_order_beats_first_order_on_a_smooth_problem(nfe):
+    """Against the exact ODE solution for Gaussian data, order 2 has a smaller error than order 1.
+
+    A wrong second-order coefficient (sign, r, or history from the wrong step) makes it worse than order 1.
+    """
+    sde = IRSDE(max_sigma=50, T=100, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(13)
+    lq = torch.rand((1, 3, 32, 32), generator=generator, dtype=torch.float64)
+    denoiser = GaussianDenoiser(sde, mean=torch.full_like(lq, 0.5), std=0.2)
+    x_T = lq + sde.max_sigma * torch.randn(lq.shape, generator=generator, dtype=torch.float64)
+    exact = denoiser.exact_ode_solution(x_T, lq)
+    errors = {}
+    for order in (1, 2):
+        solver = MRSolver(sde, prediction="x0", order=order)
+        out = sample(denoiser, lq, sde, solver, nfe, x_T=x_T)
+        errors[order] = float((out - exact).abs().mean())
+    assert errors[2] < 0.7 * errors[1], errors

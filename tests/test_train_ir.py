@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from daclip.utils.checkpoint import load_checkpoint
+from daclip.utils.checkpoint import NonFiniteWeightsError, load_checkpoint
 from daclip.utils.config import ConfigError, load_config
 from daclip.utils.experiment import NonFiniteLossError
 from data.io import write_image
@@ -50,6 +50,7 @@ def _overrides(root, tmp_path) -> list[str]:
         "model.use_image_context=false",
         "model.nf=8",
         "model.ch_mult=[1, 2]",
+        "model.prediction=noise",  # the paper's parametrisation (the tiny config's default is residual)
         "sde.T=10",
         f"data.train_root={root / 'train'}",
         f"data.val_root={root / 'val'}",
@@ -221,6 +222,21 @@ def test_a_nan_loss_stops_training_naming_the_step(paired_root, tmp_path):
     assert _finite_checkpoints(run) >= 1
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] < bad_step
     assert not (run / "checkpoints" / f"step_{bad_step:07d}.pt").exists()
+
+
+def test_non_finite_weights_are_never_written(paired_root, tmp_path, monkeypatch):
+    """A finite loss with weights gone NaN (here the EMA): the save refuses, naming file and tensor."""
+    import irsde.train
+
+    def nan_ema(ema, model, decay):
+        with torch.no_grad():
+            next(ema.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(irsde.train, "update_ema", nan_ema)
+    cfg = _config(paired_root, tmp_path, "train.total_steps=2", "train.save_every=1", "train.val_every=0")
+    with pytest.raises(NonFiniteWeightsError, match=r"not writing checkpoint .*step_0000001\.pt: ema\["):
+        train(cfg)
+    assert list((tmp_path / "tiny" / "checkpoints").iterdir()) == []
 
 
 def test_skipped_nonfinite_steps_make_no_update(paired_root, tmp_path, monkeypatch):
