@@ -68,6 +68,7 @@ from daclip.utils.experiment import (
     autocast,
     open_run_dir,
     plan_resume,
+    progress_bar,
     seed_everything,
     setup_logger,
     write_run_info,
@@ -566,11 +567,7 @@ def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, p
         batches: Iterable = loader
         bar = None
         if progress and info.is_main:
-            from tqdm import tqdm
-
-            bar = batches = tqdm(
-                loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", dynamic_ncols=True, leave=False
-            )
+            bar = batches = progress_bar(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", leave=False)
         started = time.perf_counter()
         for batch in batches:
             losses = train_step(model, batch, criterion, name_features, optimizer, scheduler, tcfg.precision)
@@ -578,7 +575,7 @@ def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, p
             if not nonfinite.check(losses.total.item(), state.step):
                 log.warning("step %d: the loss is %s; update skipped", state.step, losses.total.item())
             if bar is not None:
-                bar.set_postfix(loss=f"{losses.total.item():.4f}")
+                bar.set_postfix(loss=f"{losses.total.item():.4f}", refresh=False)
             if state.step % tcfg.log_every == 0 and info.is_main:
                 lr = optimizer.param_groups[0]["lr"]
                 _log_step(writer, log, losses, lr, model, epoch + 1, state.step)

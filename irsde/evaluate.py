@@ -25,6 +25,7 @@ import torch
 from daclip.utils.config import ConfigError, spec, to_dict
 from daclip.utils.distributed import resolve_device
 from daclip.utils.experiment import create_run_dir
+from daclip.utils.experiment import progress_bar as make_progress_bar
 from data import DEFAULT_DEGRADATIONS
 from data.io import write_image
 
@@ -86,7 +87,9 @@ class SamplingSection:
 
     def validate(self) -> None:
         if self.order == 2 and self.sampler != "mr":
-            raise ConfigError(f"sampling.order: 2 applies to the mr solver only (sampler is {self.sampler!r})")
+            raise ConfigError(
+                f"sampling.order: 2 applies to the mr solver only (sampler is {self.sampler!r})"
+            )
 
 
 @dataclass
@@ -208,10 +211,8 @@ def evaluate(
 
     progress_bar: Any = None
     if progress:
-        from tqdm import tqdm
-
         total = sum(len(v) for v in indices_by_degradation.values())
-        progress_bar = tqdm(total=total, desc="test", dynamic_ncols=True)
+        progress_bar = make_progress_bar(total=total, desc="test")
     generator = torch.Generator(device=device).manual_seed(cfg.sampling.seed)
     per_image: dict[str, dict[str, list[float]]] = {}
     fid_values: dict[str, float] = {}

@@ -52,6 +52,7 @@ from daclip.utils.experiment import (
     autocast,
     open_run_dir,
     plan_resume,
+    progress_bar,
     seed_everything,
     setup_logger,
     write_run_info,
@@ -64,6 +65,7 @@ from .losses import build_loss, default_loss
 from .metrics import psnr
 from .pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from .pipeline import Embedder, RestorationPipeline
+from .samplers import make_timesteps
 from .sde import IRSDE
 from .unet import ConditionalUNet
 
@@ -152,6 +154,12 @@ class IRTrainSection:
     max_nonfinite_steps: int = spec(
         0, minimum=0, help="NaN/Inf losses skipped in a row before training stops (0 = stop at the first)"
     )
+    timestep_grid: int | None = spec(
+        None,
+        minimum=1,
+        help="train only at the timesteps an N-step sampler visits (irsde.samplers.make_timesteps); "
+        "None = uniform on 1..T (the paper)",
+    )
     val_sampler: Literal["posterior", "sde", "ode", "mr"] = "posterior"
     val_steps: int | None = spec(None, minimum=1, help="sampling steps for validation (None = T)")
 
@@ -180,6 +188,8 @@ class IRTrainConfig:
                 "daclip.checkpoint: required when model.use_degra_context or model.use_image_context is on "
                 "(set both to false for the plain IR-SDE baseline)"
             )
+        if self.train.timestep_grid is not None and self.train.timestep_grid > self.sde.T:
+            raise ConfigError(f"train.timestep_grid: {self.train.timestep_grid} exceeds sde.T ({self.sde.T})")
         if self.train.val_steps is not None and self.train.val_steps > self.sde.T:
             raise ConfigError(f"train.val_steps: {self.train.val_steps} exceeds sde.T ({self.sde.T})")
 
@@ -391,6 +401,9 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         cosine_warmup_lambda(cfg.train.total_steps, cfg.train.warmup_steps, cfg.train.lr_min / cfg.train.lr),
     )
     generator = torch.Generator(device=device).manual_seed(cfg.experiment.seed * 1000 + dist_info.rank)
+    train_grid = None
+    if cfg.train.timestep_grid is not None:
+        train_grid = make_timesteps(sde.T, cfg.train.timestep_grid).to(device)
 
     step = 0
     if resume_from is not None:
@@ -457,9 +470,7 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         ]
     progress = None
     if dist_info.is_main:
-        from tqdm import tqdm
-
-        progress = tqdm(total=cfg.train.total_steps, initial=step, desc="train", dynamic_ncols=True)
+        progress = progress_bar(total=cfg.train.total_steps, initial=step, desc="train")
 
     def checkpoint(tag: str) -> None:
         """Save on the main rank (called on every rank: the generator states are gathered first)."""
@@ -505,7 +516,11 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
                     context["degra_emb"] = degra_emb.float()
                 if cfg.model.use_image_context:
                     context["content_emb"] = content_emb.float()
-            t = torch.randint(1, sde.T + 1, (lq.shape[0],), device=device, generator=generator)  # (B,)
+            if train_grid is None:  # uniform on 1..T (the paper)
+                t = torch.randint(1, sde.T + 1, (lq.shape[0],), device=device, generator=generator)  # (B,)
+            else:  # the timesteps the configured few-step sampler evaluates
+                pick = torch.randint(0, len(train_grid), (lq.shape[0],), device=device, generator=generator)
+                t = train_grid[pick]  # (B,)
             noise = torch.randn(gt.shape, device=device, generator=generator, dtype=gt.dtype)
             xt = sde.add_noise(gt, lq, t, noise)  # x_t ~ marginal, Eq. (5) of IR-SDE
             with autocast(device, cfg.train.precision):
@@ -530,7 +545,7 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
                 loss_window.append(loss_value)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}")
+                progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if writer is not None:
                 writer.add_scalar("train/loss", loss_value, step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(p, default="configs/universal_ir.yml")
     p.add_argument("--size", type=int, default=256, help="restoration image size")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: T)")
-    p.add_argument("--sampler", default="posterior", choices=["posterior", "sde", "ode"])
+    p.add_argument("--sampler", default="posterior", choices=["posterior", "sde", "ode", "mr"])
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--json", default="", help="also write the result to this file")
     args = p.parse_args(argv)

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model-config", default="", help="open_clip JSON of a custom architecture (with --clip-model)"
     )
-    p.add_argument("--sampler", default="posterior", choices=["posterior", "sde", "ode"])
+    p.add_argument("--sampler", default="posterior", choices=["posterior", "sde", "ode", "mr"])
     p.add_argument("--steps", type=_at_least(1), default=None, help="sampling steps (default: T)")
     p.add_argument("--tile", type=_at_least(1), default=None, help="tile size for large images (e.g. 256)")
     p.add_argument("--overlap", type=_at_least(0), default=64, help="tile overlap in pixels")

@@ -87,3 +87,42 @@ def test_short_training_beats_the_input_on_a_brightness_drop(darkened, tmp_path,
         out = pipeline(lq, generator=torch.Generator().manual_seed(0))
         gain = psnr(out, gt).mean().item() - input_psnr
         assert gain > 3.0, f"{prediction}, {sampler} at {steps} NFE: PSNR gain only {gain:.2f} dB"
+
+
+def test_timestep_grid_trains_only_where_the_sampler_evaluates(darkened, tmp_path, monkeypatch):
+    from irsde.unet import ConditionalUNet
+
+    seen: list[int] = []
+    original = ConditionalUNet.forward
+
+    def recording(self, x, mu, time, *args, **kwargs):
+        seen.extend(torch.as_tensor(time).reshape(-1).tolist())
+        return original(self, x, mu, time, *args, **kwargs)
+
+    monkeypatch.setattr(ConditionalUNet, "forward", recording)
+    cfg = load_config(
+        IRTrainConfig,
+        ROOT / "configs/universal_ir_tiny.yml",
+        [
+            f"experiment.root={tmp_path}",
+            "experiment.device=cpu",
+            "daclip.checkpoint=",
+            "model.use_degra_context=false",
+            "model.use_image_context=false",
+            "model.nf=8",
+            "model.ch_mult=[1, 2]",
+            "sde.T=10",
+            f"data.train_root={darkened / 'train'}",
+            f"data.val_root={darkened / 'val'}",
+            "data.degradations=[low-light]",
+            "data.patch_size=16",
+            "data.num_workers=0",
+            "train.batch_size=4",
+            "train.total_steps=10",
+            "train.val_every=0",
+            "train.save_every=10",
+            "train.timestep_grid=3",
+        ],
+    )
+    train(cfg)
+    assert len(seen) == 40 and set(seen) == {10, 6, 1}  # make_timesteps(10, 3): the 3-NFE grid

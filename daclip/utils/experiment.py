@@ -48,6 +48,7 @@ __all__ = [
     "git_revision",
     "setup_logger",
     "autocast",
+    "progress_bar",
     "UserError",
     "USER_ERRORS",
     "run_main",
@@ -308,3 +309,18 @@ def run_main(
         print(f"error: {message}", file=sys.stderr)
         return 2
     return int(code or 0)
+
+
+def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm bar whose refresh rate is bounded: every 0.5 s on a terminal, every 30 s otherwise.
+
+    Logs redirected to a file (CI, nohup, clusters) then grow by a line per 30 s, not per step.
+    Call ``set_postfix(..., refresh=False)`` on it so a postfix update does not force a redraw.
+    """
+    from tqdm import tqdm  # lazily: the library must import without tqdm
+
+    stream = kwargs.pop("file", sys.stderr)
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    kwargs.setdefault("mininterval", 0.5 if tty else 30.0)
+    kwargs.setdefault("dynamic_ncols", tty)
+    return tqdm(iterable, file=stream, **kwargs)
