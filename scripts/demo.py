@@ -4,8 +4,11 @@
     python scripts/demo.py
 
 Writes experiments/demo/report.md and experiments/demo/grid.png (a rerun uses experiments/demo_1,
-...). The models are tiny and start from random weights: the demo shows the pipeline working, not
-the paper's quality.
+...): per degradation, the restored output's PSNR/SSIM against the degraded input's.
+
+    python scripts/demo.py --compare
+
+also trains the same restorer without DA-CLIP (equal budget) and writes comparison.md.
 """
 
 from __future__ import annotations
@@ -17,23 +20,40 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.utils.experiment import run_main  # noqa: E402
-from irsde.demo import run_demo  # noqa: E402
+from irsde.demo import DemoSettings, run_demo  # noqa: E402
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = DemoSettings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="demo_data", help="where the demo dataset is built (reused if present)")
     p.add_argument("--experiments", default="experiments", help="where the demo folder is created")
-    p.add_argument("--daclip-epochs", type=int, default=20)
-    p.add_argument("--ir-steps", type=int, default=600)
+    p.add_argument("--daclip-epochs", type=_positive, default=defaults.daclip_epochs)
+    p.add_argument("--ir-steps", type=_positive, default=defaults.ir_steps)
+    p.add_argument("--sampler", default=defaults.sampler, choices=["posterior", "sde", "ode", "mr"])
+    p.add_argument("--steps", type=_positive, default=defaults.sampling_steps, help="network evaluations")
+    p.add_argument("--compare", action="store_true", help="also train without DA-CLIP; write comparison.md")
     args = p.parse_args(argv)
+    settings = DemoSettings(
+        daclip_epochs=args.daclip_epochs,
+        ir_steps=args.ir_steps,
+        sampler=args.sampler,
+        sampling_steps=args.steps,
+    )
     return run_main(
         lambda: (
             run_demo(
                 data_root=args.data,
                 experiments_root=args.experiments,
-                daclip_epochs=args.daclip_epochs,
-                ir_steps=args.ir_steps,
+                settings=settings,
+                compare=args.compare,
             )
             and None
         )

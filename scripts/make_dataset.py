@@ -71,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TYPE.NAME=VALUE",
         help="generator parameter (repeatable)",
     )
-    parser.add_argument("--size", type=int, default=96, help="--demo: crop size")
-    parser.add_argument("--n-train", type=int, default=4, help="--demo: training images per type")
-    parser.add_argument("--n-val", type=int, default=2, help="--demo: validation images per type")
+    parser.add_argument("--size", type=int, default=128, help="--demo: crop size")
+    parser.add_argument("--n-train", type=int, default=33, help="--demo: training images per type")
+    parser.add_argument("--n-val", type=int, default=4, help="--demo: validation images per type")
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

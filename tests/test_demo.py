@@ -2,26 +2,51 @@
 
 from __future__ import annotations
 
+import re
+
 from data import DEFAULT_DEGRADATIONS
 from data.io import read_image
-from irsde.demo import run_demo
+from data.demo import DEMO_PHOTOS
+from irsde.demo import DemoSettings, run_demo
 
 
-def test_demo_writes_report_and_grid(tmp_path):
+def test_demo_writes_report_grid_and_comparison(tmp_path):
     demo_dir = run_demo(
         data_root=tmp_path / "demo_data",
         experiments_root=tmp_path / "experiments",
-        daclip_epochs=1,
-        ir_steps=2,
-        sampling_steps=1,
+        settings=DemoSettings(daclip_epochs=1, ir_steps=2, sampling_steps=1),
+        compare=True,
         log=lambda _: None,
     )
     assert demo_dir == tmp_path / "experiments" / "demo"
     report = (demo_dir / "report.md").read_text()
     for name in DEFAULT_DEGRADATIONS:
-        assert f"| {name} | 2 |" in report
+        assert f"| {name} | 4 |" in report  # two crops of each of the two validation photographs
     assert "**average**" in report and "Accuracy over 10 types" in report and "random weights" in report
+    # What a user needs to judge it: the input's scores, the gain, the sampler and its NFE.
+    assert "input_psnr" in report and "psnr_gain" in report
+    assert "sampled with `mr` at 1 network evaluation(s)" in report and "predicting `residual`" in report
+    # The summary counts the types where the output beats the input, and names those where it is worse.
+    summary = re.search(r"better than the input on \*\*(\d+) of 10\*\*", report)
+    assert summary is not None
+    worse = "The output is worse than the input for:" in report
+    assert worse or "It is nowhere worse than the input." in report
     grid = read_image(demo_dir / "grid.png")
-    assert grid.shape == (96 * len(DEFAULT_DEGRADATIONS), 3 * 96, 3)
+    assert grid.shape == (14 + (14 + 128) * len(DEFAULT_DEGRADATIONS), 3 * 128, 3)
     assert (demo_dir / "daclip" / "checkpoints" / "daclip_final.pt").is_file()
     assert (demo_dir / "universal-ir" / "checkpoints" / "latest.pt").is_file()
+    comparison = (demo_dir / "comparison.md").read_text()
+    assert "DA-CLIP − plain" in comparison and comparison in report
+    for name in DEFAULT_DEGRADATIONS:
+        assert f"| {name} |" in comparison
+
+
+def test_demo_validation_photos_are_colour_and_unseen():
+    val = [name for name, (split, _) in DEMO_PHOTOS.items() if split == "val"]
+    train = [name for name, (split, _) in DEMO_PHOTOS.items() if split == "train"]
+    assert len(val) >= 2 and not set(val) & set(train)
+    for name in val:
+        from data.demo import skimage_photo_path
+
+        image = read_image(skimage_photo_path(name))
+        assert image.ndim == 3 and float(abs(image[..., 0] - image[..., 1]).mean()) > 0.01  # colour

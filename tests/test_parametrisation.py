@@ -227,7 +227,9 @@ def test_mr_solver_lands_on_x0_at_every_nfe(order):
     gt, lq = _pair(12)
     for nfe in range(1, T + 1):
         solver = MRSolver(sde, prediction="noise", order=order)
-        out = sample(Oracle(sde, gt, "noise"), lq, sde, solver, nfe, generator=torch.Generator().manual_seed(nfe))
+        out = sample(
+            Oracle(sde, gt, "noise"), lq, sde, solver, nfe, generator=torch.Generator().manual_seed(nfe)
+        )
         torch.testing.assert_close(out, gt, rtol=0, atol=1e-9, msg=f"NFE {nfe}")
 
 
