@@ -47,7 +47,10 @@ DEMO_PHOTOS: dict[str, tuple[str, str]] = {
     "chelsea.png": ("train", "a close-up of a tabby cat with green eyes"),
     "rocket.jpg": ("train", "a rocket on a launch pad between metal towers at dusk"),
     "ihc.png": ("train", "a microscope image of brown and blue stained tissue"),
-    "camera.png": ("train", "a black and white photo of a man looking through a camera on a tripod in a field"),
+    "camera.png": (
+        "train",
+        "a black and white photo of a man looking through a camera on a tripod in a field",
+    ),
     "brick.png": ("train", "a black and white photo of a brick wall"),
     "grass.png": ("train", "a black and white close-up of grass"),
     "gravel.png": ("train", "a black and white close-up of gravel"),

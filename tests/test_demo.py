@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from data import DEFAULT_DEGRADATIONS
-from data.io import read_image
 from data.demo import DEMO_PHOTOS
+from data.io import read_image
 from irsde.demo import DemoSettings, run_demo
 
 
