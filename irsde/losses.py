@@ -52,7 +52,32 @@ def _per_sample_error(prediction: Tensor, target: Tensor, kind: LossKind) -> Ten
     return error.flatten(1).mean(dim=1)
 
 
-class MaximumLikelihoodLoss(nn.Module):
+class _PerSampleLoss(nn.Module):
+    """Shared reduction: ``per_sample`` (one value per sample, [B]) averaged over the batch."""
+
+    kind: LossKind
+    prediction: PredictionType
+
+    def per_sample(self, model_output: Tensor, xt: Tensor, x0: Tensor, mu: Tensor, t: Timestep) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        model_output: Tensor,
+        xt: Tensor,
+        x0: Tensor,
+        mu: Tensor,
+        t: Timestep,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Scalar loss; ``noise`` is accepted for a common signature and not used."""
+        return self.per_sample(model_output, xt, x0, mu, t).mean()
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, prediction={self.prediction!r}"
+
+
+class MaximumLikelihoodLoss(_PerSampleLoss):
     """The IR-SDE "maximum-likelihood" objective (Luo et al. 2023, eq. 11).
 
     The network's noise is turned into a score, the reverse-SDE step mean x_t − drift is taken, and it is
@@ -77,21 +102,6 @@ class MaximumLikelihoodLoss(nn.Module):
         xt_prev_pred = self.sde.reverse_sde_step_mean(xt, mu, t, score)
         xt_prev_opt = self.sde.posterior_mean(xt, x0, mu, t)
         return _per_sample_error(xt_prev_pred, xt_prev_opt, self.kind)
-
-    def forward(
-        self,
-        model_output: Tensor,
-        xt: Tensor,
-        x0: Tensor,
-        mu: Tensor,
-        t: Timestep,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Scalar loss; ``noise`` (the true noise) is accepted for a common signature and not used."""
-        return self.per_sample(model_output, xt, x0, mu, t).mean()
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, prediction={self.prediction!r}"
 
 
 class NoiseMatchingLoss(nn.Module):
@@ -156,7 +166,7 @@ class NoiseMatchingLoss(nn.Module):
         return f"kind={self.kind!r}, prediction={self.prediction!r}"
 
 
-class DataMatchingLoss(nn.Module):
+class DataMatchingLoss(_PerSampleLoss):
     """L1/L2 between the predicted x̂_0 and the true x_0, every timestep weighted alike.
 
     For the ``x0`` and ``residual`` parametrisations this is the plain regression loss on the network
@@ -177,21 +187,6 @@ class DataMatchingLoss(nn.Module):
     def per_sample(self, model_output: Tensor, xt: Tensor, x0: Tensor, mu: Tensor, t: Timestep) -> Tensor:
         """The loss of each sample, shape [B]."""
         return _per_sample_error(self.sde.predict_x0(model_output, xt, mu, t, self.prediction), x0, self.kind)
-
-    def forward(
-        self,
-        model_output: Tensor,
-        xt: Tensor,
-        x0: Tensor,
-        mu: Tensor,
-        t: Timestep,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Scalar loss; ``noise`` is accepted for a common signature and not used."""
-        return self.per_sample(model_output, xt, x0, mu, t).mean()
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, prediction={self.prediction!r}"
 
 
 LOSSES: dict[str, type[nn.Module]] = {
