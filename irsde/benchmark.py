@@ -19,7 +19,7 @@ import torch
 from daclip.utils.config import to_dict
 from daclip.utils.experiment import autocast
 
-from .losses import build_loss, default_loss
+from .losses import build_loss
 from .pipeline import RestorationPipeline
 from .sde import IRSDE
 from .train import IRTrainConfig, build_embedder, build_unet
@@ -101,8 +101,7 @@ def benchmark_training(
     torch.manual_seed(0)
     unet = build_unet(cfg.model).to(device).train()
     sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
-    loss_name = default_loss(cfg.model.prediction) if cfg.train.loss == "auto" else cfg.train.loss
-    loss_fn = build_loss(loss_name, sde, cfg.train.loss_kind, cfg.model.prediction)
+    loss_fn = build_loss(cfg.train.loss, sde, cfg.train.loss_kind, cfg.model.prediction)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
     embedder = build_embedder(cfg.daclip, device) or _RandomEmbedder(cfg.model.context_dim, device)
     batch, size = cfg.train.batch_size, cfg.data.patch_size

@@ -237,8 +237,9 @@ def evaluate(
             scores["psnr"].append(psnr(out8, gt, crop_border=border).item())
             scores["ssim"].append(ssim(out8, gt, crop_border=border).item())
             # The degraded input scored the same way: what "doing nothing" would get.
-            scores["input_psnr"].append(psnr(quantize(lq), gt, crop_border=border).item())
-            scores["input_ssim"].append(ssim(quantize(lq), gt, crop_border=border).item())
+            lq8 = quantize(lq)
+            scores["input_psnr"].append(psnr(lq8, gt, crop_border=border).item())
+            scores["input_ssim"].append(ssim(lq8, gt, crop_border=border).item())
             scores["psnr_gain"].append(scores["psnr"][-1] - scores["input_psnr"][-1])
             scores["psnr_y"].append(psnr(out8, gt, crop_border=border, y_channel=True).item())
             scores["ssim_y"].append(ssim(out8, gt, crop_border=border, y_channel=True).item())

@@ -202,13 +202,16 @@ def default_loss(prediction: PredictionType) -> LossName:
 
 
 def build_loss(
-    name: LossName, sde: IRSDE, kind: LossKind = "l1", prediction: PredictionType = "noise"
+    name: LossName | Literal["auto"], sde: IRSDE, kind: LossKind = "l1", prediction: PredictionType = "noise"
 ) -> nn.Module:
-    """The loss called ``name`` (one of :data:`LOSSES`) for ``sde``, error ``kind`` and ``prediction``."""
+    """The loss called ``name`` (one of :data:`LOSSES`, or ``auto`` = :func:`default_loss` of ``prediction``)
+    for ``sde``, error ``kind`` and ``prediction``."""
+    if name == "auto":
+        name = default_loss(prediction)
     if name == "ml":
         return MaximumLikelihoodLoss(sde, kind, prediction)
     if name == "noise":
         return NoiseMatchingLoss(kind, sde=sde, prediction=prediction)
     if name == "x0":
         return DataMatchingLoss(sde, kind, prediction)
-    raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)}")
+    raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)} (or auto)")

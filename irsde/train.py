@@ -61,7 +61,7 @@ from daclip.utils.optim import cosine_warmup_lambda
 from daclip.utils.preflight import check_image_pairs
 from data import DEFAULT_DEGRADATIONS
 
-from .losses import build_loss, default_loss
+from .losses import build_loss
 from .metrics import psnr
 from .pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from .pipeline import Embedder, RestorationPipeline
@@ -391,8 +391,7 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         model = nn.parallel.DistributedDataParallel(
             unet, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loss_name = default_loss(cfg.model.prediction) if cfg.train.loss == "auto" else cfg.train.loss
-    loss_fn = build_loss(loss_name, sde, cfg.train.loss_kind, cfg.model.prediction)
+    loss_fn = build_loss(cfg.train.loss, sde, cfg.train.loss_kind, cfg.model.prediction)
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
     )
