@@ -13,12 +13,15 @@ unchanged.
 
 Timesteps: with ``num_steps = T`` (the default) they are T, T−1, ..., 1 and every step goes from t to t − 1,
 exactly as the official ``reverse_posterior`` / ``reverse_sde`` / ``reverse_ode`` loops. With fewer steps they
-are ``num_steps`` evenly spaced integers from T down to 1, both ends included (T alone for one step), and the
-last step always goes to t = 0. ``num_steps`` is the number of network evaluations (NFE).
+are ``num_steps`` distinct integers from T down to 1, both ends included (T alone for one step), and the
+last step always goes to t = 0. ``num_steps`` is the number of network evaluations (NFE). How they are
+spaced is the sampler's ``grid`` (the same choice for every sampler, see :func:`make_timesteps`):
+``uniform`` (the default, evenly spaced in t) or ``logsnr`` (evenly spaced in the half log-SNR of the SDE).
 
 Random draws use ``torch.randn`` with the caller's ``generator``; without one they come from the global RNG
 in the same order and shape as the official ``torch.randn_like`` calls, so a seeded official run is
-reproduced draw for draw. The ``mr`` solver draws nothing after x_T: given x_T it is deterministic.
+reproduced draw for draw. The ``mr`` solver draws nothing after x_T: given x_T it is deterministic. The
+``mr-sde`` solver draws one N(0, I) per step except the last.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast, get_args
 
 import torch
 from torch import Tensor
@@ -36,8 +39,12 @@ from irsde.sde import IRSDE, PredictionType, Timestep
 
 __all__ = [
     "DATA_RANGE",
+    "GRIDS",
+    "HIGHER_ORDER_SAMPLERS",
     "SAMPLERS",
     "EulerMaruyamaSampler",
+    "GridName",
+    "MRSDESolver",
     "MRSolver",
     "ODESampler",
     "PosteriorSampler",
@@ -45,11 +52,19 @@ __all__ = [
     "SamplerName",
     "SamplerOutput",
     "build_sampler",
+    "check_sampler_options",
+    "half_log_snr_table",
+    "logsnr_timesteps",
     "make_timesteps",
     "sample",
 ]
 
-SamplerName = Literal["posterior", "sde", "ode", "mr"]
+SamplerName = Literal["posterior", "sde", "ode", "mr", "mr-sde"]
+#: How the timesteps of a run with fewer steps than T are spaced (see :func:`make_timesteps`).
+GridName = Literal["uniform", "logsnr"]
+GRIDS: tuple[str, ...] = get_args(GridName)
+#: The samplers that take an ``order`` (1 or 2); every other sampler is first order.
+HIGHER_ORDER_SAMPLERS: tuple[str, ...] = ("mr", "mr-sde")
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 #: The range images live in; ``clamp_x0`` clamps x̂_0 to it.
@@ -69,22 +84,67 @@ class SamplerOutput:
     pred_original_sample: Tensor | None = None
 
 
-def make_timesteps(T: int, num_steps: int | None = None) -> Tensor:
-    """Descending LongTensor of ``num_steps`` timesteps in 1..T: T..1 for T steps, else evenly spaced.
+def make_timesteps(
+    T: int, num_steps: int | None = None, grid: GridName = "uniform", *, sde: IRSDE | None = None
+) -> Tensor:
+    """Descending LongTensor of ``num_steps`` distinct timesteps in 1..T, starting at T (and ending at 1).
 
-    Evenly spaced means ``floor(linspace(T, 1, num_steps) + 0.5)``; since the spacing is at least 1 the
-    values are distinct, and T (and, for two or more steps, 1) is always included.
+    ``num_steps`` None or T gives T, T−1, ..., 1 and 1 gives [T], whatever the grid. Otherwise ``grid``:
+
+    - ``"uniform"`` (the default): evenly spaced in t, ``floor(linspace(T, 1, num_steps) + 0.5)``; since the
+      spacing is at least 1 the values are distinct, and T and 1 are always included.
+    - ``"logsnr"``: evenly spaced in the half log-SNR ℓ_t = log(α_t/σ̄_t) of ``sde`` (required, with
+      ``sde.T == T``; see :func:`logsnr_timesteps`). ℓ_0 is infinite, so the targets run from ℓ_T to ℓ_1.
     """
+    if grid not in GRIDS:
+        raise ValueError(f"unknown timestep grid {grid!r}; valid choices: {', '.join(GRIDS)}")
     if num_steps is None:
         num_steps = T
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be an integer in 1..{T} (T of the SDE), got {num_steps!r}")
+    if grid == "logsnr":
+        if sde is None or sde.T != T:
+            raise ValueError(f"the logsnr grid needs the IR-SDE (with T = {T}) whose half log-SNR it spaces")
     if num_steps == T:
         return torch.arange(T, 0, -1, dtype=torch.long)
     if num_steps == 1:
         return torch.tensor([T], dtype=torch.long)
+    if grid == "logsnr":
+        return logsnr_timesteps(sde, num_steps)  # type: ignore[arg-type]
     points = torch.linspace(float(T), 1.0, num_steps, dtype=torch.float64)
     return torch.floor(points + 0.5).long()
+
+
+def half_log_snr_table(sde: IRSDE) -> Tensor:
+    """ℓ_t = log(α_t/σ̄_t) for t = 0..T in float64 (ℓ_0 = +inf), strictly decreasing in t.
+
+    Computed from the SDE's parameters in float64, so that the grid does not depend on the dtype the SDE
+    computes in: ℓ_t = −Θ_t·dt − log λ − ½·log(1 − exp(−2Θ_t·dt)).
+    """
+    exact = sde.to(device="cpu", dtype=torch.float64)
+    exponent = exact.thetas_cumsum * exact.dt  # Θ_t·dt
+    return -exponent - math.log(exact.max_sigma) - 0.5 * torch.log(-torch.expm1(-2 * exponent))
+
+
+def logsnr_timesteps(sde: IRSDE, num_steps: int) -> Tensor:
+    """``num_steps`` (2..T) timesteps of ``sde`` evenly spaced in the half log-SNR, T and 1 included.
+
+    The targets are ``linspace(ℓ_T, ℓ_1, num_steps)``; each takes the timestep whose ℓ_t is nearest. Where
+    ℓ changes slowly in t (near t = T for most schedules) two targets can round to the same timestep; then
+    step i takes ``max(num_steps − i, min(nearest_i, t_{i−1} − 1))``: one below its predecessor at least, and
+    high enough to leave a distinct timestep for every later step. The values are therefore distinct, the
+    count is ``num_steps``, and the grid is as close to even in ℓ as integers allow.
+    """
+    T = sde.T
+    if not 2 <= num_steps <= T:
+        raise ValueError(f"num_steps must be an integer in 2..{T} for a logsnr grid, got {num_steps!r}")
+    table = half_log_snr_table(sde)[1:]  # ℓ_1..ℓ_T
+    targets = torch.linspace(float(table[-1]), float(table[0]), num_steps, dtype=torch.float64)
+    nearest = ((table[None, :] - targets[:, None]).abs().argmin(dim=1) + 1).tolist()
+    steps = [T]
+    for i, t in enumerate(nearest[1:], start=1):
+        steps.append(max(num_steps - i, min(t, steps[-1] - 1)))
+    return torch.tensor(steps, dtype=torch.long)
 
 
 def _as_scalar_timestep(t: Timestep) -> int:
@@ -113,24 +173,33 @@ class Sampler(abc.ABC):
         sde: the IR-SDE to reverse.
         prediction: what the network outputs (``noise``, ``x0`` or ``residual``).
         clamp_x0: clamp x̂_0 to :data:`DATA_RANGE` (and recompute ε̂ from it) before every step.
+        grid: how fewer than T timesteps are spaced, ``uniform`` or ``logsnr`` (see :func:`make_timesteps`).
 
     Attributes:
         timesteps: descending LongTensor (on the CPU) of the timesteps to visit; set by :meth:`set_timesteps`.
+        grid: the spacing :meth:`set_timesteps` uses.
     """
 
     name: SamplerName
 
-    def __init__(self, sde: IRSDE, prediction: PredictionType = "noise", clamp_x0: bool = False) -> None:
+    def __init__(
+        self,
+        sde: IRSDE,
+        prediction: PredictionType = "noise",
+        clamp_x0: bool = False,
+        grid: GridName = "uniform",
+    ) -> None:
         self.sde = sde
         self.prediction: PredictionType = sde.check_prediction(prediction)
         self.clamp_x0 = bool(clamp_x0)
+        self.grid: GridName = grid
         self.timesteps: Tensor
         self._next: dict[int, int]
         self.set_timesteps(None)
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(sde={self.sde!r}, num_steps={self.num_steps}, "
+            f"{type(self).__name__}(sde={self.sde!r}, num_steps={self.num_steps}, grid={self.grid!r}, "
             f"prediction={self.prediction!r}, clamp_x0={self.clamp_x0})"
         )
 
@@ -152,9 +221,14 @@ class Sampler(abc.ABC):
         """Number of steps (model calls) of a full run."""
         return len(self.timesteps)
 
-    def set_timesteps(self, num_steps: int | None = None) -> None:
-        """Use ``num_steps`` steps (1..T; None means T, the official schedule)."""
-        self.timesteps = make_timesteps(self.sde.T, num_steps)
+    def set_timesteps(self, num_steps: int | None = None, grid: GridName | None = None) -> None:
+        """Use ``num_steps`` steps (1..T; None means T, the official schedule) spaced by ``grid``.
+
+        ``grid`` None keeps the sampler's grid; a value replaces it (for this and later calls).
+        """
+        grid = self.grid if grid is None else grid
+        self.timesteps = make_timesteps(self.sde.T, num_steps, grid, sde=self.sde)
+        self.grid = grid
         values = self.timesteps.tolist()
         self._next = dict(zip(values, values[1:] + [0]))
 
@@ -202,8 +276,9 @@ class PosteriorSampler(Sampler):
         prediction: PredictionType = "noise",
         clamp_x0: bool = False,
         noise_on_last_step: bool = True,
+        grid: GridName = "uniform",
     ) -> None:
-        super().__init__(sde, prediction, clamp_x0)
+        super().__init__(sde, prediction, clamp_x0, grid)
         self.noise_on_last_step = noise_on_last_step
 
     def step(
@@ -308,26 +383,31 @@ class MRSolver(Sampler):
     at any step size. It draws no noise: given x_T the result is deterministic.
 
     Args:
-        sde, prediction, clamp_x0: as for every sampler.
+        sde, prediction, clamp_x0, grid: as for every sampler.
         order: 1 or 2.
     """
 
     name: SamplerName = "mr"
 
     def __init__(
-        self, sde: IRSDE, prediction: PredictionType = "noise", clamp_x0: bool = False, order: int = 2
+        self,
+        sde: IRSDE,
+        prediction: PredictionType = "noise",
+        clamp_x0: bool = False,
+        order: int = 2,
+        grid: GridName = "uniform",
     ) -> None:
         if order not in (1, 2):
-            raise ValueError(f"MRSolver: order must be 1 or 2, got {order!r}")
+            raise ValueError(f"{type(self).__name__}: order must be 1 or 2, got {order!r}")
         self.order = order
         self._history: tuple[int, Tensor] | None = None  # (t, D_t) of the previous step
-        super().__init__(sde, prediction, clamp_x0)
+        super().__init__(sde, prediction, clamp_x0, grid)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", order={self.order})"
 
-    def set_timesteps(self, num_steps: int | None = None) -> None:
-        super().set_timesteps(num_steps)
+    def set_timesteps(self, num_steps: int | None = None, grid: GridName | None = None) -> None:
+        super().set_timesteps(num_steps, grid)
         self._history = None
 
     def half_log_snr(self, t: int) -> float:
@@ -343,7 +423,7 @@ class MRSolver(Sampler):
         *,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
-        """One exponential-integrator step from t to the next timestep; ``generator`` is unused."""
+        """One exponential-integrator step from t to the next (``generator``: the noise of ``mr-sde``)."""
         t_int = _as_scalar_timestep(t)
         s = self.prev_timestep(t_int)
         if t_int == int(self.timesteps[0]):
@@ -358,13 +438,63 @@ class MRSolver(Sampler):
                 t_prev, data_prev = self._history
                 r = (self.half_log_snr(t_int) - self.half_log_snr(t_prev)) / h
                 data = (1 + 0.5 / r) * data - (0.5 / r) * data_prev
-            sigma_ratio = self.sde.marginal_std(s).to(sample.device) / self.sde.marginal_std(t_int).to(
-                sample.device
-            )
-            alpha_s = self.sde.alpha(s, like=sample)
-            prev = mu + sigma_ratio * (sample - mu) - alpha_s * math.expm1(-h) * data
+            prev = self._update(sample, mu, data, t_int, s, h, generator)
         self._history = (t_int, x0_pred - mu)
         return SamplerOutput(prev_sample=prev.to(sample.dtype), pred_original_sample=x0_pred.to(sample.dtype))
+
+    def _update(
+        self, x: Tensor, mu: Tensor, data: Tensor, t: int, s: int, h: float, generator: torch.Generator | None
+    ) -> Tensor:
+        """x_s from x_t = ``x`` and the (possibly extrapolated) data prediction D over h = ℓ_s − ℓ_t."""
+        sigma_ratio, alpha_s = self._coefficients(x, t, s)
+        return mu + sigma_ratio * (x - mu) - alpha_s * math.expm1(-h) * data
+
+    def _coefficients(self, x: Tensor, t: int, s: int) -> tuple[Tensor, Tensor]:
+        """(σ̄_s/σ̄_t, α_s) on ``x``'s device."""
+        sigma_ratio = self.sde.marginal_std(s).to(x.device) / self.sde.marginal_std(t).to(x.device)
+        return sigma_ratio, self.sde.alpha(s, like=x)
+
+
+class MRSDESolver(MRSolver):
+    """Exponential-integrator solver of the reverse SDE, first or second order (stochastic ``mr``).
+
+    Same notation as :class:`MRSolver` (y = x − μ, D = x̂_0 − μ, ℓ_t = log(α_t/σ̄_t), h = ℓ_s − ℓ_t > 0 for a
+    step from t to s < t). The reverse SDE's linear part and its noise integrate exactly in ℓ; with the
+    data prediction held fixed over the step this is the first-order SDE-DPM-Solver++ of Lu et al. 2022
+    (DPM-Solver++, arXiv 2211.01095) for this variance-preserving-like process, the SDE solver of the MR
+    Sampler (Li et al. 2025, arXiv 2502.07856)::
+
+        first order:   y_s = (σ̄_s/σ̄_t)·e^{−h}·y_t + α_s·(1 − e^{−2h})·D_t + σ̄_s·sqrt(1 − e^{−2h})·z
+        second order:  the same with D_t replaced by D_t + (1/(2r))·(D_t − D_prev), r = h_prev/h
+
+    with z ~ N(0, I) drawn from the step's ``generator`` (multistep: one network evaluation per step; the
+    first step and the last one, s = 0, which returns x̂_0 and draws nothing, are first order).
+
+    Exactness: e^{−h} = α_t·σ̄_s/(σ̄_t·α_s), so (σ̄_s/σ̄_t)·e^{−h}·α_t = α_s·e^{−2h} and
+    (σ̄_s/σ̄_t)·e^{−h}·σ̄_t = σ̄_s·e^{−h}. With the true x_0 (D constant) and y_t = α_t·D + σ̄_t·ε the update
+    gives mean α_s·(e^{−2h} + 1 − e^{−2h})·D = α_s·D and variance σ̄_s²·(e^{−2h} + 1 − e^{−2h}) = σ̄_s²: the
+    exact marginal at s, at any step size. Moreover 1 − e^{−2h} = (1 − A²)/(1 − B²) with A = α_t/α_s and
+    B = α_t, so first order is the optimal posterior q(x_s | x_t, x̂_0) of :class:`PosteriorSampler`
+    written in ℓ (same mean, same std, same draws); the second order adds the multistep correction.
+
+    Args:
+        sde, prediction, clamp_x0, grid: as for every sampler.
+        order: 1 or 2.
+    """
+
+    name: SamplerName = "mr-sde"
+
+    def _update(
+        self, x: Tensor, mu: Tensor, data: Tensor, t: int, s: int, h: float, generator: torch.Generator | None
+    ) -> Tensor:
+        sigma_ratio, alpha_s = self._coefficients(x, t, s)
+        noise_std = self.sde.marginal_std(s).to(x.device) * math.sqrt(-math.expm1(-2 * h))
+        return (
+            mu
+            + (sigma_ratio * math.exp(-h)) * (x - mu)
+            - alpha_s * math.expm1(-2 * h) * data
+            + noise_std * _randn_like(x, generator)
+        )
 
 
 SAMPLERS: dict[str, type[Sampler]] = {
@@ -372,7 +502,22 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "sde": EulerMaruyamaSampler,
     "ode": ODESampler,
     "mr": MRSolver,
+    "mr-sde": MRSDESolver,
 }
+
+
+def check_sampler_options(name: str, order: int | None = None, grid: str = "uniform") -> None:
+    """ValueError (one line naming the valid choices) unless ``name``, ``order`` and ``grid`` fit together."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid choices: {', '.join(SAMPLERS)}")
+    if grid not in GRIDS:
+        raise ValueError(f"unknown timestep grid {grid!r}; valid choices: {', '.join(GRIDS)}")
+    if name in HIGHER_ORDER_SAMPLERS:
+        if order not in (None, 1, 2):
+            raise ValueError(f"sampler {name!r}: order must be 1 or 2, got {order!r}")
+    elif order not in (None, 1):
+        solvers = " and ".join(HIGHER_ORDER_SAMPLERS)
+        raise ValueError(f"sampler {name!r} is first order; order={order} applies to {solvers} only")
 
 
 def build_sampler(
@@ -381,18 +526,18 @@ def build_sampler(
     prediction: PredictionType = "noise",
     clamp_x0: bool = False,
     order: int | None = None,
+    grid: GridName = "uniform",
 ) -> Sampler:
     """The sampler called ``name`` (one of :data:`SAMPLERS`) for ``sde`` and a network of ``prediction``.
 
-    ``order`` (1 or 2) applies to the ``mr`` solver (None: 2); the other samplers are first order.
+    ``order`` (1 or 2) applies to the ``mr`` and ``mr-sde`` solvers (None: 2); the other samplers are first
+    order. ``grid`` spaces the timesteps (see :func:`make_timesteps`).
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid choices: {', '.join(SAMPLERS)}")
-    if name == "mr":
-        return MRSolver(sde, prediction=prediction, clamp_x0=clamp_x0, order=2 if order is None else order)
-    if order not in (None, 1):
-        raise ValueError(f"sampler {name!r} is first order; order={order} applies to 'mr' only")
-    return SAMPLERS[name](sde, prediction=prediction, clamp_x0=clamp_x0)
+    check_sampler_options(name, order, grid)
+    if name in HIGHER_ORDER_SAMPLERS:
+        solver = cast(type[MRSolver], SAMPLERS[name])
+        return solver(sde, prediction, clamp_x0, order=2 if order is None else order, grid=grid)
+    return SAMPLERS[name](sde, prediction=prediction, clamp_x0=clamp_x0, grid=grid)
 
 
 def sample(
@@ -408,6 +553,7 @@ def sample(
     prediction: PredictionType = "noise",
     clamp_x0: bool = False,
     order: int | None = None,
+    grid: GridName | None = None,
 ) -> Tensor:
     """Restore ``mu`` (the LQ batch [B, C, H, W]) by running the reverse process from x_T down to t = 0.
 
@@ -422,18 +568,21 @@ def sample(
         progress: show a tqdm progress bar.
         x_T: start from this state instead of drawing one.
         prediction, clamp_x0, order: the network's parametrisation, x̂_0 clamping and the solver order
-            (``mr`` only), for a named sampler (a ready sampler keeps its own).
+            (``mr`` and ``mr-sde`` only), for a named sampler (a ready sampler keeps its own).
+        grid: the timestep spacing, ``uniform`` or ``logsnr`` (None: ``uniform`` for a named sampler, its own
+            grid for a ready one).
 
     Returns:
         The final state x_0, same shape and dtype as ``mu``.
     """
     if isinstance(sampler, str):
-        scheduler = build_sampler(sampler, sde, prediction, clamp_x0, order)  # type: ignore[arg-type]
+        name = cast(SamplerName, sampler)
+        scheduler = build_sampler(name, sde, prediction, clamp_x0, order, grid or "uniform")
         scheduler.set_timesteps(num_steps)
     else:
         scheduler = sampler
-        if num_steps is not None:
-            scheduler.set_timesteps(num_steps)
+        if num_steps is not None or grid is not None:
+            scheduler.set_timesteps(scheduler.num_steps if num_steps is None else num_steps, grid)
     timesteps = scheduler.timesteps.tolist()
     if progress:
         from tqdm import tqdm  # lazily: the library must import without tqdm

@@ -15,7 +15,7 @@ import torch
 
 from irsde.losses import DataMatchingLoss, NoiseMatchingLoss, build_loss, default_loss
 from irsde.pipeline import RestorationPipeline, default_clamp_x0
-from irsde.samplers import SAMPLERS, MRSolver, PosteriorSampler, build_sampler, sample
+from irsde.samplers import GRIDS, SAMPLERS, MRSolver, PosteriorSampler, build_sampler, make_timesteps, sample
 from irsde.sde import IRSDE, PREDICTIONS
 from irsde.unet import ConditionalUNet
 
@@ -64,7 +64,8 @@ def test_conversions_are_mutually_inverse():
 @pytest.mark.parametrize("num_steps", [1, 2, 3, 7, T])
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 @pytest.mark.parametrize("clamp", [False, True])
-def test_every_sampler_lands_on_x0_with_an_oracle(name, num_steps, prediction, clamp):
+@pytest.mark.parametrize("grid", GRIDS)
+def test_every_sampler_lands_on_x0_with_an_oracle(name, num_steps, prediction, clamp, grid):
     sde = IRSDE(T=T, dtype=torch.float64)
     gt, lq = _pair(2)
     oracle = Oracle(sde, gt, prediction)
@@ -77,9 +78,11 @@ def test_every_sampler_lands_on_x0_with_an_oracle(name, num_steps, prediction, c
         generator=torch.Generator().manual_seed(3),
         prediction=prediction,
         clamp_x0=clamp,
+        grid=grid,
     )
-    assert len(oracle.calls) == num_steps  # NFE = num_steps
-    if name in ("posterior", "mr"):
+    # NFE = num_steps, at the grid's timesteps.
+    assert [t for _, t in oracle.calls] == make_timesteps(T, num_steps, grid, sde=sde).tolist()
+    if name in ("posterior", "mr", "mr-sde"):
         # The last step returns x̂_0 (posterior: up to the clamped std λ·sqrt(1e-20·dt), ~1e-11).
         torch.testing.assert_close(out, gt, rtol=0, atol=1e-9)
     elif num_steps == T:

@@ -198,7 +198,7 @@ def test_make_timesteps_spacing():
 
 def test_bad_arguments_are_rejected():
     sde = IRSDE(T=10)
-    with pytest.raises(ValueError, match="valid choices: posterior, sde, ode, mr"):
+    with pytest.raises(ValueError, match="valid choices: posterior, sde, ode, mr, mr-sde"):
         build_sampler("ddim", sde)
     sampler = build_sampler("posterior", sde)
     for bad in (0, 11, 2.0):
