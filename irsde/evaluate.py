@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -31,7 +31,7 @@ from data.io import write_image
 
 from .metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
 from .pipeline import RestorationPipeline, load_restoration_checkpoint
-from .samplers import make_timesteps
+from .samplers import GridName, SamplerName, check_sampler_options, make_timesteps
 
 __all__ = ["TestConfig", "evaluate", "format_markdown", "METRIC_COLUMNS"]
 
@@ -72,24 +72,31 @@ class TestDataSection:
 
 @dataclass
 class SamplingSection:
-    sampler: Literal["posterior", "sde", "ode", "mr"] = spec(
-        "posterior", help="posterior (the paper's), sde, ode, or mr (deterministic exponential integrator)"
+    sampler: SamplerName = spec(
+        "posterior",
+        help="posterior (the paper's), sde, ode, mr (deterministic exponential integrator of the ODE) "
+        "or mr-sde (exponential integrator of the reverse SDE)",
     )
     num_steps: int | None = spec(None, minimum=1, help="network evaluations; None = T")
+    grid: GridName = spec(
+        "uniform",
+        help="timestep spacing for fewer than T steps: uniform in t (the default) or logsnr "
+        "(evenly spaced in the SDE's half log-SNR)",
+    )
     clamp_x0: bool | None = spec(
         None, help="clamp x0 to [0, 1] in every step; None = off for noise prediction, on otherwise"
     )
-    order: int | None = spec(None, minimum=1, maximum=2, help="order of the mr solver (None = 2)")
+    order: int | None = spec(None, minimum=1, maximum=2, help="order of the mr and mr-sde solvers (None = 2)")
     seed: int = spec(0, minimum=0)
     tile: int | None = spec(None, minimum=16, help="tiled network calls for large images")
     tile_overlap: int = spec(64, minimum=0)
     tile_batch_size: int = spec(4, minimum=1)
 
     def validate(self) -> None:
-        if self.order == 2 and self.sampler != "mr":
-            raise ConfigError(
-                f"sampling.order: 2 applies to the mr solver only (sampler is {self.sampler!r})"
-            )
+        try:
+            check_sampler_options(self.sampler, self.order, self.grid)
+        except ValueError as err:
+            raise ConfigError(f"sampling.order: {err}") from None
 
 
 @dataclass
@@ -173,6 +180,7 @@ def evaluate(
         embedder,
         sampler=cfg.sampling.sampler,
         num_steps=cfg.sampling.num_steps,
+        grid=cfg.sampling.grid,
         clamp_x0=cfg.sampling.clamp_x0,
         order=cfg.sampling.order,
         tile=cfg.sampling.tile,
@@ -283,7 +291,8 @@ def evaluate(
         "checkpoint_source": loaded.source,
         "prediction": pipeline.prediction,
         "sampler": cfg.sampling.sampler,
-        "nfe": len(make_timesteps(loaded.sde.T, cfg.sampling.num_steps)),
+        "nfe": len(make_timesteps(loaded.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=loaded.sde)),
+        "grid": cfg.sampling.grid,
         "clamp_x0": pipeline.clamp_x0,
     }
     _write_results(out_dir, results)
@@ -324,7 +333,8 @@ def format_markdown(results: dict[str, Any]) -> str:
     if "sampler" in results:
         lines.append(
             f"\nModel output: {results['prediction']}; sampler: {results['sampler']}, "
-            f"{results['nfe']} network evaluation(s) per image, x0 clamping "
+            f"{results['nfe']} network evaluation(s) per image ({results.get('grid', 'uniform')} "
+            "timestep grid), x0 clamping "
             f"{'on' if results['clamp_x0'] else 'off'}."
         )
     worse = [n for n, r in rows.items() if n != "average" and r.get("psnr_gain", 0.0) < 0]

@@ -22,7 +22,7 @@ from daclip.utils.experiment import UserError
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
 
 from .convert import load_official_unet
-from .samplers import SamplerName, sample
+from .samplers import GridName, SamplerName, check_sampler_options, sample
 from .sde import IRSDE, PredictionType
 from .tiling import TiledModel
 from .unet import ConditionalUNet
@@ -72,7 +72,9 @@ class RestorationPipeline:
         clamp_x0: clamp x̂_0 to [0, 1] inside every sampler step; None takes the default of the U-Net's
             parametrisation (``unet.prediction``): off for ``noise`` (the paper's numerics), on for the data
             predictions.
-        order: order of the ``mr`` solver (1 or 2; None: 2).
+        order: order of the ``mr`` and ``mr-sde`` solvers (1 or 2; None: 2).
+        grid: timestep spacing for fewer than T steps, ``uniform`` or ``logsnr`` (see
+            :func:`irsde.samplers.make_timesteps`).
         tile, tile_overlap, tile_batch_size: tiled network calls for large images (None: whole image).
     """
 
@@ -86,6 +88,7 @@ class RestorationPipeline:
         num_steps: int | None = None,
         clamp_x0: bool | None = None,
         order: int | None = None,
+        grid: GridName = "uniform",
         tile: int | None = None,
         tile_overlap: int = 64,
         tile_batch_size: int = 4,
@@ -95,6 +98,7 @@ class RestorationPipeline:
         )
         if needs_context and embedder is None:
             raise ValueError("this U-Net is conditioned on DA-CLIP embeddings: give a DA-CLIP checkpoint")
+        check_sampler_options(sampler, order, grid)
         self.unet = unet.eval()
         self.sde = sde
         self.embedder = embedder
@@ -103,6 +107,7 @@ class RestorationPipeline:
         self.prediction: PredictionType = IRSDE.check_prediction(getattr(unet, "prediction", "noise"))
         self.clamp_x0 = default_clamp_x0(self.prediction) if clamp_x0 is None else bool(clamp_x0)
         self.order = order
+        self.grid: GridName = grid
         self.tile = tile
         self.tile_overlap = tile_overlap
         self.tile_batch_size = tile_batch_size
@@ -169,6 +174,7 @@ class RestorationPipeline:
             prediction=self.prediction,
             clamp_x0=self.clamp_x0,
             order=self.order,
+            grid=self.grid,
         )
         return out.clamp(0.0, 1.0)
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from daclip.utils.experiment import run_main  # noqa: E402
 from irsde.demo import DemoSettings, run_demo  # noqa: E402
+from irsde.samplers import SAMPLERS  # noqa: E402
 
 
 def _positive(text: str) -> int:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiments", default="experiments", help="where the demo folder is created")
     p.add_argument("--daclip-epochs", type=_positive, default=defaults.daclip_epochs)
     p.add_argument("--ir-steps", type=_positive, default=defaults.ir_steps)
-    p.add_argument("--sampler", default=defaults.sampler, choices=["posterior", "sde", "ode", "mr"])
+    p.add_argument("--sampler", default=defaults.sampler, choices=list(SAMPLERS))
     p.add_argument("--steps", type=_positive, default=defaults.sampling_steps, help="network evaluations")
     p.add_argument("--compare", action="store_true", help="also train without DA-CLIP; write comparison.md")
     args = p.parse_args(argv)

@@ -4,6 +4,8 @@
     python scripts/restore.py -i photo.jpg -o restored/ --checkpoint experiments/universal-ir/checkpoints/latest.pt
     python scripts/restore.py -i photos/ -o restored/ --checkpoint universal-ir.pth \\
         --daclip daclip_ViT-B-32.pt --tile 256 --steps 100
+    python scripts/restore.py -i photos/ -o restored/ --checkpoint latest.pt \\
+        --sampler mr-sde --steps 10 --grid logsnr
 
 Large images: ``--tile`` runs the network on overlapping tiles (smoothly blended) so memory stays
 bounded; progress within each image goes to stderr (a line every 10 s when it is not a terminal).
@@ -30,6 +32,7 @@ from data import DEFAULT_DEGRADATIONS  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
 from irsde.pipeline import RestorationPipeline, load_restoration_checkpoint  # noqa: E402
 from irsde.restore import output_targets, restore_images  # noqa: E402
+from irsde.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
 from irsde.train import DaclipSection, build_embedder  # noqa: E402
 
 
@@ -62,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model-config", default="", help="open_clip JSON of a custom architecture (with --clip-model)"
     )
-    p.add_argument("--sampler", default="posterior", choices=["posterior", "sde", "ode", "mr"])
+    p.add_argument("--sampler", default="posterior", choices=list(SAMPLERS))
     p.add_argument("--steps", type=_at_least(1), default=None, help="sampling steps (default: T)")
+    p.add_argument("--order", type=int, default=None, choices=[1, 2], help="mr / mr-sde order (default: 2)")
+    p.add_argument(
+        "--grid", default="uniform", choices=list(GRIDS), help="timestep spacing for fewer than T steps"
+    )
     p.add_argument("--tile", type=_at_least(1), default=None, help="tile size for large images (e.g. 256)")
     p.add_argument("--overlap", type=_at_least(0), default=64, help="tile overlap in pixels")
     p.add_argument("--batch-size", type=_at_least(1), default=1, help="images (of equal size) per batch")
@@ -76,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         "--overwrite", action="store_true", help="redo images already restored in the output folder"
     )
     args = p.parse_args(argv)
+    try:
+        check_sampler_options(args.sampler, args.order, args.grid)
+    except ValueError as err:
+        p.error(str(err))
 
     def body() -> None:
         # Inputs and output names are checked before the model is loaded.
@@ -97,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             embedder,
             sampler=args.sampler,
             num_steps=args.steps,
+            order=args.order,
+            grid=args.grid,
             tile=args.tile,
             tile_overlap=args.overlap,
         )

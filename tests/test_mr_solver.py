@@ -10,11 +10,14 @@ in ℓ_t where integers allow, and ``uniform`` must stay what it was.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from irsde.pipeline import RestorationPipeline
 from irsde.samplers import (
     GRIDS,
     MRSDESolver,
@@ -26,6 +29,8 @@ from irsde.samplers import (
 )
 from irsde.sde import IRSDE, PREDICTIONS
 from tests.test_parametrisation import Oracle, T, _pair
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _smooth_model(prediction: str):
@@ -270,3 +275,96 @@ def test_grid_arguments():
     calls = []
     sample(lambda x, m, t: calls.append(int(t[0])) or model(x, m, t), lq, sde, sampler, grid="uniform")
     assert calls == make_timesteps(T, 4).tolist()
+
+
+class _RecordingNet(nn.Module):
+    use_degra_context = use_image_context = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.1))
+        self.calls: list[int] = []
+
+    def forward(self, x, mu, t, **kwargs):
+        self.calls.append(int(t[0]))
+        return torch.tanh(x - mu) * self.scale
+
+
+def test_pipeline_passes_the_sampler_order_and_grid():
+    sde = IRSDE(T=T)
+    net = _RecordingNet()
+    pipeline = RestorationPipeline(net, sde, sampler="mr-sde", num_steps=6, order=1, grid="logsnr")
+    lq = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    pipeline(lq, generator=torch.Generator().manual_seed(1))
+    assert net.calls == make_timesteps(T, 6, "logsnr", sde=sde).tolist()
+    with pytest.raises(ValueError, match="first order"):
+        RestorationPipeline(net, sde, sampler="posterior", order=2)
+    with pytest.raises(ValueError, match="valid choices: uniform, logsnr"):
+        RestorationPipeline(net, sde, sampler="mr", grid="cosine")
+
+
+def test_sampling_config_accepts_mr_sde_and_the_grid():
+    from daclip.utils.config import ConfigError
+    from irsde.evaluate import SamplingSection
+
+    section = SamplingSection(sampler="mr-sde", order=1, grid="logsnr")
+    section.validate()
+    with pytest.raises(ConfigError, match="sampling.order"):
+        SamplingSection(sampler="sde", order=2).validate()
+
+
+def test_test_config_loads_the_sampler_order_and_grid(tmp_path):
+    from daclip.utils.config import ConfigError, load_config
+    from irsde.evaluate import TestConfig
+    from tests.conftest import write_tiny_ir_checkpoint
+
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    path, required = (
+        ROOT / "configs" / "test.yml",
+        [f"model.checkpoint={checkpoint}", f"data.root={tmp_path}"],
+    )
+    cfg = load_config(TestConfig, path, [*required, "sampling.sampler=mr-sde", "sampling.grid=logsnr"])
+    assert (cfg.sampling.sampler, cfg.sampling.grid, cfg.sampling.order) == ("mr-sde", "logsnr", None)
+    assert load_config(TestConfig, path, required).sampling.grid == "uniform"  # the documented default
+    with pytest.raises(ConfigError, match="sampling.grid"):
+        load_config(TestConfig, path, [*required, "sampling.grid=log"])
+    with pytest.raises(ConfigError, match="sampling.order"):
+        load_config(TestConfig, path, [*required, "sampling.sampler=ode", "sampling.order=2"])
+
+
+def test_restore_script_takes_the_sampler_order_and_grid(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import irsde.pipeline
+    from data.io import write_image
+    from tests.conftest import write_tiny_ir_checkpoint
+
+    spec = importlib.util.spec_from_file_location("restore_script", ROOT / "scripts" / "restore.py")
+    restore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(restore)
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")  # T = 5
+    write_image(tmp_path / "in.png", np.full((12, 16, 3), 0.5, dtype=np.float32))
+    seen, options = [], []
+    real_sample = irsde.pipeline.sample
+
+    def recording_sample(model_fn, *args, **kwargs):
+        options.append((args[2], kwargs["order"], kwargs["grid"]))
+
+        def counted(x, mu, t):
+            seen.append(int(t[0]))
+            return model_fn(x, mu, t)
+
+        return real_sample(counted, *args, **kwargs)
+
+    monkeypatch.setattr(irsde.pipeline, "sample", recording_sample)
+    common = ["-i", tmp_path / "in.png", "--checkpoint", checkpoint, "--device", "cpu", "--steps", "3"]
+    argv = [*common, "-o", tmp_path / "out.png", "--sampler", "mr-sde", "--order", "1", "--grid", "logsnr"]
+    assert restore.main([str(a) for a in argv]) == 0
+    assert options == [("mr-sde", 1, "logsnr")]
+    assert seen == make_timesteps(5, 3, "logsnr", sde=IRSDE(T=5)).tolist()
+    assert (tmp_path / "out.png").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        restore.main(
+            [str(a) for a in [*common, "-o", tmp_path / "x.png", "--sampler", "sde", "--order", "2"]]
+        )
+    assert exit_info.value.code == 2 and "first order" in capsys.readouterr().err
