@@ -2,8 +2,11 @@
 
 Training: images per second and peak memory of full optimisation steps (forward, IR-SDE loss,
 backward, AdamW) on random batches of the configured batch and patch size. Restoration: seconds
-per image for the whole reverse process at a given size and number of steps. DA-CLIP is timed
-when the config names its weights; otherwise random embeddings stand in (reported as such).
+per image for the whole reverse process at a given size and number of steps. Samplers
+(:func:`benchmark_samplers`): the same restoration timed for several sampler × NFE × grid settings
+on one model in one run, one JSON row each, so that runs on different devices can be put side by
+side. DA-CLIP is timed when the config names its weights; otherwise random embeddings stand in
+(reported as such). Every restoration timing excludes one warm-up run.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import gc
 import platform
 import resource
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,10 +26,21 @@ from daclip.utils.experiment import autocast
 
 from .losses import build_loss
 from .pipeline import RestorationPipeline
+from .samplers import HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options, make_timesteps
 from .sde import IRSDE
 from .train import IRTrainConfig, build_embedder, build_unet
 
-__all__ = ["device_description", "benchmark_training", "benchmark_restoration", "run_benchmark"]
+__all__ = [
+    "SamplerSpec",
+    "benchmark_restoration",
+    "benchmark_samplers",
+    "benchmark_training",
+    "device_description",
+    "run_benchmark",
+]
+
+#: An image size: one int (square) or (height, width).
+Size = int | Sequence[int]
 
 
 def device_description(device: torch.device) -> str:
@@ -143,16 +159,55 @@ def benchmark_training(
     }
 
 
+def _height_width(size: Size) -> tuple[int, int]:
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in hw):
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    return hw  # type: ignore[return-value]
+
+
+def _restoration_inputs(
+    cfg: IRTrainConfig, device: torch.device, size: Size
+) -> tuple[torch.nn.Module, IRSDE, Any, torch.Tensor, torch.Tensor]:
+    """(U-Net, IR-SDE, embedder, LQ batch of one image, CLIP input): the same for every timed restore."""
+    height, width = _height_width(size)
+    torch.manual_seed(0)
+    unet = build_unet(cfg.model).to(device).eval()
+    sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
+    embedder = build_embedder(cfg.daclip, device) or _RandomEmbedder(cfg.model.context_dim, device)
+    lq = torch.rand(1, 3, height, width, device=device)
+    clip = torch.randn(1, 3, embedder.image_size, embedder.image_size, device=device)
+    return unet, sde, embedder, lq, clip
+
+
+def _seconds_per_image(
+    pipeline: RestorationPipeline, lq: torch.Tensor, clip: torch.Tensor, device: torch.device, repeats: int
+) -> float:
+    """Mean seconds of ``repeats`` restorations of ``lq`` (batch 1), after one untimed warm-up run."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    generator = torch.Generator(device=device).manual_seed(0)
+    pipeline(lq, clip, generator=generator)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        pipeline(lq, clip, generator=generator)
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
 def benchmark_restoration(
     cfg: IRTrainConfig,
     device: torch.device,
-    size: int = 256,
+    size: Size = 256,
     num_steps: int | None = None,
     sampler: str = "posterior",
     tile: int | None = None,
     repeats: int = 2,
+    order: int | None = None,
+    grid: str = "uniform",
 ) -> dict[str, Any]:
-    """Seconds per image (batch 1) for the whole reverse process at ``size`` x ``size``.
+    """Seconds per image (batch 1) for the whole reverse process at ``size`` (square, or (height, width)).
 
     The peak memory is the restoration's own: the measurement is reset before the model is built,
     so an earlier training benchmark in the same process does not count (see :func:`_reset_peak`).
@@ -161,28 +216,137 @@ def benchmark_restoration(
     if device.type == "cuda":
         torch.cuda.empty_cache()
     memory_kind = _reset_peak(device)
-    torch.manual_seed(0)
-    unet = build_unet(cfg.model).to(device).eval()
-    sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
-    embedder = build_embedder(cfg.daclip, device) or _RandomEmbedder(cfg.model.context_dim, device)
-    pipeline = RestorationPipeline(unet, sde, embedder, sampler=sampler, num_steps=num_steps, tile=tile)  # type: ignore[arg-type]
-    lq = torch.rand(1, 3, size, size, device=device)
-    clip = torch.randn(1, 3, embedder.image_size, embedder.image_size, device=device)
-    pipeline(lq, clip)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        pipeline(lq, clip)
-    _sync(device)
-    seconds = (time.perf_counter() - start) / repeats
+    unet, sde, embedder, lq, clip = _restoration_inputs(cfg, device, size)
+    pipeline = RestorationPipeline(
+        unet,
+        sde,
+        embedder,
+        sampler=sampler,
+        num_steps=num_steps,
+        order=order,
+        grid=grid,
+        tile=tile,  # type: ignore[arg-type]
+    )
+    seconds = _seconds_per_image(pipeline, lq, clip, device, repeats)
     return {
         "seconds_per_image": seconds,
         "peak_memory_mib": _peak_memory_mib(device),
         "peak_memory_kind": memory_kind,
-        "size": size,
+        "size": size if isinstance(size, int) else list(size),
         "num_steps": num_steps or sde.T,
         "sampler": sampler,
+        "grid": grid,
         "tile": tile,
+    }
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler setting to time: ``name``, NFE (None: T) and order (None: the sampler's default)."""
+
+    name: str
+    nfe: int | None = None
+    order: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SamplerSpec:
+        """``NAME[:NFE[:ORDER]]``, e.g. ``posterior:100``, ``mr:10``, ``mr-sde:5:1``; ValueError otherwise."""
+        parts = text.strip().split(":")
+        if not 1 <= len(parts) <= 3 or not parts[0]:
+            raise ValueError(f"sampler spec {text!r}: expected NAME[:NFE[:ORDER]], e.g. mr:10 or mr-sde:5:1")
+        try:
+            numbers = [int(p) for p in parts[1:]]
+        except ValueError:
+            raise ValueError(f"sampler spec {text!r}: NFE and ORDER must be integers") from None
+        spec = cls(parts[0], *numbers)
+        check_sampler_options(spec.name, spec.order)
+        if spec.nfe is not None and spec.nfe < 1:
+            raise ValueError(f"sampler spec {text!r}: NFE must be at least 1")
+        return spec
+
+    @property
+    def effective_order(self) -> int:
+        if self.name in HIGHER_ORDER_SAMPLERS:
+            return 2 if self.order is None else self.order
+        return 1
+
+
+def benchmark_samplers(
+    cfg: IRTrainConfig,
+    device: torch.device,
+    specs: Sequence[SamplerSpec | str],
+    size: Size = 256,
+    grids: Sequence[str] = ("uniform",),
+    repeats: int = 2,
+    tile: int | None = None,
+) -> dict[str, Any]:
+    """Seconds per image for every sampler spec × grid on one randomly initialised (or configured) model.
+
+    Every row restores the same LQ image with the same seed: one untimed warm-up run, then ``repeats``
+    timed ones. Each row is self-contained ({sampler, order, nfe, grid, seconds_per_image, device, size,
+    ...}), so rows of runs on different devices can be concatenated and compared. All specs are checked
+    (names, orders, NFE within 1..T) before anything is timed.
+    """
+    specs = [SamplerSpec.parse(s) if isinstance(s, str) else s for s in specs]
+    if not specs:
+        raise ValueError(
+            f"no sampler to time; give NAME[:NFE[:ORDER]] specs, NAME one of {', '.join(SAMPLERS)}"
+        )
+    height, width = _height_width(size)
+    for spec in specs:
+        for grid in grids:
+            check_sampler_options(spec.name, spec.order, grid)
+        make_timesteps(cfg.sde.T, spec.nfe)  # NFE within 1..T
+    unet, sde, embedder, lq, clip = _restoration_inputs(cfg, device, (height, width))
+    device_name = device_description(device)
+    rows = []
+    for grid in grids:
+        for spec in specs:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            memory_kind = _reset_peak(device)
+            pipeline = RestorationPipeline(
+                unet,
+                sde,
+                embedder,
+                sampler=spec.name,
+                num_steps=spec.nfe,
+                order=spec.order,
+                grid=grid,
+                tile=tile,  # type: ignore[arg-type]
+            )
+            seconds = _seconds_per_image(pipeline, lq, clip, device, repeats)
+            nfe = spec.nfe or sde.T
+            rows.append(
+                {
+                    "sampler": spec.name,
+                    "order": spec.effective_order,
+                    "nfe": nfe,
+                    "grid": grid,
+                    "seconds_per_image": seconds,
+                    "seconds_per_nfe": seconds / nfe,
+                    "device": device_name,
+                    "size": [height, width],
+                    "tile": tile,
+                    "prediction": pipeline.prediction,
+                    "clamp_x0": pipeline.clamp_x0,
+                    "runs_timed": repeats,
+                    "warmup_runs": 1,
+                    "peak_memory_mib": _peak_memory_mib(device),
+                    "peak_memory_kind": memory_kind,
+                    "torch": torch.__version__,
+                }
+            )
+    return {
+        "device": device_name,
+        "torch": torch.__version__,
+        "size": [height, width],
+        "T": sde.T,
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "daclip": "timed" if cfg.daclip.checkpoint else "random embeddings (DA-CLIP not timed)",
+        "rows": rows,
+        "config": to_dict(cfg),
     }
 
 

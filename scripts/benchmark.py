@@ -3,6 +3,12 @@
 
 python scripts/benchmark.py -c configs/universal_ir.yml --size 256 --steps 100
 python scripts/benchmark.py -c configs/universal_ir_tiny.yml train.batch_size=4 data.patch_size=64
+
+Samplers side by side (no training benchmark): one model, one image size, one JSON row per sampler
+spec NAME[:NFE[:ORDER]] (NFE defaults to T) and grid, each timed after a warm-up run:
+
+python scripts/benchmark.py -c configs/universal_ir.yml --size 256 384 \\
+    --samplers posterior:100,posterior:10,mr:5,mr:10,mr:20,mr-sde:10:1 --grid uniform logsnr --json cpu.json
 """
 
 from __future__ import annotations
@@ -17,28 +23,82 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from daclip.utils.config import add_config_arguments, load_config  # noqa: E402
 from daclip.utils.distributed import resolve_device  # noqa: E402
 from daclip.utils.experiment import run_main  # noqa: E402
-from irsde.benchmark import run_benchmark  # noqa: E402
+from irsde.benchmark import SamplerSpec, benchmark_samplers, run_benchmark  # noqa: E402
+from irsde.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
 from irsde.train import IRTrainConfig  # noqa: E402
+
+
+def _sampler_specs(text: str) -> list[SamplerSpec]:
+    """An argparse type: comma-separated NAME[:NFE[:ORDER]] specs."""
+    try:
+        return [SamplerSpec.parse(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, default="configs/universal_ir.yml")
-    p.add_argument("--size", type=int, default=256, help="restoration image size")
+    p.add_argument(
+        "--size", type=int, nargs="+", default=[256], metavar="N", help="restoration image size: S, or H W"
+    )
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: T)")
-    p.add_argument("--sampler", default="posterior", choices=["posterior", "sde", "ode", "mr"])
+    p.add_argument("--sampler", default="posterior", choices=list(SAMPLERS))
+    p.add_argument("--order", type=int, default=None, choices=[1, 2], help="mr / mr-sde order (default: 2)")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        default=["uniform"],
+        choices=list(GRIDS),
+        help="timestep spacing (several: --samplers)",
+    )
+    p.add_argument(
+        "--samplers",
+        type=_sampler_specs,
+        nargs="+",
+        default=None,
+        metavar="NAME[:NFE[:ORDER]]",
+        help="time these sampler settings side by side (comma- or space-separated) instead of training",
+    )
+    p.add_argument("--repeats", type=int, default=2, help="timed restorations per setting (after a warm-up)")
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--json", default="", help="also write the result to this file")
     args = p.parse_args(argv)
+    if len(args.size) not in (1, 2):
+        p.error(f"--size takes S or H W, got {len(args.size)} numbers")
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    if args.samplers is None:
+        if len(args.grid) != 1:
+            p.error("several --grid values need --samplers")
+        try:
+            check_sampler_options(args.sampler, args.order, args.grid[0])
+        except ValueError as err:
+            p.error(str(err))
 
     def body() -> None:
         # Benchmarks need no dataset: the data roots may point anywhere.
         overrides = ["data.train_root=", "data.val_root=", *args.overrides]
         cfg = load_config(IRTrainConfig, args.config, overrides)
         device = resolve_device(cfg.experiment.device)
-        result = run_benchmark(
-            cfg, device, size=args.size, num_steps=args.steps, sampler=args.sampler, tile=args.tile
-        )
+        if args.samplers is not None:
+            specs = [spec for group in args.samplers for spec in group]
+            result = benchmark_samplers(
+                cfg, device, specs, size=size, grids=args.grid, repeats=args.repeats, tile=args.tile
+            )
+        else:
+            result = run_benchmark(
+                cfg,
+                device,
+                size=size,
+                num_steps=args.steps,
+                sampler=args.sampler,
+                order=args.order,
+                grid=args.grid[0],
+                tile=args.tile,
+                repeats=args.repeats,
+            )
         text = json.dumps(result, indent=2)
         print(text)
         if args.json:
