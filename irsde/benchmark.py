@@ -26,7 +26,7 @@ from daclip.utils.experiment import autocast
 
 from .losses import build_loss
 from .pipeline import RestorationPipeline
-from .samplers import HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options, make_timesteps
+from .samplers import SAMPLERS, SamplerSpec, check_sampler_options, make_timesteps
 from .sde import IRSDE
 from .train import IRTrainConfig, build_embedder, build_unet
 
@@ -238,37 +238,6 @@ def benchmark_restoration(
         "grid": grid,
         "tile": tile,
     }
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """One sampler setting to time: ``name``, NFE (None: T) and order (None: the sampler's default)."""
-
-    name: str
-    nfe: int | None = None
-    order: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> SamplerSpec:
-        """``NAME[:NFE[:ORDER]]``, e.g. ``posterior:100``, ``mr:10``, ``mr-sde:5:1``; ValueError otherwise."""
-        parts = text.strip().split(":")
-        if not 1 <= len(parts) <= 3 or not parts[0]:
-            raise ValueError(f"sampler spec {text!r}: expected NAME[:NFE[:ORDER]], e.g. mr:10 or mr-sde:5:1")
-        try:
-            numbers = [int(p) for p in parts[1:]]
-        except ValueError:
-            raise ValueError(f"sampler spec {text!r}: NFE and ORDER must be integers") from None
-        spec = cls(parts[0], *numbers)
-        check_sampler_options(spec.name, spec.order)
-        if spec.nfe is not None and spec.nfe < 1:
-            raise ValueError(f"sampler spec {text!r}: NFE must be at least 1")
-        return spec
-
-    @property
-    def effective_order(self) -> int:
-        if self.name in HIGHER_ORDER_SAMPLERS:
-            return 2 if self.order is None else self.order
-        return 1
 
 
 def benchmark_samplers(

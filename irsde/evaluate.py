@@ -11,6 +11,7 @@ Results go to ``results.md`` (table), ``results.csv`` and ``results.json`` in th
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -31,9 +32,9 @@ from data.io import write_image
 
 from .metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
 from .pipeline import RestorationPipeline, load_restoration_checkpoint
-from .samplers import GridName, SamplerName, check_sampler_options, make_timesteps
+from .samplers import GridName, SamplerName, SamplerSpec, check_sampler_options, make_timesteps
 
-__all__ = ["TestConfig", "evaluate", "format_markdown", "METRIC_COLUMNS"]
+__all__ = ["TestConfig", "evaluate", "format_markdown", "format_sweep", "sweep_samplers", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = (
     "input_psnr",
@@ -298,6 +299,85 @@ def evaluate(
     _write_results(out_dir, results)
     log(format_markdown(results))
     return results
+
+
+def sweep_samplers(
+    cfg: TestConfig,
+    specs: Sequence[SamplerSpec | str],
+    *,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    **metric_overrides: Any,
+) -> dict[str, Any]:
+    """The quality-speed table: evaluate one model with every sampler spec on the same images.
+
+    Each spec (``NAME[:NFE[:ORDER]]``, e.g. ``posterior``, ``posterior:10``, ``mr:5``) overrides
+    ``sampling.sampler``, ``num_steps`` and ``order`` of ``cfg`` and runs :func:`evaluate` into
+    ``<output_root>/<name>/<spec>/``; ``samplers.md`` and ``samplers.json`` there compare the averages, each
+    row against the first (the reference, e.g. the paper's posterior sampler at T). ``metric_overrides``
+    go to :func:`evaluate` (``lpips_metric``, ``fid_factory``).
+    """
+    parsed = [SamplerSpec.parse(s) if isinstance(s, str) else s for s in specs]
+    if not parsed:
+        raise ConfigError("sampler sweep: no sampler spec given (e.g. posterior,posterior:10,mr:5,mr:10)")
+    for spec in parsed:
+        check_sampler_options(spec.name, spec.order, cfg.sampling.grid)
+    sweep_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=())
+    rows: list[dict[str, Any]] = []
+    for spec in parsed:
+        label = spec.name + (f":{spec.nfe}" if spec.nfe else "") + (f":{spec.order}" if spec.order else "")
+        run = copy.deepcopy(cfg)
+        run.output_root, run.name = str(sweep_dir), label.replace(":", "_")
+        run.sampling.sampler, run.sampling.num_steps, run.sampling.order = spec.name, spec.nfe, spec.order  # type: ignore[assignment]
+        log(f"sampler sweep: {label}")
+        result = evaluate(run, log=log, progress=progress, **metric_overrides)
+        average = result["rows"].get("average", {})
+        rows.append(
+            {
+                "spec": label,
+                "sampler": spec.name,
+                "order": spec.effective_order,
+                "nfe": result["nfe"],
+                "grid": result["grid"],
+                **{k: average.get(k) for k in ("psnr", "ssim", "lpips", "psnr_gain", "seconds", "images")},
+            }
+        )
+    reference = rows[0]
+    for row in rows:
+        row["psnr_vs_reference"] = _difference(row["psnr"], reference["psnr"])
+        row["speedup_vs_reference"] = (
+            reference["seconds"] / row["seconds"] if reference.get("seconds") and row.get("seconds") else None
+        )
+    table = {"rows": rows, "reference": reference["spec"], "output": str(sweep_dir), "config": to_dict(cfg)}
+    with open(sweep_dir / "samplers.json", "w") as handle:
+        json.dump(table, handle, indent=2, default=str)
+    (sweep_dir / "samplers.md").write_text(format_sweep(table) + "\n")
+    log(format_sweep(table))
+    return table
+
+
+def _difference(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or reference is None else value - reference
+
+
+def format_sweep(table: dict[str, Any]) -> str:
+    """A :func:`sweep_samplers` table as Markdown (one row per sampler spec)."""
+
+    def cell(value: Any, fmt: str) -> str:
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+    lines = [
+        f"| sampler | order | NFE | grid | PSNR | SSIM | LPIPS | seconds / image | PSNR − {table['reference']} "
+        f"| speed-up vs {table['reference']} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table["rows"]:
+        lines.append(
+            f"| {row['sampler']} | {row['order']} | {row['nfe']} | {row['grid']} | {cell(row['psnr'], '.2f')} | "
+            f"{cell(row['ssim'], '.4f')} | {cell(row['lpips'], '.4f')} | {cell(row['seconds'], '.3f')} | "
+            f"{cell(row['psnr_vs_reference'], '+.2f')} | {cell(row['speedup_vs_reference'], '.1f')}× |"
+        )
+    return "\n".join(lines)
 
 
 def _fid_or_nan(metric: FIDMetric, log: Callable[[str], None], name: str) -> float:

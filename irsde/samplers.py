@@ -51,6 +51,7 @@ __all__ = [
     "Sampler",
     "SamplerName",
     "SamplerOutput",
+    "SamplerSpec",
     "build_sampler",
     "check_sampler_options",
     "half_log_snr_table",
@@ -518,6 +519,37 @@ def check_sampler_options(name: str, order: int | None = None, grid: str = "unif
     elif order not in (None, 1):
         solvers = " and ".join(HIGHER_ORDER_SAMPLERS)
         raise ValueError(f"sampler {name!r} is first order; order={order} applies to {solvers} only")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler setting (to time or to evaluate): ``name``, NFE (None: T) and order (None: the default)."""
+
+    name: str
+    nfe: int | None = None
+    order: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SamplerSpec:
+        """``NAME[:NFE[:ORDER]]``, e.g. ``posterior:100``, ``mr:10``, ``mr-sde:5:1``; ValueError otherwise."""
+        parts = text.strip().split(":")
+        if not 1 <= len(parts) <= 3 or not parts[0]:
+            raise ValueError(f"sampler spec {text!r}: expected NAME[:NFE[:ORDER]], e.g. mr:10 or mr-sde:5:1")
+        try:
+            numbers = [int(p) for p in parts[1:]]
+        except ValueError:
+            raise ValueError(f"sampler spec {text!r}: NFE and ORDER must be integers") from None
+        spec = cls(parts[0], *numbers)
+        check_sampler_options(spec.name, spec.order)
+        if spec.nfe is not None and spec.nfe < 1:
+            raise ValueError(f"sampler spec {text!r}: NFE must be at least 1")
+        return spec
+
+    @property
+    def effective_order(self) -> int:
+        if self.name in HIGHER_ORDER_SAMPLERS:
+            return 2 if self.order is None else self.order
+        return 1
 
 
 def build_sampler(

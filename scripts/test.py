@@ -8,6 +8,10 @@ Works with our stage-2 checkpoints and with the released pair:
         model.daclip_checkpoint=pretrained/daclip_ViT-B-32.pt data.root=datasets/universal/val
 
 Results (Markdown table, CSV, JSON) and restored images go to <output_root>/<name>/.
+
+The quality-speed table of one model over several samplers (the first one is the reference):
+    python scripts/test.py -c configs/test.yml --samplers posterior,posterior:10,mr:5,mr:10,mr:20
+writes one evaluation per NAME[:NFE[:ORDER]] spec plus samplers.md / samplers.json to <output_root>/<name>/.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.utils.config import add_config_arguments, config_from_args  # noqa: E402
+from daclip.utils.config import ConfigError  # noqa: E402
 from daclip.utils.experiment import run_main  # noqa: E402
-from irsde.evaluate import TestConfig, evaluate  # noqa: E402
+from irsde.samplers import SamplerSpec  # noqa: E402
+from irsde.evaluate import TestConfig, evaluate, sweep_samplers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +34,27 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_arguments(parser, default="configs/test.yml")
+    parser.add_argument(
+        "--samplers",
+        default="",
+        help="comma-separated NAME[:NFE[:ORDER]] specs, e.g. posterior,posterior:10,mr:5,mr:10 "
+        "(evaluates each and writes the quality-speed table samplers.md; the first is the reference)",
+    )
     args = parser.parse_args(argv)
-    return run_main(lambda: evaluate(config_from_args(TestConfig, args)) and None)
+    specs = [part.strip() for part in args.samplers.split(",") if part.strip()]
+
+    def run() -> None:
+        cfg = config_from_args(TestConfig, args)
+        if specs:
+            try:
+                parsed = [SamplerSpec.parse(part) for part in specs]
+            except ValueError as err:
+                raise ConfigError(f"--samplers: {err}") from None
+            sweep_samplers(cfg, parsed)
+        else:
+            evaluate(cfg)
+
+    return run_main(run)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,45 @@ def test_test_script_reports_unavailable_metrics_and_bad_keys(tmp_path, capsys):
     assert "did you mean 'sampling.num_steps'" in err and err.count("\n") == 1
 
 
+def test_sampler_sweep_table_matches_each_evaluation(tmp_path, capsys):
+    data = write_paired_set(tmp_path / "val", count=1, size=24)
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    args = [
+        "-c",
+        str(ROOT / "configs" / "test.yml"),
+        f"model.checkpoint={checkpoint}",
+        f"data.root={data}",
+        f"data.degradations={TEST_DEGRADATIONS}",
+        f"output_root={tmp_path / 'results'}",
+        "metrics.lpips=false",
+        "metrics.fid=false",
+        "device=cpu",
+        "name=sweep",
+    ]
+    assert _script("test").main([*args, "--samplers", "posterior:3,mr:2:1,ode:2"]) == 0
+    sweep = tmp_path / "results" / "sweep"
+    table = json.loads((sweep / "samplers.json").read_text())
+    assert [(r["sampler"], r["nfe"], r["order"]) for r in table["rows"]] == [
+        ("posterior", 3, 1),
+        ("mr", 2, 1),
+        ("ode", 2, 1),
+    ]
+    reference = table["rows"][0]["psnr"]
+    for row, folder in zip(table["rows"], ("posterior_3", "mr_2_1", "ode_2")):
+        own = json.loads((sweep / folder / "results.json").read_text())
+        assert own["sampler"] == row["sampler"] and own["nfe"] == row["nfe"]
+        assert row["psnr"] == pytest.approx(own["rows"]["average"]["psnr"])
+        assert row["psnr_vs_reference"] == pytest.approx(row["psnr"] - reference)
+        assert row["speedup_vs_reference"] == pytest.approx(table["rows"][0]["seconds"] / row["seconds"])
+    # Different samplers really ran (the deterministic ODE and the stochastic posterior give other images).
+    assert len({round(r["psnr"], 6) for r in table["rows"]}) == 3
+    assert "| mr | 1 | 2 | uniform |" in (sweep / "samplers.md").read_text()
+    capsys.readouterr()
+    assert _script("test").main([*args, "--samplers", "posterior,fast:3"]) == 2
+    err = capsys.readouterr().err
+    assert "--samplers" in err and "fast" in err and err.count("\n") == 1
+
+
 def test_restore_script_images_predictions_and_no_overwrite(tmp_path, tiny_daclip_checkpoint, capsys):
     inputs = tmp_path / "photos"
     rng = np.random.default_rng(0)
