@@ -45,6 +45,7 @@ __all__ = [
 
 Mode = Literal["train", "eval"]
 SmallImages = Literal["pad", "reject"]
+ClipInput = Literal["patch", "image"]
 
 _SHOWN = 5  # unmatched names listed in an error message
 
@@ -142,6 +143,9 @@ class PairedDataset(Dataset):
             (``"reject"``).
         augment: random flips and rotation in training.
         clip_size, clip_mean, clip_std: the CLIP transform of ``lq_clip``.
+        clip_input: what ``lq_clip`` shows in training: ``"patch"``, the training crop (what the
+            restoration network sees; the official code), or ``"image"``, the whole LQ image, as at
+            test time, where the CLIP input is the whole image too. Eval mode always uses the image.
         length: training epoch length; default the total number of pairs.
         seed: base seed of the training sampler. In the main process the
             sampler's generator is seeded with it; in a DataLoader worker it is
@@ -149,8 +153,8 @@ class PairedDataset(Dataset):
             samples and a run seeded with ``torch.manual_seed`` is reproducible.
 
     Items are dicts: ``lq``, ``gt`` ``(3, H, W)`` in ``[0, 1]``; ``lq_clip``
-    ``(3, S, S)``, the DA-CLIP transform of the LQ image (of the *patch* in
-    training, i.e. what the restoration network sees); ``degradation``,
+    ``(3, S, S)``, the DA-CLIP transform of the LQ image (in training, of the
+    patch or the whole image, see ``clip_input``); ``degradation``,
     ``degradation_index``, ``lq_path``, ``gt_path``.
     """
 
@@ -166,11 +170,14 @@ class PairedDataset(Dataset):
         clip_size: int = 224,
         clip_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         clip_std: Sequence[float] = OPENAI_CLIP_STD,
+        clip_input: ClipInput = "patch",
         length: int | None = None,
         seed: int = 0,
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        if clip_input not in ("patch", "image"):
+            raise ValueError(f"clip_input must be 'patch' or 'image', got {clip_input!r}")
         if small_images not in ("pad", "reject"):
             raise ValueError(f"small_images must be 'pad' or 'reject', got {small_images!r}")
         if patch_size is not None and patch_size < 1:
@@ -192,6 +199,7 @@ class PairedDataset(Dataset):
         self.clip_size = clip_size
         self.clip_mean = tuple(clip_mean)
         self.clip_std = tuple(clip_std)
+        self.clip_input: ClipInput = clip_input
         self.seed = seed
         self.pairs_by_degradation: dict[str, list[ImagePair]] = {
             name: find_pairs(self.root, name) for name in self.degradations
@@ -273,6 +281,7 @@ class PairedDataset(Dataset):
         if self.mode == "eval":
             pair = self.pairs[index]
             lq, gt = self._load(pair)
+            clip_source = lq
         else:
             if not 0 <= index < self.length:
                 raise IndexError(f"index {index} out of range for a training epoch of {self.length}")
@@ -281,14 +290,16 @@ class PairedDataset(Dataset):
             name = self.degradations[int(rng.integers(len(self.degradations)))]
             candidates = self.pairs_by_degradation[name]
             pair = candidates[int(rng.integers(len(candidates)))]
-            lq, gt = self._crop(pair, *self._load(pair), rng)
+            full_lq, full_gt = self._load(pair)
+            lq, gt = self._crop(pair, full_lq, full_gt, rng)
             if self.augment:
                 hflip, vflip, transpose = (bool(b) for b in rng.integers(0, 2, size=3))
                 lq, gt = _augment([lq, gt], hflip, vflip, transpose)
+            clip_source = full_lq if self.clip_input == "image" else lq
         return {
             "lq": image_to_tensor(lq),  # (3, H, W)
             "gt": image_to_tensor(gt),  # (3, H, W)
-            "lq_clip": clip_transform(lq, self.clip_size, self.clip_mean, self.clip_std),  # (3, S, S)
+            "lq_clip": clip_transform(clip_source, self.clip_size, self.clip_mean, self.clip_std),  # (3, S, S)
             "degradation": pair.degradation,
             "degradation_index": self.degradations.index(pair.degradation),
             "lq_path": str(pair.lq_path),

@@ -126,6 +126,10 @@ class IRDataSection:
     degradations: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADATIONS))
     patch_size: int = spec(256, minimum=16)
     small_images: Literal["pad", "reject"] = "pad"
+    clip_input: Literal["patch", "image"] = spec(
+        "patch",
+        help="DA-CLIP's training input: the crop (official) or the whole LQ image (as at test time)",
+    )
     num_workers: int = spec(4, minimum=0)
     val_images_per_degradation: int = spec(2, minimum=0, help="validation subset size (0 = all)")
 
@@ -368,6 +372,7 @@ def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
         mode="train",
         patch_size=cfg.data.patch_size,
         small_images=cfg.data.small_images,
+        clip_input=cfg.data.clip_input,
         **clip_kwargs,
     )
     val_set = None

@@ -169,6 +169,22 @@ def test_train_crop_and_all_eight_augmentations_applied_to_both(tmp_path):
     assert len(corners) > 5, "crops are random"
 
 
+def test_clip_input_patch_or_whole_image(tmp_path):
+    gt = _gt(16, 16, 3)
+    _write_pair(tmp_path, "noisy", "a", gt)
+    whole = clip_transform(read_image(tmp_path / "noisy" / "LQ" / "a.png"), 8)
+    kwargs = dict(mode="train", patch_size=6, augment=False, clip_size=8, length=6)
+    for i in range(6):
+        item = PairedDataset(tmp_path, ["noisy"], clip_input="image", **kwargs)[i]
+        torch.testing.assert_close(item["lq_clip"], whole)  # whatever the crop, as at test time
+        item = PairedDataset(tmp_path, ["noisy"], clip_input="patch", **kwargs).get_item(i, seed=i)
+        lq_patch = item["lq"].permute(1, 2, 0).numpy()
+        torch.testing.assert_close(item["lq_clip"], clip_transform(lq_patch, 8))  # the crop (official)
+        assert not torch.allclose(item["lq_clip"], whole)
+    with pytest.raises(ValueError, match="clip_input"):
+        PairedDataset(tmp_path, ["noisy"], clip_input="crop", **kwargs)
+
+
 def _transform(x: torch.Tensor, hflip: int, vflip: int, transpose: int) -> torch.Tensor:
     if hflip:
         x = x.flip(2)
