@@ -91,6 +91,9 @@ class SamplingSection:
     seed: int = spec(0, minimum=0)
     tile: int | None = spec(None, minimum=16, help="tiled network calls for large images")
     tile_overlap: int = spec(64, minimum=0)
+    self_ensemble: bool = spec(
+        False, help="average the restorations of the 8 flips/transposes (8x the NFE)"
+    )
     tile_batch_size: int = spec(4, minimum=1)
 
     def validate(self) -> None:
@@ -187,6 +190,7 @@ def evaluate(
         tile=cfg.sampling.tile,
         tile_overlap=cfg.sampling.tile_overlap,
         tile_batch_size=cfg.sampling.tile_batch_size,
+        self_ensemble=cfg.sampling.self_ensemble,
     )
     clip_kwargs = {}
     if embedder is not None:
@@ -292,7 +296,9 @@ def evaluate(
         "checkpoint_source": loaded.source,
         "prediction": pipeline.prediction,
         "sampler": cfg.sampling.sampler,
-        "nfe": len(make_timesteps(loaded.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=loaded.sde)),
+        "nfe": len(make_timesteps(loaded.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=loaded.sde))
+        * (8 if cfg.sampling.self_ensemble else 1),
+        "self_ensemble": cfg.sampling.self_ensemble,
         "grid": cfg.sampling.grid,
         "clamp_x0": pipeline.clamp_x0,
     }
@@ -414,7 +420,9 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"\nModel output: {results['prediction']}; sampler: {results['sampler']}, "
             f"{results['nfe']} network evaluation(s) per image ({results.get('grid', 'uniform')} "
-            "timestep grid), x0 clamping "
+            "timestep grid"
+            + ("; self-ensemble of 8 flips/transposes" if results.get("self_ensemble") else "")
+            + "), x0 clamping "
             f"{'on' if results['clamp_x0'] else 'off'}."
         )
     worse = [n for n, r in rows.items() if n != "average" and r.get("psnr_gain", 0.0) < 0]

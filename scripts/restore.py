@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--degradations", nargs="+", default=list(DEFAULT_DEGRADATIONS), help="classifier vocabulary"
     )
+    p.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="average the restorations of the 8 flips/transposes (8x the network evaluations)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             grid=args.grid,
             tile=args.tile,
             tile_overlap=args.overlap,
+            self_ensemble=args.self_ensemble,
         )
         clip = {}
         if embedder is not None:

@@ -60,6 +60,38 @@ def test_tiled_restoration_matches_untiled():
     assert (other - outputs[None]).abs().mean() > 10 * difference.mean()
 
 
+class RampNet(nn.Module):
+    """An x0 predictor that adds a left-to-right ramp: its error depends on the image's orientation."""
+
+    use_degra_context = use_image_context = False
+    prediction = "x0"
+
+    def __init__(self, ramp: float) -> None:
+        super().__init__()
+        self.ramp = nn.Parameter(torch.tensor(ramp), requires_grad=False)
+
+    def forward(self, x, mu, t, **kwargs):
+        width = mu.shape[-1]
+        return mu + self.ramp * torch.linspace(-1.0, 1.0, width).expand_as(mu)
+
+
+def test_self_ensemble_averages_the_eight_orientations():
+    sde = IRSDE(max_sigma=5, T=10)
+    lq = 0.25 + 0.5 * torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(0))
+    plain = RestorationPipeline(RampNet(0.2), sde, sampler="mr", num_steps=1)(lq)
+    ensemble = RestorationPipeline(RampNet(0.2), sde, sampler="mr", num_steps=1, self_ensemble=True)(lq)
+    ramp = 0.2 * torch.linspace(-1.0, 1.0, 20)
+    torch.testing.assert_close(plain, lq + ramp)  # one orientation keeps the ramp
+    # The flips cancel the ramp (and the transposed passes' vertical ramp), every undo is exact.
+    torch.testing.assert_close(ensemble, lq, atol=1e-6, rtol=0)
+    # A network without orientation bias gives the same result with or without the ensemble.
+    flat = RampNet(0.0)
+    torch.testing.assert_close(
+        RestorationPipeline(flat, sde, sampler="mr", num_steps=1, self_ensemble=True)(lq),
+        RestorationPipeline(flat, sde, sampler="mr", num_steps=1)(lq),
+    )
+
+
 def test_tiled_unet_with_one_tile_is_exact(tmp_path):
     loaded = load_restoration_checkpoint(write_tiny_ir_checkpoint(tmp_path / "ir.pt"))
     lq = torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(0))
