@@ -164,7 +164,7 @@ class IRTrainSection:
         help="train only at the timesteps an N-step sampler visits (irsde.samplers.make_timesteps); "
         "None = uniform on 1..T (the paper)",
     )
-    val_sampler: Literal["posterior", "sde", "ode", "mr"] = "posterior"
+    val_sampler: Literal["posterior", "sde", "ode", "mr", "mr-sde"] = "posterior"
     val_steps: int | None = spec(None, minimum=1, help="sampling steps for validation (None = T)")
 
     def validate(self) -> None:
