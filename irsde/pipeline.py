@@ -210,6 +210,16 @@ class LoadedRestorer:
     daclip_sha256: str | None = None  # their content fingerprint (checkpoints written since it is recorded)
     path: str = ""  # the file this was loaded from
 
+    def default_sampling(self) -> tuple[str, int | None]:
+        """``(sampler, num_steps)`` this model was validated with in training (our checkpoints), else the
+        paper's posterior sampler at T (released weights, or a config without validation settings)."""
+        train = (self.config or {}).get("train", {}) if isinstance(self.config, Mapping) else {}
+        sampler = train.get("val_sampler") if isinstance(train, Mapping) else None
+        if not isinstance(sampler, str):
+            return "posterior", None
+        steps = train.get("val_steps")
+        return sampler, steps if isinstance(steps, int) else None
+
     def daclip_weights(self, override: str | os.PathLike = "", *, option: str = "--daclip") -> str | None:
         """The DA-CLIP weights to embed with: ``override`` if given, else the recorded file, checked.
 

@@ -65,8 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model-config", default="", help="open_clip JSON of a custom architecture (with --clip-model)"
     )
-    p.add_argument("--sampler", default="posterior", choices=list(SAMPLERS))
-    p.add_argument("--steps", type=_at_least(1), default=None, help="sampling steps (default: T)")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=list(SAMPLERS),
+        help="default: the sampler the checkpoint was validated with in training (posterior for released weights)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_at_least(1),
+        default=None,
+        help="network evaluations (default: the checkpoint's validation setting with its sampler, else T)",
+    )
     p.add_argument("--order", type=int, default=None, choices=[1, 2], help="mr / mr-sde order (default: 2)")
     p.add_argument(
         "--grid", default="uniform", choices=list(GRIDS), help="timestep spacing for fewer than T steps"
@@ -89,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        check_sampler_options(args.sampler, args.order, args.grid)
+        # Without --sampler the checkpoint's sampler is checked once it is loaded.
+        check_sampler_options(args.sampler or "mr", args.order, args.grid)
     except ValueError as err:
         p.error(str(err))
 
@@ -98,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         output_targets(LQImageDataset(args.input).paths, args.output)
         device = resolve_device(args.device)
         loaded = load_restoration_checkpoint(args.checkpoint)
+        sampler, steps = args.sampler, args.steps
+        if sampler is None:
+            sampler, recorded_steps = loaded.default_sampling()
+            steps = recorded_steps if steps is None else steps
+            check_sampler_options(sampler, args.order, args.grid)
+            print(
+                f"sampler: {sampler}, {steps or loaded.sde.T} network evaluation(s) per image "
+                "(the checkpoint's validation setting; --sampler / --steps to change)"
+            )
         daclip_path = loaded.daclip_weights(args.daclip, option="--daclip") or ""
         needs_daclip = loaded.unet.use_degra_context or loaded.unet.use_image_context
         if needs_daclip and not daclip_path:
@@ -111,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             loaded.unet.to(device),
             loaded.sde.to(device),
             embedder,
-            sampler=args.sampler,
-            num_steps=args.steps,
+            sampler=sampler,
+            num_steps=steps,
             order=args.order,
             grid=args.grid,
             tile=args.tile,

@@ -28,12 +28,14 @@ def write_paired_set(root: Path, count: int = 2, size: int = 40, seed: int = 0) 
     return root
 
 
-def write_tiny_ir_checkpoint(path: Path, *, daclip_checkpoint: str = "", context: bool = False) -> Path:
-    """A stage-2 checkpoint in our format holding a tiny random U-Net (T = 5)."""
+def write_tiny_ir_checkpoint(
+    path: Path, *, daclip_checkpoint: str = "", context: bool = False, overrides: tuple[str, ...] = ()
+) -> Path:
+    """A stage-2 checkpoint in our format holding a tiny random U-Net (T = 5); ``overrides`` go to its config."""
     from irsde.pipeline import IR_CHECKPOINT_FORMAT
     from irsde.train import IRTrainConfig, build_unet
 
-    overrides = [
+    settings = [
         f"daclip.checkpoint={daclip_checkpoint}",
         f"model.use_degra_context={str(context).lower()}",
         f"model.use_image_context={str(context).lower()}",
@@ -43,8 +45,9 @@ def write_tiny_ir_checkpoint(path: Path, *, daclip_checkpoint: str = "", context
         "sde.T=5",
         "data.train_root=",
         "data.val_root=",
+        *overrides,
     ]
-    cfg = load_config(IRTrainConfig, None, overrides)
+    cfg = load_config(IRTrainConfig, None, settings)
     torch.manual_seed(0)
     unet = build_unet(cfg.model)
     state = {"format": IR_CHECKPOINT_FORMAT, "model": unet.state_dict(), "ema": unet.state_dict(), "step": 0}

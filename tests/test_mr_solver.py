@@ -368,3 +368,39 @@ def test_restore_script_takes_the_sampler_order_and_grid(tmp_path, monkeypatch, 
             [str(a) for a in [*common, "-o", tmp_path / "x.png", "--sampler", "sde", "--order", "2"]]
         )
     assert exit_info.value.code == 2 and "first order" in capsys.readouterr().err
+
+
+def test_restore_script_defaults_to_the_checkpoints_validation_sampler(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import irsde.pipeline
+    from data.io import write_image
+    from tests.conftest import write_tiny_ir_checkpoint
+
+    spec = importlib.util.spec_from_file_location("restore_script", ROOT / "scripts" / "restore.py")
+    restore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(restore)
+    write_image(tmp_path / "in.png", np.full((12, 16, 3), 0.5, dtype=np.float32))
+    calls = []
+    real_sample = irsde.pipeline.sample
+
+    def recording_sample(model_fn, mu, sde, sampler, num_steps, **kwargs):
+        calls.append((sampler, len(make_timesteps(sde.T, num_steps))))
+        return real_sample(model_fn, mu, sde, sampler, num_steps, **kwargs)
+
+    monkeypatch.setattr(irsde.pipeline, "sample", recording_sample)
+    one_step = write_tiny_ir_checkpoint(
+        tmp_path / "mr1.pt", overrides=("train.val_sampler=mr", "train.val_steps=1", "model.prediction=residual")
+    )
+    paper = write_tiny_ir_checkpoint(tmp_path / "paper.pt")  # val_sampler posterior, val_steps None (T = 5)
+
+    def run(checkpoint, name, *extra):
+        argv = ["-i", tmp_path / "in.png", "-o", tmp_path / name, "--checkpoint", checkpoint, "--device", "cpu"]
+        assert restore.main([str(a) for a in [*argv, *extra]]) == 0
+
+    run(one_step, "a.png")
+    run(paper, "b.png")
+    run(one_step, "c.png", "--steps", "3")
+    run(one_step, "d.png", "--sampler", "posterior")
+    assert calls == [("mr", 1), ("posterior", 5), ("mr", 3), ("posterior", 5)]
+    assert "sampler: mr, 1 network evaluation(s)" in capsys.readouterr().out
