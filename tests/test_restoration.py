@@ -168,21 +168,29 @@ def test_evaluation_reports_the_psnr_of_its_saved_images(tmp_path):
         assert [r["degradation"] for r in csv.DictReader(handle)] == [*TEST_DEGRADATIONS, "average"]
 
 
-def test_test_script_reports_unavailable_metrics_and_bad_keys(tmp_path, capsys):
+def _test_script_args(tmp_path: Path, *overrides: str) -> list[str]:
+    """scripts/test.py arguments: a tiny random checkpoint on one 24-pixel pair per test degradation."""
     data = write_paired_set(tmp_path / "val", count=1, size=24)
     checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
-    args = [
+    return [
         "-c",
         str(ROOT / "configs" / "test.yml"),
         f"model.checkpoint={checkpoint}",
         f"data.root={data}",
         f"data.degradations={TEST_DEGRADATIONS}",
         f"output_root={tmp_path / 'results'}",
+        "device=cpu",
+        *overrides,
+    ]
+
+
+def test_test_script_reports_unavailable_metrics_and_bad_keys(tmp_path, capsys):
+    args = _test_script_args(
+        tmp_path,
         "metrics.lpips_weights=" + str(tmp_path / "missing_alexnet.pth"),
         "metrics.fid_weights=" + str(tmp_path / "missing_inception.pth"),
         "sampling.num_steps=2",
-        "device=cpu",
-    ]
+    )
     assert _script("test").main(args) == 0
     table = (tmp_path / "results" / "universal-ir" / "results.md").read_text()
     assert "lpips: unavailable" in table and "fid: unavailable" in table and "| low-light | 1 |" in table
@@ -193,20 +201,7 @@ def test_test_script_reports_unavailable_metrics_and_bad_keys(tmp_path, capsys):
 
 
 def test_sampler_sweep_table_matches_each_evaluation(tmp_path, capsys):
-    data = write_paired_set(tmp_path / "val", count=1, size=24)
-    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
-    args = [
-        "-c",
-        str(ROOT / "configs" / "test.yml"),
-        f"model.checkpoint={checkpoint}",
-        f"data.root={data}",
-        f"data.degradations={TEST_DEGRADATIONS}",
-        f"output_root={tmp_path / 'results'}",
-        "metrics.lpips=false",
-        "metrics.fid=false",
-        "device=cpu",
-        "name=sweep",
-    ]
+    args = _test_script_args(tmp_path, "metrics.lpips=false", "metrics.fid=false", "name=sweep")
     assert _script("test").main([*args, "--samplers", "posterior:3,mr:2:1,ode:2"]) == 0
     sweep = tmp_path / "results" / "sweep"
     table = json.loads((sweep / "samplers.json").read_text())
