@@ -213,7 +213,7 @@ class LoadedRestorer:
     def default_sampling(self) -> tuple[str, int | None]:
         """``(sampler, num_steps)`` this model was validated with in training (our checkpoints), else the
         paper's posterior sampler at T (released weights, or a config without validation settings)."""
-        train = (self.config or {}).get("train", {}) if isinstance(self.config, Mapping) else {}
+        train = self.config.get("train", {}) if isinstance(self.config, Mapping) else {}
         sampler = train.get("val_sampler") if isinstance(train, Mapping) else None
         if not isinstance(sampler, str):
             return "posterior", None

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        # Without --sampler the checkpoint's sampler is checked once it is loaded.
+        # Without --sampler the checkpoint's sampler is checked by RestorationPipeline once it is loaded.
         check_sampler_options(args.sampler or "mr", args.order, args.grid)
     except ValueError as err:
         p.error(str(err))
@@ -113,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         if sampler is None:
             sampler, recorded_steps = loaded.default_sampling()
             steps = recorded_steps if steps is None else steps
-            check_sampler_options(sampler, args.order, args.grid)
             print(
                 f"sampler: {sampler}, {steps or loaded.sde.T} network evaluation(s) per image "
                 "(the checkpoint's validation setting; --sampler / --steps to change)"
