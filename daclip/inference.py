@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,11 +18,24 @@ from torch import nn
 from daclip.model import DaCLIP
 from daclip.pretrained import ClipSource, Tokenizer, load_daclip, make_tokenizer
 from daclip.utils.checkpoint import checkpoint_kind
+from daclip.utils.config import spec
 from daclip.utils.experiment import UserError
 from daclip.zero_shot import ZeroShotClassifier, encode_names
 from data.transforms import clip_transform_batch
 
-__all__ = ["FrozenDaCLIP", "load_frozen_daclip"]
+__all__ = ["DaCLIPSection", "FrozenDaCLIP", "build_embedder", "load_frozen_daclip"]
+
+
+@dataclass
+class DaCLIPSection:
+    """Which frozen DA-CLIP to load: our stage-1 checkpoint or the released ``daclip_ViT-B-32.pt``.
+
+    The ``daclip:`` section of the stage-2 config; inference builds one from its command line.
+    """
+
+    checkpoint: str = spec("", must_exist=True, help="'' = no DA-CLIP (plain IR-SDE baseline)")
+    clip_model: str = spec("ViT-B-32", help="open_clip architecture of a released checkpoint")
+    model_config: str = spec("", must_exist=True, help="open_clip JSON for a custom architecture")
 
 
 class FrozenDaCLIP(nn.Module):
@@ -115,6 +129,18 @@ def load_frozen_daclip(
             raise UserError(f"{path} is {kind}, not a DA-CLIP checkpoint") from None
         raise
     return FrozenDaCLIP(model, source)
+
+
+def build_embedder(section: DaCLIPSection, device: str | torch.device = "cpu") -> FrozenDaCLIP | None:
+    """The frozen DA-CLIP named by ``section``, or None when none is named (the plain baseline)."""
+    if not section.checkpoint:
+        return None
+    return load_frozen_daclip(
+        section.checkpoint,
+        clip_model=section.clip_model,
+        model_config=section.model_config or None,
+        device=device,
+    )
 
 
 def _other_checkpoint_kind(path: str | os.PathLike) -> str | None:

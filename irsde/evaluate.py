@@ -24,14 +24,13 @@ from typing import Any
 import torch
 
 from daclip.utils.config import ConfigError, spec, to_dict
-from daclip.utils.distributed import resolve_device
 from daclip.utils.experiment import create_run_dir
 from daclip.utils.experiment import progress_bar as make_progress_bar
 from data import DEFAULT_DEGRADATIONS
 from data.io import write_image
 
 from .metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
-from .pipeline import RestorationPipeline, load_restoration_checkpoint
+from .pipeline import RestorationPipeline
 from .samplers import GridName, SamplerName, SamplerSpec, check_sampler_options, make_timesteps
 
 __all__ = ["TestConfig", "evaluate", "format_markdown", "format_sweep", "sweep_samplers", "METRIC_COLUMNS"]
@@ -91,9 +90,7 @@ class SamplingSection:
     seed: int = spec(0, minimum=0)
     tile: int | None = spec(None, minimum=16, help="tiled network calls for large images")
     tile_overlap: int = spec(64, minimum=0)
-    self_ensemble: bool = spec(
-        False, help="average the restorations of the 8 flips/transposes (8x the NFE)"
-    )
+    self_ensemble: bool = spec(False, help="average the restorations of the 8 flips/transposes (8x the NFE)")
     tile_batch_size: int = spec(4, minimum=1)
 
     def validate(self) -> None:
@@ -161,27 +158,15 @@ def evaluate(
     ones; by default they are built from ``cfg.metrics``).
     """
     from data.paired import PairedDataset
-    from irsde.train import build_embedder
 
-    device = resolve_device(cfg.device)
-    loaded = load_restoration_checkpoint(cfg.model.checkpoint, use_ema=cfg.model.use_ema, map_location="cpu")
-    unet = loaded.unet.to(device)
-    daclip_ckpt = loaded.daclip_weights(cfg.model.daclip_checkpoint, option="model.daclip_checkpoint") or ""
-    embedder = None
-    if unet.use_degra_context or unet.use_image_context or (cfg.metrics.classification and daclip_ckpt):
-        if not daclip_ckpt:
-            raise ConfigError(
-                "model.daclip_checkpoint: this U-Net needs DA-CLIP embeddings; give the weights"
-            )
-        from .train import DaclipSection
-
-        embedder = build_embedder(
-            DaclipSection(daclip_ckpt, cfg.model.clip_model, cfg.model.model_config), device
-        )
-    pipeline = RestorationPipeline(
-        unet,
-        loaded.sde.to(device),
-        embedder,
+    pipeline = RestorationPipeline.from_checkpoint(
+        cfg.model.checkpoint,
+        daclip=cfg.model.daclip_checkpoint,
+        clip_model=cfg.model.clip_model,
+        model_config=cfg.model.model_config,
+        device=cfg.device,
+        use_ema=cfg.model.use_ema,
+        daclip_option="model.daclip_checkpoint",
         sampler=cfg.sampling.sampler,
         num_steps=cfg.sampling.num_steps,
         grid=cfg.sampling.grid,
@@ -192,6 +177,7 @@ def evaluate(
         tile_batch_size=cfg.sampling.tile_batch_size,
         self_ensemble=cfg.sampling.self_ensemble,
     )
+    embedder, device = pipeline.embedder, pipeline.device
     clip_kwargs = {}
     if embedder is not None:
         clip_kwargs = dict(clip_size=int(embedder.image_size), clip_mean=embedder.mean, clip_std=embedder.std)
@@ -293,10 +279,12 @@ def evaluate(
         "unavailable": unavailable,
         "output": str(out_dir),
         "config": to_dict(cfg),
-        "checkpoint_source": loaded.source,
+        "checkpoint_source": pipeline.loaded.source,
         "prediction": pipeline.prediction,
         "sampler": cfg.sampling.sampler,
-        "nfe": len(make_timesteps(loaded.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=loaded.sde))
+        "nfe": len(
+            make_timesteps(pipeline.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=pipeline.sde)
+        )
         * (8 if cfg.sampling.self_ensemble else 1),
         "self_ensemble": cfg.sampling.self_ensemble,
         "grid": cfg.sampling.grid,
@@ -326,23 +314,23 @@ def sweep_samplers(
     parsed = [SamplerSpec.parse(s) if isinstance(s, str) else s for s in specs]
     if not parsed:
         raise ConfigError("sampler sweep: no sampler spec given (e.g. posterior,posterior:10,mr:5,mr:10)")
-    for spec in parsed:
-        check_sampler_options(spec.name, spec.order, cfg.sampling.grid)
+    for choice in parsed:
+        check_sampler_options(choice.name, choice.order, cfg.sampling.grid)
     sweep_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=())
     rows: list[dict[str, Any]] = []
-    for spec in parsed:
-        label = spec.name + (f":{spec.nfe}" if spec.nfe else "") + (f":{spec.order}" if spec.order else "")
+    for choice in parsed:
+        label = choice.name + (f":{choice.nfe}" if choice.nfe else "") + (f":{choice.order}" if choice.order else "")
         run = copy.deepcopy(cfg)
         run.output_root, run.name = str(sweep_dir), label.replace(":", "_")
-        run.sampling.sampler, run.sampling.num_steps, run.sampling.order = spec.name, spec.nfe, spec.order  # type: ignore[assignment]
+        run.sampling.sampler, run.sampling.num_steps, run.sampling.order = choice.name, choice.nfe, choice.order  # type: ignore[assignment]
         log(f"sampler sweep: {label}")
         result = evaluate(run, log=log, progress=progress, **metric_overrides)
         average = result["rows"].get("average", {})
         rows.append(
             {
                 "spec": label,
-                "sampler": spec.name,
-                "order": spec.effective_order,
+                "sampler": choice.name,
+                "order": choice.effective_order,
                 "nfe": result["nfe"],
                 "grid": result["grid"],
                 **{k: average.get(k) for k in ("psnr", "ssim", "lpips", "psnr_gain", "seconds", "images")},
@@ -370,7 +358,9 @@ def format_sweep(table: dict[str, Any]) -> str:
     """A :func:`sweep_samplers` table as Markdown (one row per sampler spec)."""
 
     def cell(value: Any, fmt: str) -> str:
-        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+        return (
+            "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+        )
 
     lines = [
         f"| sampler | order | NFE | grid | PSNR | SSIM | LPIPS | seconds / image | PSNR − {table['reference']} "

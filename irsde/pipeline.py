@@ -17,8 +17,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from daclip.inference import DaCLIPSection, build_embedder
 from daclip.utils.checkpoint import file_fingerprint, load_checkpoint
+from daclip.utils.distributed import resolve_device
 from daclip.utils.experiment import UserError
+from data import DEFAULT_DEGRADATIONS
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
 
 from .convert import load_official_unet
@@ -115,6 +118,80 @@ class RestorationPipeline:
         self.tile_overlap = tile_overlap
         self.tile_batch_size = tile_batch_size
         self.self_ensemble = bool(self_ensemble)
+        #: What :meth:`from_checkpoint` loaded (None for a pipeline built from modules).
+        self.loaded: LoadedRestorer | None = None
+        #: The classifier vocabulary: the degradations the model was trained on, when recorded.
+        self.degradations: tuple[str, ...] = tuple(DEFAULT_DEGRADATIONS)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        daclip: str | os.PathLike = "",
+        clip_model: str = "ViT-B-32",
+        model_config: str = "",
+        device: str | torch.device = "auto",
+        use_ema: bool = True,
+        sampler: SamplerName | None = None,
+        num_steps: int | None = None,
+        daclip_option: str = "--daclip",
+        **options: Any,
+    ) -> RestorationPipeline:
+        """The pipeline of a restoration checkpoint (ours or the released ``universal-ir.pth``), on ``device``.
+
+        The DA-CLIP is the one the checkpoint records (checked by content), or ``daclip`` when given
+        (a released U-Net records none: then it is required); ``clip_model`` / ``model_config`` describe
+        a released DA-CLIP file. ``sampler`` None takes the checkpoint's validation setting
+        (:meth:`LoadedRestorer.default_sampling`), and ``num_steps`` None its steps. ``options`` are the
+        other keyword arguments of the constructor (``order``, ``grid``, ``tile``, ``self_ensemble``, ...).
+        ``daclip_option`` is how the caller's user sets ``daclip`` (named in error messages).
+        """
+        device = resolve_device(device) if isinstance(device, str) else device
+        loaded = load_restoration_checkpoint(path, use_ema=use_ema, map_location="cpu")
+        if sampler is None:
+            sampler, recorded_steps = loaded.default_sampling()
+            num_steps = recorded_steps if num_steps is None else num_steps
+        weights = loaded.daclip_weights(daclip, option=daclip_option) or ""
+        if loaded.needs_daclip and not weights:
+            raise UserError(f"{path} is conditioned on DA-CLIP: give its weights ({daclip_option})")
+        embedder = build_embedder(DaCLIPSection(weights, clip_model, model_config), device)
+        pipeline = cls(
+            loaded.unet.to(device),
+            loaded.sde.to(device),
+            embedder,
+            sampler=sampler,
+            num_steps=num_steps,
+            **options,
+        )
+        pipeline.loaded = loaded
+        pipeline.degradations = loaded.degradations()
+        return pipeline
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per image (one per sampler step; x8 with the self-ensemble)."""
+        return int(self.num_steps or self.sde.T) * (8 if self.self_ensemble else 1)
+
+    @torch.no_grad()
+    def classify(
+        self, lq: Tensor, lq_clip: Tensor | None = None, top_k: int = 3
+    ) -> list[list[tuple[str, float]]]:
+        """DA-CLIP's zero-shot degradation prediction per image: the ``top_k`` (name, probability) pairs.
+
+        Empty lists when the pipeline has no DA-CLIP (a plain baseline).
+        """
+        classify = getattr(self.embedder, "classify", None)
+        if classify is None:
+            return [[] for _ in range(lq.shape[0])]
+        if lq_clip is None:
+            lq_clip = self.clip_inputs(lq.to(self.device))
+        probs = classify(lq_clip.to(self.device), list(self.degradations))  # (B, K)
+        top = torch.topk(probs, k=min(top_k, probs.shape[1]), dim=1)
+        return [
+            [(self.degradations[j], float(p)) for p, j in zip(values, indices)]
+            for values, indices in zip(top.values.tolist(), top.indices.tolist())
+        ]
 
     @property
     def device(self) -> torch.device:
@@ -209,6 +286,21 @@ class LoadedRestorer:
     source: str  # "ours" or "official"
     daclip_sha256: str | None = None  # their content fingerprint (checkpoints written since it is recorded)
     path: str = ""  # the file this was loaded from
+
+    @property
+    def needs_daclip(self) -> bool:
+        """Whether the network is conditioned on DA-CLIP embeddings."""
+        return bool(
+            getattr(self.unet, "use_degra_context", False) or getattr(self.unet, "use_image_context", False)
+        )
+
+    def degradations(self) -> tuple[str, ...]:
+        """The degradation names the model was trained on (our checkpoints), else the paper's ten."""
+        data = self.config.get("data", {}) if isinstance(self.config, Mapping) else {}
+        names = data.get("degradations") if isinstance(data, Mapping) else None
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            return tuple(names)
+        return tuple(DEFAULT_DEGRADATIONS)
 
     def default_sampling(self) -> tuple[str, int | None]:
         """``(sampler, num_steps)`` this model was validated with in training (our checkpoints), else the

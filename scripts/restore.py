@@ -26,14 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.distributed import resolve_device  # noqa: E402
-from daclip.utils.experiment import UserError, run_main  # noqa: E402
-from data import DEFAULT_DEGRADATIONS  # noqa: E402
+from daclip.utils.experiment import run_main  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
-from irsde.pipeline import RestorationPipeline, load_restoration_checkpoint  # noqa: E402
+from irsde.pipeline import RestorationPipeline  # noqa: E402
 from irsde.restore import output_targets, restore_images  # noqa: E402
 from irsde.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
-from irsde.train import DaclipSection, build_embedder  # noqa: E402
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -85,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=_at_least(0), default=64, help="tile overlap in pixels")
     p.add_argument("--batch-size", type=_at_least(1), default=1, help="images (of equal size) per batch")
     p.add_argument(
-        "--degradations", nargs="+", default=list(DEFAULT_DEGRADATIONS), help="classifier vocabulary"
+        "--degradations",
+        nargs="+",
+        default=None,
+        help="classifier vocabulary (default: the degradations the checkpoint was trained on)",
     )
     p.add_argument(
         "--self-ensemble",
@@ -107,37 +107,26 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         # Inputs and output names are checked before the model is loaded.
         output_targets(LQImageDataset(args.input).paths, args.output)
-        device = resolve_device(args.device)
-        loaded = load_restoration_checkpoint(args.checkpoint)
-        sampler, steps = args.sampler, args.steps
-        if sampler is None:
-            sampler, recorded_steps = loaded.default_sampling()
-            steps = recorded_steps if steps is None else steps
-            print(
-                f"sampler: {sampler}, {steps or loaded.sde.T} network evaluation(s) per image "
-                "(the checkpoint's validation setting; --sampler / --steps to change)"
-            )
-        daclip_path = loaded.daclip_weights(args.daclip, option="--daclip") or ""
-        needs_daclip = loaded.unet.use_degra_context or loaded.unet.use_image_context
-        if needs_daclip and not daclip_path:
-            raise UserError(f"{args.checkpoint} is conditioned on DA-CLIP: pass --daclip <weights>")
-        embedder = (
-            build_embedder(DaclipSection(daclip_path, args.clip_model, args.model_config), device)
-            if daclip_path
-            else None
-        )
-        pipeline = RestorationPipeline(
-            loaded.unet.to(device),
-            loaded.sde.to(device),
-            embedder,
-            sampler=sampler,
-            num_steps=steps,
+        pipeline = RestorationPipeline.from_checkpoint(
+            args.checkpoint,
+            daclip=args.daclip,
+            clip_model=args.clip_model,
+            model_config=args.model_config,
+            device=args.device,
+            sampler=args.sampler,
+            num_steps=args.steps,
             order=args.order,
             grid=args.grid,
             tile=args.tile,
             tile_overlap=args.overlap,
             self_ensemble=args.self_ensemble,
         )
+        if args.sampler is None:
+            print(
+                f"sampler: {pipeline.sampler}, {pipeline.num_steps or pipeline.sde.T} network evaluation(s) "
+                "per image (the checkpoint's validation setting; --sampler / --steps to change)"
+            )
+        embedder = pipeline.embedder
         clip = {}
         if embedder is not None:
             clip = dict(clip_size=embedder.image_size, clip_mean=embedder.mean, clip_std=embedder.std)
@@ -146,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             pipeline,
             dataset,
             args.output,
-            degradations=args.degradations,
+            degradations=args.degradations or pipeline.degradations,
             batch_size=args.batch_size,
             seed=args.seed,
             overwrite=args.overwrite,
