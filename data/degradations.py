@@ -15,6 +15,8 @@ Every generator has the signature ``fn(img, rng, **params) -> img``:
   blur kernels are in pixels, as in the literature.
 
 Call a generator through :func:`degrade` (by name, with a seed) or directly.
+Several types at once (a rainy, hazy night): :func:`degrade_chain` applies them in the
+physical order :data:`CHAIN_ORDER`; :data:`CDD11_COMBINATIONS` lists the eleven sets of CDD-11.
 
 Adding a degradation type: write ``my_type(img, rng, *, strength=(0.1, 0.5))``
 following the contract above and add it to :data:`DEGRADATIONS` (or pass a
@@ -30,7 +32,7 @@ from __future__ import annotations
 import inspect
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +61,13 @@ __all__ = [
     "DEGRADATIONS",
     "degrade",
     "parameter_names",
+    "CHAIN_ORDER",
+    "CDD11_COMBINATIONS",
+    "COMBINATION_SEPARATOR",
+    "canonical_order",
+    "combination_name",
+    "parse_combination",
+    "degrade_chain",
 ]
 
 #: A fixed value or a ``(low, high)`` range drawn uniformly per call.
@@ -873,3 +882,124 @@ def degrade(img: np.ndarray, degradation: str, seed: int | np.random.Generator, 
     if out.shape != img.shape:  # a user-added generator must keep the size
         raise ValueError(f"degradation {degradation!r} changed the image shape {img.shape} -> {out.shape}")
     return _finish(out)
+
+
+# ----------------------------------------------------------------------------- chains of several types
+
+#: The order in which a chain applies its degradations, following the light from the scene to the
+#: stored file:
+#:
+#: 1. ``shadowed``: the scene's own illumination (a shadow falls on surfaces);
+#: 2. ``hazy``: scattering along the path from the scene to the camera;
+#: 3. ``rainy``, ``snowy``: precipitation between the haze and the camera (near, so unhazed);
+#: 4. ``motion-blurry``: camera shake during the exposure blurs everything in front of the lens,
+#:    falling rain and snow included;
+#: 5. ``raindrop``: drops on the lens move with the camera, so they are not shaken;
+#: 6. ``low-light``: under-exposure dims all the light that reached the sensor (haze, streaks and
+#:    flakes too: a bright fog or white flakes over a dark picture would be unphysical) and adds
+#:    read noise;
+#: 7. ``noisy``: further sensor noise on the recorded signal;
+#: 8. ``jpeg-compressed``: encoding of the noisy image;
+#: 9. ``uncompleted``: regions lost from the stored image (inpainting holes stay clean holes).
+#:
+#: ``wild`` is itself a chain and does not take part.
+CHAIN_ORDER: tuple[str, ...] = (
+    "shadowed",
+    "hazy",
+    "rainy",
+    "snowy",
+    "motion-blurry",
+    "raindrop",
+    "low-light",
+    "noisy",
+    "jpeg-compressed",
+    "uncompleted",
+)
+
+#: Joins the names of a combination (``"hazy+rainy"``); also the folder name of a mixed set.
+COMBINATION_SEPARATOR = "+"
+
+
+def canonical_order(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` sorted into :data:`CHAIN_ORDER`; an unknown or repeated name is a ``ValueError``."""
+    rank = {name: i for i, name in enumerate(CHAIN_ORDER)}
+    names = tuple(names)
+    for name in names:
+        if name not in rank:
+            raise ValueError(f"unknown degradation {name!r} in a chain; valid: {', '.join(CHAIN_ORDER)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"degradation(s) {repeated} listed twice in a chain")
+    if not names:
+        raise ValueError("empty degradation chain")
+    return tuple(sorted(names, key=rank.__getitem__))
+
+
+def combination_name(names: Sequence[str]) -> str:
+    """The canonical name of a combination: ``("rainy", "hazy")`` -> ``"hazy+rainy"``."""
+    return COMBINATION_SEPARATOR.join(canonical_order(names))
+
+
+def parse_combination(text: str) -> tuple[str, ...]:
+    """``"low-light+hazy"`` -> ``("hazy", "low-light")`` (canonical order; names are checked)."""
+    return canonical_order([part.strip() for part in text.split(COMBINATION_SEPARATOR)])
+
+
+#: The eleven degradation sets of CDD-11 (Guo et al., OneRestore, ECCV 2024), in its order: low
+#: light, haze, rain, snow, low+haze, low+rain, low+snow, haze+rain, haze+snow, low+haze+rain and
+#: low+haze+snow; each set in :data:`CHAIN_ORDER`.
+CDD11_COMBINATIONS: tuple[tuple[str, ...], ...] = tuple(
+    canonical_order(c)
+    for c in (
+        ("low-light",),
+        ("hazy",),
+        ("rainy",),
+        ("snowy",),
+        ("low-light", "hazy"),
+        ("low-light", "rainy"),
+        ("low-light", "snowy"),
+        ("hazy", "rainy"),
+        ("hazy", "snowy"),
+        ("low-light", "hazy", "rainy"),
+        ("low-light", "hazy", "snowy"),
+    )
+)
+
+
+def degrade_chain(
+    img: np.ndarray,
+    names: Sequence[str],
+    rng_or_seed: int | Sequence[int] | np.random.SeedSequence | np.random.Generator,
+    params: Mapping[str, Mapping[str, object]] | None = None,
+) -> np.ndarray:
+    """Apply several degradations in :data:`CHAIN_ORDER`, whatever order ``names`` come in.
+
+    Args:
+        img: ``(H, W, 3)`` RGB in ``[0, 1]``.
+        names: degradation types, each at most once (see :data:`CHAIN_ORDER`).
+        rng_or_seed: a generator (advanced; the steps draw from it one after the other, in chain
+            order) or a seed for a new one. A one-type chain equals :func:`degrade` with the same seed.
+        params: keyword parameters per type name, passed to its generator; entries for types not in
+            this chain are checked but unused, so one table can serve every chain.
+
+    Returns:
+        ``(H, W, 3)`` float32 in ``[0, 1]``.
+
+    Raises:
+        ValueError: an unknown or repeated type (naming it and listing the valid ones), or an
+            unknown parameter.
+    """
+    order = canonical_order(names)
+    params = dict(params or {})
+    for name, settings in params.items():
+        if name not in CHAIN_ORDER:
+            raise ValueError(f"parameters for unknown degradation {name!r}; valid: {', '.join(CHAIN_ORDER)}")
+        valid = parameter_names(DEGRADATIONS[name])
+        unknown = [] if valid is None else sorted(set(settings) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown} for {name!r}; valid: {valid}")
+    rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
+    out = _as_image(img)
+    for name in order:
+        out = degrade(out, name, rng, **params.get(name, {}))
+    return out

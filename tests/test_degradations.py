@@ -253,3 +253,72 @@ def test_wild_chain_degrades_and_keeps_the_size():
     assert degrade(img, "wild", 0, scale=1.0).shape == img.shape
     with pytest.raises(ValueError, match="scale"):
         wild_degradation(img, np.random.default_rng(0), WildConfig(scale=0.5))
+
+
+# ----------------------------------------------------------------------------- chains
+
+
+def test_cdd11_chains_keep_shape_range_and_are_finite():
+    from data.degradations import CDD11_COMBINATIONS, combination_name, degrade_chain
+
+    assert len(CDD11_COMBINATIONS) == 11 and len({combination_name(c) for c in CDD11_COMBINATIONS}) == 11
+    assert {n for c in CDD11_COMBINATIONS for n in c} == {"low-light", "hazy", "rainy", "snowy"}
+    assert sorted(len(c) for c in CDD11_COMBINATIONS) == [1] * 4 + [2] * 5 + [3] * 2
+    img = textured_image(24, 32)
+    for combo in CDD11_COMBINATIONS:
+        out = degrade_chain(img, combo, 3)
+        assert out.shape == img.shape and out.dtype == np.float32, combo
+        assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0, combo
+        assert np.abs(out - img).mean() > 0.002, combo  # sparse rain on a tiny image moves ~0.006
+
+
+def test_chain_order_is_canonical_and_one_type_chain_equals_degrade():
+    from data.degradations import (
+        CHAIN_ORDER,
+        canonical_order,
+        combination_name,
+        degrade_chain,
+        parse_combination,
+    )
+
+    assert set(CHAIN_ORDER) == set(DEFAULT_DEGRADATIONS)
+    img = smooth_image(24, 32)
+    a = degrade_chain(img, ["low-light", "rainy", "hazy"], 5)
+    b = degrade_chain(img, ["hazy", "low-light", "rainy"], 5)
+    np.testing.assert_array_equal(a, b)
+    # The order matters (else canonicalising would be untested): applied by hand, another order differs.
+    by_hand = degrade(
+        degrade(degrade(img, "hazy", rng := np.random.default_rng(5)), "rainy", rng), "low-light", rng
+    )
+    np.testing.assert_array_equal(a, by_hand)
+    reversed_order = degrade(
+        degrade(degrade(img, "low-light", rng := np.random.default_rng(5)), "rainy", rng), "hazy", rng
+    )
+    assert np.abs(reversed_order - a).max() > 0.05
+    assert canonical_order(["low-light", "hazy"]) == ("hazy", "low-light")
+    assert (
+        combination_name(("low-light", "hazy"))
+        == "hazy+low-light"
+        == "+".join(parse_combination("low-light+hazy"))
+    )
+    np.testing.assert_array_equal(degrade_chain(img, ["snowy"], 9), degrade(img, "snowy", 9))
+
+
+def test_chain_rejects_unknown_and_repeated_names_and_parameters():
+    from data.degradations import degrade_chain, parse_combination
+
+    img = smooth_image(16, 16)
+    with pytest.raises(
+        ValueError, match=r"unknown degradation 'foggy' in a chain; valid: shadowed, hazy"
+    ) as err:
+        degrade_chain(img, ["hazy", "foggy"], 0)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="unknown degradation 'wild'"):
+        parse_combination("wild+hazy")
+    with pytest.raises(ValueError, match="listed twice"):
+        degrade_chain(img, ["hazy", "hazy"], 0)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['bta'\] for 'hazy'"):
+        degrade_chain(img, ["hazy"], 0, params={"hazy": {"bta": 1.0}})
+    # Parameters reach their generator; parameters of types outside the chain are allowed.
+    fixed = degrade_chain(img, ["hazy"], 0, params={"hazy": {"beta": 0.0}, "noisy": {"sigma": 5.0}})
+    np.testing.assert_allclose(fixed, img, atol=1e-6)  # beta = 0: transmission 1, no haze
