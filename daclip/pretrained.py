@@ -6,8 +6,9 @@
 * a local file (an open_clip state dict, ``.bin``/``.pt``/``.safetensors``);
 * an open_clip tag such as ``laion2b_s34b_b79k``: taken from the Hugging Face
   cache if it is there; downloaded only when the hub answers a 3-second
-  connection probe. Offline, a missing tag fails at once with one line saying how
-  to pass a local file (open_clip's own download would retry for ~50 s).
+  connection probe (:func:`data.net.reachable`). Offline, a missing tag fails at
+  once with one line saying how to pass a local file (open_clip's own download
+  would retry for ~50 s).
 
 The CLIP architecture is an open_clip model config (``embed_dim``, ``vision_cfg``,
 ``text_cfg``): a built-in name (``ViT-B-32``, ``ViT-L-14``, ...) or a JSON file
@@ -22,12 +23,10 @@ import copy
 import json
 import os
 import pickle
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -41,6 +40,7 @@ from daclip.convert import (
 )
 from daclip.model import DaCLIP, check_vision_tower
 from daclip.utils.checkpoint import load_checkpoint
+from data.net import reachable
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 __all__ = [
@@ -57,7 +57,7 @@ __all__ = [
 
 #: Marks checkpoints written by this project (see :func:`daclip.train.make_checkpoint`).
 CHECKPOINT_FORMAT = "daclip-uir/daclip-v1"
-_PROBE_TIMEOUT_S = 3.0
+_PROBE_TIMEOUT_S = 3.0  #: seconds the connection probe (:func:`data.net.reachable`) waits
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 
@@ -169,21 +169,6 @@ def _cached_tag_file(tag_cfg: Mapping[str, Any], cache_dir: str | None) -> str |
     return None
 
 
-def _reachable(url: str, timeout: float = _PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection attempt to ``url``'s host (or the HTTPS proxy), with a short timeout."""
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    parsed = urlparse(proxy or url)
-    host = parsed.hostname
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    if not host:
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _offline_message(clip_model: str, tag: str) -> str:
     return (
         f"pretrained weights '{tag}' for {clip_model} are not available (not in the local cache and the "
@@ -222,7 +207,7 @@ def resolve_pretrained(clip_model: str, pretrained: str, cache_dir: str | None =
 
     offline = bool(getattr(hf_constants, "HF_HUB_OFFLINE", False))
     url = hf_constants.ENDPOINT if tag_cfg.get("hf_hub") else tag_cfg.get("url", "")
-    if offline or not url or not _reachable(url):
+    if offline or not url or not reachable(url, _PROBE_TIMEOUT_S):
         raise WeightsUnavailableError(_offline_message(clip_model, pretrained))
     try:
         return Path(open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir))

@@ -8,7 +8,8 @@ This module:
   folder, or a Hub id already in the Hugging Face cache, loads with
   ``local_files_only``; a Hub id that is not cached fails at once when downloads
   are disabled (``HF_HUB_OFFLINE=1``) and after a few seconds' reachability
-  probe otherwise, with a message saying how to get the model;
+  probe (:func:`data.net.reachable`) otherwise, with a message saying how to
+  get the model;
 * captions each distinct GT image once (GT files are identified by content, so
   the ten copies of a photo that ``make_dataset`` writes cost one caption);
 * is resumable: captions go to a cache file (``<csv folder>/.captions_cache/``)
@@ -26,13 +27,10 @@ import csv
 import hashlib
 import os
 import re
-import socket
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -41,6 +39,7 @@ from PIL import Image
 from data import DEFAULT_DEGRADATIONS
 from data.captions import CaptionRow, write_caption_csv
 from data.io import read_image
+from data.net import reachable
 from data.paired import ImagePair, find_pairs
 
 __all__ = [
@@ -63,28 +62,8 @@ class Captioner(Protocol):
 
 
 def _hub_reachable(timeout: float) -> bool:
-    """Whether the Hugging Face endpoint accepts a TCP connection within ``timeout`` seconds.
-
-    Runs in a daemon thread so that even a stuck DNS lookup cannot block longer.
-    """
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = (
-        endpoint.hostname or "huggingface.co",
-        endpoint.port or (443 if endpoint.scheme == "https" else 80),
-    )
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
+    """Whether the Hugging Face endpoint (``HF_ENDPOINT``) accepts a connection within ``timeout`` seconds."""
+    return reachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co", timeout)
 
 
 def _offline_env() -> bool:

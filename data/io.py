@@ -4,6 +4,9 @@ Images live in memory as ``float32`` NumPy arrays of shape ``(H, W, 3)``, RGB,
 values in ``[0, 1]``; tensors as ``(3, H, W)``. :func:`read_image` accepts any
 format Pillow reads (grayscale, RGBA, palette, 16-bit, CMYK; EXIF orientation is
 applied) and fails with :class:`ImageReadError` naming the file.
+
+:func:`atomic_open` is the project's one atomic file writer (temporary file, optional fsync,
+rename): images, caption CSVs, dataset manifests and checkpoints are all written through it.
 """
 
 from __future__ import annotations
@@ -172,22 +175,31 @@ def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor) -> Path
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", *, fsync: bool = False, **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a fresh temporary file next to ``path`` for writing; on success rename it to ``path``.
 
-    An interrupted write never leaves a truncated file under the final name, and on failure the
+    The one atomic writer of the project (images, CSVs, dataset manifests and, through
+    :func:`daclip.utils.checkpoint.save_checkpoint`, checkpoints). An interrupted or failed write
+    never leaves a truncated file under the final name, nor touches a file already there, and the
     temporary file is removed. The file gets the normal mode of a new file (``0o666`` less the
     umask; ``tempfile.mkstemp`` would give ``0o600``). ``mode`` is ``"wb"`` or ``"w"`` (then
-    ``kwargs`` such as ``encoding`` and ``newline`` go to :func:`open`).
+    ``kwargs`` such as ``encoding`` and ``newline`` go to :func:`open`). With ``fsync`` the data
+    is flushed to disk before the rename, so the new file survives a power loss too.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes a new file: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, mode.replace("w", "x"), **kwargs) as handle:
+        with open(tmp, mode.replace("w", "x"), **kwargs) as handle:  # "x": mode 0o666 & ~umask
             yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # keep the original error
+            tmp.unlink(missing_ok=True)
         raise

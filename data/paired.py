@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, get_worker_info
 from data import DEFAULT_DEGRADATIONS
 from data.captions import CaptionRow, write_caption_csv
 from data.degradations import DEGRADATIONS, DegradationFn, parameter_names
-from data.io import image_to_tensor, is_image_file, list_images, read_image, write_image
+from data.io import atomic_open, image_to_tensor, is_image_file, list_images, read_image, write_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 
 __all__ = [
@@ -299,7 +299,9 @@ class PairedDataset(Dataset):
         return {
             "lq": image_to_tensor(lq),  # (3, H, W)
             "gt": image_to_tensor(gt),  # (3, H, W)
-            "lq_clip": clip_transform(clip_source, self.clip_size, self.clip_mean, self.clip_std),  # (3, S, S)
+            "lq_clip": clip_transform(
+                clip_source, self.clip_size, self.clip_mean, self.clip_std
+            ),  # (3, S, S)
             "degradation": pair.degradation,
             "degradation_index": self.degradations.index(pair.degradation),
             "lq_path": str(pair.lq_path),
@@ -405,9 +407,10 @@ def claim_output_root(
 
 
 def _write_manifest(path: Path, identity: object, *, complete: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"identity": identity, "complete": complete}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(
+            json.dumps({"identity": identity, "complete": complete}, indent=2, sort_keys=True) + "\n"
+        )
 
 
 def finish_output_root(root: Path, manifest: str, identity: dict) -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from daclip.utils.experiment import run_main
 from data import DEFAULT_DEGRADATIONS
-from data.io import ImageReadError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,26 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; user errors print one line to stderr and return 2."""
     args = build_parser().parse_args(argv)
-    from data.captioning import DEFAULT_BLIP, BlipCaptioner, caption_paired_dataset
 
-    model = args.model or DEFAULT_BLIP
-    device = args.device
-    if device == "auto":
-        import torch
+    def run() -> int:
+        from daclip.utils.distributed import resolve_device
+        from data.captioning import DEFAULT_BLIP, BlipCaptioner, caption_paired_dataset
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = args.model or DEFAULT_BLIP
+        try:  # auto: CUDA if available, else CPU; cuda without a GPU is a one-line error
+            device = resolve_device(args.device)
+        except (ValueError, RuntimeError) as err:  # RuntimeError: torch.device() of a bad name
+            reason = (
+                str(err)
+                .strip()
+                .splitlines()[0]
+                .removeprefix("experiment.device: ")
+                .removeprefix(f"'{args.device}' ")
+            )
+            raise ValueError(f"--device {args.device!r}: {reason}") from None
 
-    def load() -> BlipCaptioner:
-        return BlipCaptioner.from_pretrained(
-            model,
-            device=device,
-            local_files_only=args.local_files_only,
-            cache_dir=args.cache_dir,
-            max_new_tokens=args.max_new_tokens,
-        )
+        def load() -> BlipCaptioner:
+            return BlipCaptioner.from_pretrained(
+                model,
+                device=device,
+                local_files_only=args.local_files_only,
+                cache_dir=args.cache_dir,
+                max_new_tokens=args.max_new_tokens,
+            )
 
-    degradations = [d.strip() for d in args.degradations.split(",") if d.strip()]
-    try:
+        degradations = [d.strip() for d in args.degradations.split(",") if d.strip()]
         result = caption_paired_dataset(
             args.root,
             args.out,
@@ -83,14 +91,13 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError, ImageReadError, ImportError) as err:
-        print(f"error: {err}".splitlines()[0], file=sys.stderr)
-        return 2
-    print(
-        f"{result.rows} rows written to {result.csv_path} ({result.unique_images} distinct GT images, "
-        f"{result.captioned} captioned now, {result.empty} empty captions replaced)"
-    )
-    return 0
+        print(
+            f"{result.rows} rows written to {result.csv_path} ({result.unique_images} distinct GT images, "
+            f"{result.captioned} captioned now, {result.empty} empty captions replaced)"
+        )
+        return 0
+
+    return run_main(run, extra_errors=(ImportError,))
 
 
 if __name__ == "__main__":

@@ -356,3 +356,14 @@ def test_bom_csv_reads_and_appends_and_non_utf8_names_file_and_row(tmp_path):
         read_caption_table(table)
     table.write_bytes("img0.png\tun café\r\n".encode("utf-8-sig"))
     assert read_caption_table(table) == {"img0": "un café"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_make_captions_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    from scripts.make_captions import main
+
+    argv = ["--root", str(tmp_path), "--out", str(tmp_path / "c.csv"), "--device", "cuda"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --device 'cuda'") and "no CUDA device" in err
+    assert not (tmp_path / "c.csv").exists()

@@ -150,3 +150,26 @@ def test_written_files_get_the_normal_mode_and_no_temporary_is_left(tmp_path, mo
     with pytest.raises(OSError, match="No space left"):
         write_image(tmp_path / "broken.png", np.zeros((2, 2, 3)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "out.png"]
+
+
+def test_atomic_open_keeps_the_old_file_when_a_write_fails_midway(tmp_path):
+    from data.io import atomic_open
+
+    target = tmp_path / "table.csv"
+    target.write_text("old\n")
+    for fsync in (False, True):
+
+        class Midway(Exception):
+            pass
+
+        with pytest.raises(Midway), atomic_open(target, "w", fsync=fsync, encoding="utf-8") as handle:
+            handle.write("new, but only the first half")
+            handle.flush()  # the bytes reach the temporary file, not the target
+            raise Midway
+        assert target.read_text() == "old\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]  # no temporary file left
+    with atomic_open(target, "wb", fsync=True) as handle:
+        handle.write(b"new\n")
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    with pytest.raises(ValueError, match="mode must be"), atomic_open(target, "a"):
+        pass

@@ -328,3 +328,36 @@ def test_image_pair_check_reads_headers_and_names_the_bad_file(tmp_path):
         check_image_pairs([(lq, gt), (broken, gt)], "val")
     with pytest.raises(ImageReadError, match="missing.png"):
         check_images([lq, tmp_path / "missing.png"], "val")
+
+
+def test_the_shared_reachability_probe_is_quick_and_honours_the_proxy(monkeypatch):
+    import socket
+    import time
+
+    from data.net import reachable
+
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    with socket.socket() as server:  # a listening port is reachable
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert reachable(f"http://127.0.0.1:{port}/some/file", timeout=2.0)
+    start = time.monotonic()  # the same port, closed now: refused at once
+    assert not reachable(f"http://127.0.0.1:{port}", timeout=2.0)
+    assert time.monotonic() - start < 2.0
+    assert not reachable("not a url", timeout=2.0)  # no host
+
+    probed = []
+
+    def stuck(address, timeout):  # a DNS lookup that never returns
+        probed.append(address)
+        time.sleep(5)
+        raise OSError("name resolution timed out")
+
+    monkeypatch.setattr(socket, "create_connection", stuck)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    start = time.monotonic()
+    assert not reachable("https://huggingface.co", timeout=0.2)
+    assert time.monotonic() - start < 2.0  # bounded by timeout + 0.5 s, not by the stuck lookup
+    assert probed == [("proxy.example", 3128)]  # where a download would connect

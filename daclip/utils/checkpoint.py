@@ -2,8 +2,9 @@
 
 Checkpoints are plain dicts of tensors, numbers, strings, lists and dicts, so they
 load with ``torch.load(..., weights_only=True)``: a checkpoint downloaded from the
-internet cannot run code. Writes go to a temporary file that is renamed into
-place, so a crash never leaves a truncated checkpoint under the final name; a
+internet cannot run code. Writes go through the project's one atomic writer,
+:func:`data.io.atomic_open` (a temporary file, fsynced and renamed into place),
+so a crash never leaves a truncated checkpoint under the final name; a
 failed write (a full disk) is one :class:`CheckpointWriteError` naming the file
 and the OS error, and weights that are not finite are never written
 (:class:`NonFiniteWeightsError`).
@@ -18,7 +19,6 @@ import os
 import pickle
 import random
 import re
-import secrets
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from data.io import atomic_open
 
 from .experiment import UserError
 
@@ -102,7 +104,7 @@ def _is_io_failure(err: BaseException) -> bool:
 
 
 def save_checkpoint(path: str | os.PathLike, obj: Mapping[str, Any], *, check_finite: bool = True) -> Path:
-    """Atomically write ``obj`` with ``torch.save`` (temporary file, fsync, ``os.replace``).
+    """Atomically write ``obj`` with ``torch.save`` through :func:`data.io.atomic_open` (with fsync).
 
     The file gets the normal mode of a new file (``0o666`` less the umask). On any failure the
     temporary file is removed and a file already at ``path`` is left as it was.
@@ -121,27 +123,17 @@ def save_checkpoint(path: str | os.PathLike, obj: Mapping[str, Any], *, check_fi
                 f"not writing checkpoint {path}: {bad[0]}{more} hold NaN or Inf "
                 "(the checkpoints already written are kept)"
             )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as handle:  # "x": a fresh file, mode 0o666 & ~umask
+        with atomic_open(path, "wb", fsync=True) as handle:  # removes its temporary file on failure
             torch.save(dict(obj), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         if not _is_io_failure(err):
             raise  # not an I/O failure: a bug, keep its traceback
         raise CheckpointWriteError(
             f"could not write checkpoint {path}: {_os_error_text(err, path.parent)} "
             "(any earlier checkpoint there is unchanged)"
         ) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
