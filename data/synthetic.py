@@ -612,7 +612,7 @@ def make_mixed_dataset(
         "max_size": max_size,
         "params": params,
     }
-    claim_output_root(root, MANIFEST_NAME, identity, names, overwrite=overwrite)
+    complete = claim_output_root(root, MANIFEST_NAME, identity, names, overwrite=overwrite)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -636,5 +636,6 @@ def make_mixed_dataset(
                 bar.update(1)
     if bar is not None:
         bar.close()
-    finish_output_root(root, MANIFEST_NAME, identity)
+    if written or not complete:  # a finished set is left untouched
+        finish_output_root(root, MANIFEST_NAME, identity)
     return MixedDataset(root, tuple(names), written, skipped)

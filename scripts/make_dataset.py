@@ -10,12 +10,22 @@ Examples::
     # The demo dataset (all ten types, photos shipped with scikit-image), in seconds.
     python scripts/make_dataset.py --demo --out demo_data
 
+    # A fixed test set of mixed degradations: CDD-11's eleven sets, or your own.
+    python scripts/make_dataset.py --mixed --source photos/ --out datasets/mixed_test
+    python scripts/make_dataset.py --mixed --source photos/ --out datasets/mixed_test \\
+        --combinations low-light+hazy,hazy+rainy
+
 Writes ``<out>/{train,val}/<degradation>/{LQ,GT}/<name>.png`` and
 ``<out>/{train,val}.csv`` (DA-CLIP caption CSVs of the LQ images). Without
 ``--captions`` (a TSV ``<image name><TAB><caption>``), images get the generic
 caption ``"a photo"``; run ``scripts/make_captions.py`` afterwards to replace the
 captions with BLIP captions. Reruns skip finished pairs; a different dataset in
 ``--out`` is never overwritten without ``--overwrite``.
+
+``--mixed`` writes every clean image under every combination, no split and no CSV:
+``<out>/<combination>/{LQ,GT}/<name>.png``, where the folder is the combination's canonical
+name (its types in the physical chain order, joined by ``+``: ``hazy+low-light``); read it with
+``PairedDataset(out, [those names], mode="eval")``.
 """
 
 from __future__ import annotations
@@ -74,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=128, help="--demo: crop size")
     parser.add_argument("--n-train", type=int, default=33, help="--demo: training images per type")
     parser.add_argument("--n-val", type=int, default=4, help="--demo: validation images per type")
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="build a test set of mixed degradations from --source (CDD-11's eleven sets by default)",
+    )
+    parser.add_argument(
+        "--combinations",
+        help="--mixed: comma-separated sets of types joined by '+' (e.g. low-light+hazy,hazy+rainy)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -82,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> str:
     """Build what ``args`` asks for; returns a one-line summary."""
     degradations = [d.strip() for d in args.degradations.split(",") if d.strip()]
+    if args.demo and args.mixed:
+        raise ValueError("--demo and --mixed build different datasets: give one of them")
+    if args.combinations is not None and not args.mixed:
+        raise ValueError("--combinations needs --mixed")
     if args.demo:
         from data.demo import build_demo_dataset
 
@@ -97,6 +120,29 @@ def run(args: argparse.Namespace) -> str:
         return f"demo dataset ready in {paths.root} (captions: {paths.train_csv}, {paths.val_csv})"
     if args.source is None:
         raise ValueError("give --source <folder of clean images> or --demo")
+    if args.mixed:
+        from data.degradations import CDD11_COMBINATIONS, parse_combination
+        from data.synthetic import make_mixed_dataset
+
+        combinations = (
+            [parse_combination(c) for c in args.combinations.split(",") if c.strip()]
+            if args.combinations is not None
+            else CDD11_COMBINATIONS
+        )
+        mixed = make_mixed_dataset(
+            args.source,
+            args.out,
+            combinations,
+            seed=args.seed,
+            max_size=args.max_size,
+            params=parse_params(args.param),
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+        return (
+            f"{mixed.written} pairs written, {mixed.skipped} already there, in {mixed.root}: "
+            f"{', '.join(mixed.combinations)}"
+        )
     from data.captions import read_caption_table
     from data.paired import make_paired_dataset
 

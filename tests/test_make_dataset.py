@@ -199,3 +199,46 @@ def test_demo_dataset_via_script_is_complete_and_idempotent(tmp_path, capsys):
     capsys.readouterr()
     build_demo_dataset(out, size=48, n_train=2, n_val=1, overwrite=True)
     assert read_image(next((out / "train" / "noisy" / "GT").iterdir())).shape == (48, 48, 3)
+
+
+def test_mixed_writes_the_eleven_cdd11_sets_that_paired_dataset_reads(tmp_path, clean_folder, capsys):
+    from data.degradations import CDD11_COMBINATIONS, combination_name, degrade_chain
+    from data.paired import pair_seed
+
+    out = tmp_path / "mixed"
+    argv = ["--mixed", "--source", str(clean_folder), "--out", str(out), "--seed", "3", "--no-progress"]
+    assert main(argv) == 0
+    assert "44 pairs written" in capsys.readouterr().out  # 4 images x 11 sets
+    names = [combination_name(c) for c in CDD11_COMBINATIONS]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
+    dataset = PairedDataset(out, names, mode="eval", clip_size=32)
+    assert len(dataset) == 44 and dataset.degradation_of(0) == names[0]
+    item = dataset[dataset.eval_indices()["hazy+rainy+low-light"][0]]
+    assert item["lq"].shape == item["gt"].shape and item["degradation"] == "hazy+rainy+low-light"
+    # Deterministic from --seed: the LQ is the chain of the GT under the pair's seed (to 8-bit rounding).
+    pair = next(p for p in dataset.pairs if p.degradation == "hazy+snowy" and p.name == "dog")
+    gt = read_image(pair.gt_path)
+    expected = degrade_chain(gt, ("hazy", "snowy"), np.random.default_rng(pair_seed(3, "hazy+snowy", "dog")))
+    np.testing.assert_allclose(read_image(pair.lq_path), expected, atol=1.5 / 255)
+    before = _snapshot(out)
+    assert main(argv) == 0 and "0 pairs written, 44 already there" in capsys.readouterr().out
+    assert _snapshot(out) == before
+
+
+def test_mixed_with_chosen_combinations_and_its_errors(tmp_path, clean_folder, capsys):
+    out = tmp_path / "mixed"
+    argv = ["--mixed", "--source", str(clean_folder), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--combinations", "low-light+hazy,rainy+hazy"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("hazy+low-light, hazy+rainy")
+    assert PairedDataset(out, ["hazy+low-light", "hazy+rainy"], mode="eval").pairs
+    for extra, message in [
+        (["--combinations", "hazy+foggy"], "unknown degradation 'foggy' in a chain; valid: shadowed"),
+        (["--combinations", "hazy+rainy,rainy+hazy"], "listed twice"),
+        (["--combinations", "hazy", "--param", "hazy.bta=1"], "unknown parameter(s) ['bta'] for 'hazy'"),
+        (["--demo"], "--demo and --mixed"),
+    ]:
+        assert main([*argv[:-3], "--out", str(tmp_path / "other"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, extra
+    assert main(["--source", str(clean_folder), "--out", str(tmp_path / "o"), "--combinations", "hazy"]) == 2
+    assert "--combinations needs --mixed" in capsys.readouterr().err
