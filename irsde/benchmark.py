@@ -16,7 +16,6 @@ import platform
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch

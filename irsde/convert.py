@@ -8,6 +8,7 @@ Loading is strict: a missing key, an unexpected key or a shape mismatch is an er
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from daclip.utils.checkpoint import load_checkpoint
 from daclip.utils.checkpoint import unwrap_state_dict as _unwrap
-from irsde.unet import UNET_PRESETS, ConditionalUNet
+from irsde.unet import UNET_PRESETS, ConditionalUNet, UNetConfig
 
 __all__ = [
     "convert_official_state_dict",
@@ -40,15 +41,15 @@ def convert_official_state_dict(sd: Mapping[str, Any]) -> dict[str, Tensor]:
     return unwrap_state_dict(sd)
 
 
-def infer_unet_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
-    """The ``ConditionalUNet`` arguments that produce the shapes of (converted) state dict ``sd``.
+def infer_unet_config(sd: Mapping[str, Tensor]) -> UNetConfig:
+    """The :class:`UNetConfig` whose U-Net has the shapes of (converted) state dict ``sd``.
 
     Falls back to the released configuration for anything the keys do not reveal.
 
     Raises:
         ValueError: the shapes are inconsistent with any ConditionalUNet.
     """
-    config = dict(UNET_PRESETS["universal-ir"])
+    config = dataclasses.replace(UNET_PRESETS["universal-ir"])
     if "init_conv.weight" not in sd or "final_conv.weight" not in sd:
         return config  # not enough to go on; the strict load will name what is missing
     nf, in2 = sd["init_conv.weight"].shape[:2]
@@ -65,22 +66,22 @@ def infer_unet_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
         ch_mult.append(int(sd[key].shape[0]) // int(nf))
     use_degra = "prompt" in sd
     use_image = any(".transformer_blocks." in k for k in sd)
-    context_dim = config["context_dim"]
+    context_dim = config.context_dim
     if use_degra and "text_mlp.0.weight" in sd:
         context_dim = int(sd["text_mlp.0.weight"].shape[1])
     elif use_image:
         key = next(k for k in sd if k.endswith("attn2.to_k.weight"))
         context_dim = int(sd[key].shape[1])
-    config.update(
+    return dataclasses.replace(
+        config,
         in_nc=int(in2) // 2,
         out_nc=int(sd["final_conv.weight"].shape[0]),
         nf=int(nf),
-        ch_mult=tuple(ch_mult),
+        ch_mult=ch_mult,
         context_dim=context_dim,
         use_degra_context=use_degra,
         use_image_context=use_image,
     )
-    return config
 
 
 def _name(source: Any) -> str:
@@ -118,7 +119,7 @@ def _mismatch_message(name: str, model: ConditionalUNet, sd: Mapping[str, Tensor
 def load_official_unet(
     source: str | os.PathLike | Mapping[str, Tensor],
     *,
-    config: dict | None = None,
+    config: UNetConfig | Mapping[str, Any] | None = None,
     map_location: Any = "cpu",
 ) -> ConditionalUNet:
     """Build a :class:`ConditionalUNet` and load official (or our) U-Net weights into it, strictly.
@@ -127,8 +128,8 @@ def load_official_unet(
         source: a ``.pth``/``.pt`` file (loaded with ``weights_only=True``) or an in-memory state dict,
             bare or wrapped (``{"state_dict": ...}``, ``"params"``, ``"model"``), with or without a
             ``module.`` prefix.
-        config: ``ConditionalUNet`` arguments; by default inferred from the weights' shapes (the
-            released configuration for ``universal-ir.pth``).
+        config: the U-Net's :class:`UNetConfig` (or its dict); by default inferred from the weights'
+            shapes (the released configuration for ``universal-ir.pth``).
         map_location: passed to ``torch.load``; a device (string or ``torch.device``) is also where
             the model is built.
 
@@ -153,7 +154,15 @@ def load_official_unet(
         sd = convert_official_state_dict(obj)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    cfg = infer_unet_config(sd) if config is None else dict(config)
+    if config is None:
+        cfg = infer_unet_config(sd)
+    elif isinstance(config, UNetConfig):
+        cfg = config
+    else:
+        try:
+            cfg = UNetConfig(**config)
+        except TypeError as err:  # an unknown or missing argument name
+            raise ValueError(f"bad U-Net config {dict(config)}: {err}") from None
     try:
         device = (
             torch.device(map_location)
@@ -164,11 +173,8 @@ def load_official_unet(
         device = torch.device("cpu")
 
     # Build without random initialisation (meta), check, then allocate and fill every parameter.
-    try:
-        with torch.device("meta"):
-            model = ConditionalUNet(**cfg)
-    except TypeError as err:  # an unknown or missing argument name
-        raise ValueError(f"bad U-Net config {cfg}: {err}") from None
+    with torch.device("meta"):
+        model = ConditionalUNet.from_config(cfg)
     message = _mismatch_message(name, model, sd)
     if message is not None:
         raise ValueError(message)

@@ -28,7 +28,7 @@ from .convert import load_official_unet
 from .samplers import GridName, SamplerName, check_sampler_options, sample
 from .sde import IRSDE, PredictionType
 from .tiling import TiledModel
-from .unet import ConditionalUNet
+from .unet import ConditionalUNet, UNetConfig
 
 #: Marks our stage-2 checkpoints (written by :func:`irsde.train.train`).
 IR_CHECKPOINT_FORMAT = "daclip-uir/irsde-v1"
@@ -352,7 +352,7 @@ def load_restoration_checkpoint(
         raise ValueError(f"{path} is a DA-CLIP (stage-1) checkpoint, not a restoration model")
     if fmt == IR_CHECKPOINT_FORMAT:
         cfg = obj["config"]
-        unet = ConditionalUNet(**_unet_kwargs(cfg["model"]))
+        unet = ConditionalUNet.from_config(UNetConfig.from_mapping(cfg["model"]))
         weights = obj["ema"] if use_ema and obj.get("ema") is not None else obj["model"]
         try:
             missing, unexpected = unet.load_state_dict(weights, strict=False)
@@ -376,20 +376,3 @@ def load_restoration_checkpoint(
         )
     unet = load_official_unet(obj)
     return LoadedRestorer(unet.eval(), IRSDE(**PAPER_SDE), None, None, "official", path=str(path))
-
-
-def _unet_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    keys = (
-        "in_nc",
-        "out_nc",
-        "nf",
-        "ch_mult",
-        "context_dim",
-        "use_degra_context",
-        "use_image_context",
-        "prediction",
-    )
-    kwargs = {k: model_cfg[k] for k in keys if k in model_cfg}
-    if "ch_mult" in kwargs:
-        kwargs["ch_mult"] = tuple(kwargs["ch_mult"])
-    return kwargs

@@ -1,11 +1,13 @@
 """Stage 2: train the IR-SDE conditional U-Net on a frozen DA-CLIP (``scripts/train_ir.py``).
 
-The loop is one plain function over a config dataclass (:class:`IRTrainConfig`). Each step: embed
-the LQ patches with the frozen DA-CLIP (no grad), draw ``t`` uniformly on 1..T and the forward
-noise, predict the noise with the U-Net, and minimise the paper's maximum-likelihood loss (L1
-between the reverse-SDE step mean and the optimal posterior mean). AdamW, cosine decay to a floor,
-EMA of the weights, optional gradient clipping and bf16 autocast, torchrun data parallel,
-periodic validation with a sampler, TensorBoard, and exact resume.
+The config is :class:`IRTrainConfig`; :class:`IRStage` supplies what stage 2 adds to the run
+lifecycle both stages share (:func:`daclip.utils.lifecycle.run_training`: setup, resume, run folder,
+logging every ``log_every`` steps, atomic checkpoints, cleanup). Each step: embed the LQ patches with
+the frozen DA-CLIP (no grad), draw ``t`` uniformly on 1..T and the forward noise, run the U-Net, and
+minimise the configured loss (the paper's maximum-likelihood loss for noise prediction: L1 between
+the reverse-SDE step mean and the optimal posterior mean; L1 on x̂_0 for the data predictions).
+AdamW, cosine decay to a floor, EMA of the weights, optional gradient clipping and bf16 autocast,
+torchrun data parallel, periodic validation with a sampler, TensorBoard, and exact resume.
 
 Exact resume: the data order is a per-epoch permutation fixed by (seed, epoch), the dataset's
 augmentation randomness is keyed by the sample's position in that order, and the timestep/noise
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,36 +28,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from daclip.utils.checkpoint import (
-    file_fingerprint,
-    get_rng_state,
-    load_checkpoint,
-    prune_checkpoints,
-    require_format,
-    save_checkpoint,
-    set_rng_state,
-)
-from daclip.utils.config import ConfigError, spec, to_dict
-from daclip.utils.distributed import (
-    DistInfo,
-    all_reduce_mean,
-    barrier,
-    cleanup_distributed,
-    init_distributed,
-    main_rank_call,
-)
-from daclip.utils.experiment import (
-    ExperimentConfig,
-    NonFiniteGuard,
-    UserError,
-    autocast,
-    open_run_dir,
-    plan_resume,
-    progress_bar,
-    seed_everything,
-    setup_logger,
-    write_run_info,
-)
+from daclip.inference import DaCLIPSection, build_embedder
+from daclip.utils.checkpoint import file_fingerprint, require_format
+from daclip.utils.config import ConfigError, spec
+from daclip.utils.distributed import is_distributed
+from daclip.utils.experiment import ExperimentConfig, UserError, autocast
+from daclip.utils.lifecycle import RunContext, Stage, StepResult, run_training
 from daclip.utils.optim import cosine_warmup_lambda
 from daclip.utils.preflight import check_image_pairs
 from data import DEFAULT_DEGRADATIONS
@@ -64,51 +41,24 @@ from data import DEFAULT_DEGRADATIONS
 from .losses import build_loss
 from .metrics import psnr
 from .pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
-from .pipeline import Embedder, RestorationPipeline
+from .pipeline import RestorationPipeline
 from .samplers import make_timesteps
 from .sde import IRSDE
-from .unet import ConditionalUNet
+from .unet import ConditionalUNet, UNetConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "DaclipSection",
-    "UNetSection",
+    "DaCLIPSection",
+    "IRStage",
     "SDESection",
     "IRDataSection",
     "IRTrainSection",
     "IRTrainConfig",
-    "build_embedder",
     "train",
 ]
 
 
 # ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class DaclipSection:
-    """The frozen DA-CLIP: our stage-1 checkpoint or the released ``daclip_ViT-B-32.pt``."""
-
-    checkpoint: str = spec("", must_exist=True, help="'' = no DA-CLIP (plain IR-SDE baseline)")
-    clip_model: str = spec("ViT-B-32", help="open_clip architecture of a released checkpoint")
-    model_config: str = spec("", must_exist=True, help="open_clip JSON for a custom architecture")
-
-
-@dataclass
-class UNetSection:
-    in_nc: int = spec(3, minimum=1)
-    out_nc: int = spec(3, minimum=1)
-    nf: int = spec(64, minimum=1)
-    ch_mult: list[int] = spec(default_factory=lambda: [1, 2, 4, 8], minimum=1)
-    context_dim: int = spec(512, minimum=1)
-    use_degra_context: bool = True
-    use_image_context: bool = True
-    grad_checkpointing: bool = False
-    prediction: Literal["noise", "x0", "residual"] = spec(
-        "noise",
-        help="what the U-Net outputs: noise (the paper, released weights), x0, or residual = x0 - LQ "
-        "(starts as the identity; trains well in few steps)",
-    )
 
 
 @dataclass
@@ -179,8 +129,8 @@ class IRTrainConfig:
     """Everything ``scripts/train_ir.py`` reads from ``configs/universal_ir.yml``."""
 
     experiment: ExperimentConfig = field(default_factory=lambda: ExperimentConfig(name="universal-ir"))
-    daclip: DaclipSection = field(default_factory=DaclipSection)
-    model: UNetSection = field(default_factory=UNetSection)
+    daclip: DaCLIPSection = field(default_factory=DaCLIPSection)
+    model: UNetConfig = field(default_factory=UNetConfig)
     sde: SDESection = field(default_factory=SDESection)
     data: IRDataSection = field(default_factory=IRDataSection)
     train: IRTrainSection = field(default_factory=IRTrainSection)
@@ -201,32 +151,9 @@ class IRTrainConfig:
 # ----------------------------------------------------------------------------- pieces
 
 
-def build_embedder(section: DaclipSection, device: torch.device) -> Embedder | None:
-    """The frozen DA-CLIP named by ``section`` (None for the plain IR-SDE baseline)."""
-    if not section.checkpoint:
-        return None
-    from daclip.inference import load_frozen_daclip
-
-    return load_frozen_daclip(
-        section.checkpoint,
-        clip_model=section.clip_model,
-        model_config=section.model_config or None,
-        device=device,
-    )
-
-
-def build_unet(section: UNetSection) -> ConditionalUNet:
-    return ConditionalUNet(
-        in_nc=section.in_nc,
-        out_nc=section.out_nc,
-        nf=section.nf,
-        ch_mult=tuple(section.ch_mult),
-        context_dim=section.context_dim,
-        use_degra_context=section.use_degra_context,
-        use_image_context=section.use_image_context,
-        use_checkpoint=section.grad_checkpointing,
-        prediction=section.prediction,
-    )
+def build_unet(config: UNetConfig) -> ConditionalUNet:
+    """The (randomly initialised) U-Net of the ``model:`` section."""
+    return ConditionalUNet.from_config(config)
 
 
 @torch.no_grad()
@@ -323,266 +250,240 @@ def _image_grid(rows: list[Tensor]) -> Tensor:
     return torch.cat(padded, dim=1).clamp(0, 1)  # (3, sum H, max 3W)
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the stage
 
 
 _RESUME_KEYS = ("model", "ema", "optimizer", "scheduler", "step", "rng", "generator")
 
 
-def _check_resumable(state: Any, path: Path, daclip_record: dict[str, Any] | None) -> str | None:
-    """One-line errors for a checkpoint that cannot resume stage 2; returns a warning for another DA-CLIP."""
-    require_format(state, path, CHECKPOINT_FORMAT, "a stage-2 (restoration) training checkpoint")
-    missing = [key for key in _RESUME_KEYS if key not in state]
-    if missing:
-        raise UserError(
-            f"{path} holds restoration weights without the training state {missing} needed to resume"
+class IRStage(Stage):
+    """Stage 2 for :func:`daclip.utils.lifecycle.run_training`: the restorer, its loss, its validation."""
+
+    logger_name = "irsde"
+    checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_prefix = "step_"
+
+    def __init__(self, cfg: IRTrainConfig) -> None:
+        self.cfg = cfg
+        train = cfg.train
+        self.total_steps, self.log_every, self.keep_last = train.total_steps, train.log_every, train.keep_last
+        self.max_nonfinite_steps = train.max_nonfinite_steps
+
+    # -- setup: everything that can fail on the user's inputs, before the run folder exists
+
+    def setup(self, run: RunContext) -> None:
+        cfg, device, info = self.cfg, run.device, run.info
+        if not cfg.data.train_root:
+            raise ConfigError("data.train_root: required (a folder <root>/<degradation>/{LQ,GT}/)")
+        self.run = run
+        self.embedder = build_embedder(cfg.daclip, device)
+        # The DA-CLIP weights, recorded in every checkpoint by absolute path and content (sha256).
+        self.daclip_record = (
+            file_fingerprint(cfg.daclip.checkpoint) if cfg.daclip.checkpoint and info.is_main else None
         )
-    recorded = state.get("daclip")
-    if daclip_record and isinstance(recorded, dict) and recorded.get("sha256") != daclip_record["sha256"]:
-        return (
-            f"daclip.checkpoint {daclip_record['path']} is not the DA-CLIP {path} was trained with "
-            f"({recorded.get('path')}, sha256 {str(recorded.get('sha256'))[:12]}...)"
+        self.train_set, self.val_set, self.val_indices = self._datasets()
+        self.sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
+        self.unet = build_unet(cfg.model).to(device)
+        self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
+        self.model: nn.Module = self.unet
+        if info.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.unet, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.loss_fn = build_loss(cfg.train.loss, self.sde, cfg.train.loss_kind, cfg.model.prediction)
+        train = cfg.train
+        self.optimizer = torch.optim.AdamW(
+            self.unet.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
         )
-    return None
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            cosine_warmup_lambda(train.total_steps, train.warmup_steps, train.lr_min / train.lr),
+        )
+        # Timesteps and forward noise: one generator per rank, checkpointed (see rank_state).
+        self.generator = torch.Generator(device=device).manual_seed(cfg.experiment.seed * 1000 + info.rank)
+        self.train_grid = None
+        if train.timestep_grid is not None:
+            self.train_grid = make_timesteps(self.sde.T, train.timestep_grid).to(device)
+        self.sampler = EpochSampler(
+            len(self.train_set), train.batch_size, info.rank, info.world_size, cfg.experiment.seed
+        )
+        if self.sampler.batches_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size: {train.batch_size} x {info.world_size} GPU(s) exceeds the "
+                f"{len(self.train_set)} training pairs"
+            )
+        self.loader = DataLoader(
+            KeyedDataset(self.train_set, cfg.experiment.seed),
+            batch_size=train.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+        )
 
+    def _datasets(self) -> tuple[Any, Any, list[int]]:
+        """Training pairs, and the validation pairs (headers checked now) with the subset validated."""
+        from data.paired import PairedDataset  # datasets are only needed when training
 
-def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None) -> Path:
-    """Run stage-2 training as configured; returns the run folder."""
-    from data.paired import PairedDataset  # datasets are only needed when training
-
-    if not cfg.data.train_root:
-        raise ConfigError("data.train_root: required (a folder <root>/<degradation>/{LQ,GT}/)")
-    dist_info: DistInfo = init_distributed(cfg.experiment.device)
-    device = dist_info.device
-    # The run folder is written only after everything that can fail on the user's inputs has run.
-    resume_from, resume_dir = plan_resume(cfg.experiment)
-    seed_everything(cfg.experiment.seed, dist_info.rank)
-
-    embedder = build_embedder(cfg.daclip, device)
-    # The DA-CLIP weights, recorded in every checkpoint by absolute path and content (sha256).
-    daclip_record = (
-        file_fingerprint(cfg.daclip.checkpoint) if cfg.daclip.checkpoint and dist_info.is_main else None
-    )
-    clip_kwargs: dict[str, Any] = {}
-    if embedder is not None:
-        clip_kwargs = dict(clip_size=int(embedder.image_size), clip_mean=embedder.mean, clip_std=embedder.std)
-    train_set = PairedDataset(
-        cfg.data.train_root,
-        cfg.data.degradations,
-        mode="train",
-        patch_size=cfg.data.patch_size,
-        small_images=cfg.data.small_images,
-        clip_input=cfg.data.clip_input,
-        **clip_kwargs,
-    )
-    val_set = None
-    if cfg.data.val_root and cfg.train.val_every:
+        cfg = self.cfg
+        clip_kwargs: dict[str, Any] = {}
+        if self.embedder is not None:
+            embedder = self.embedder
+            clip_kwargs = dict(
+                clip_size=int(embedder.image_size), clip_mean=embedder.mean, clip_std=embedder.std
+            )
+        train_set = PairedDataset(
+            cfg.data.train_root,
+            cfg.data.degradations,
+            mode="train",
+            patch_size=cfg.data.patch_size,
+            small_images=cfg.data.small_images,
+            clip_input=cfg.data.clip_input,
+            **clip_kwargs,
+        )
+        if not (cfg.data.val_root and cfg.train.val_every):
+            return train_set, None, []
         val_set = PairedDataset(cfg.data.val_root, cfg.data.degradations, mode="eval", **clip_kwargs)
+        groups = val_set.eval_indices(cfg.data.val_images_per_degradation).values()
+        indices = [i for group in groups for i in group]
         # Headers only (cheap): an unreadable or mismatched validation pair fails now, not at step val_every.
-        check_image_pairs(
-            (
-                (val_set.pairs[i].lq_path, val_set.pairs[i].gt_path)
-                for group in val_set.eval_indices(cfg.data.val_images_per_degradation).values()
-                for i in group
-            ),
-            f"validation set {cfg.data.val_root}",
-        )
+        pairs = ((val_set.pairs[i].lq_path, val_set.pairs[i].gt_path) for i in indices)
+        check_image_pairs(pairs, f"validation set {cfg.data.val_root}")
+        return train_set, val_set, indices
 
-    sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
-    unet = build_unet(cfg.model).to(device)
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    model: nn.Module = unet
-    if dist_info.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            unet, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    loss_fn = build_loss(cfg.train.loss, sde, cfg.train.loss_kind, cfg.model.prediction)
-    optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        cosine_warmup_lambda(cfg.train.total_steps, cfg.train.warmup_steps, cfg.train.lr_min / cfg.train.lr),
-    )
-    generator = torch.Generator(device=device).manual_seed(cfg.experiment.seed * 1000 + dist_info.rank)
-    train_grid = None
-    if cfg.train.timestep_grid is not None:
-        train_grid = make_timesteps(sde.T, cfg.train.timestep_grid).to(device)
+    # -- checkpoints
 
-    step = 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
-        resume_warning = _check_resumable(state, resume_from, daclip_record)
+    def load_state_dict(self, state: Any, path: Path) -> None:
+        require_format(state, path, CHECKPOINT_FORMAT, "a stage-2 (restoration) training checkpoint")
+        missing = [key for key in _RESUME_KEYS if key not in state]
+        if missing:
+            raise UserError(
+                f"{path} holds restoration weights without the training state {missing} needed to resume"
+            )
+        recorded, current = state.get("daclip"), self.daclip_record
+        if current and isinstance(recorded, dict) and recorded.get("sha256") != current["sha256"]:
+            self.run.notes.append(
+                f"daclip.checkpoint {current['path']} is not the DA-CLIP {path} was trained with "
+                f"({recorded.get('path')}, sha256 {str(recorded.get('sha256'))[:12]}...)"
+            )
         try:
-            unet.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
+            self.unet.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
         except RuntimeError as err:  # another architecture: one line, not the full key listing
             detail = " ".join(str(err).split())[:300]
-            raise UserError(
-                f"{resume_from} does not fit the U-Net of this config (model.*): {detail}"
-            ) from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        set_rng_state(state["rng"])
-        generator.set_state(state["generator"][dist_info.rank % len(state["generator"])].to("cpu"))
+            raise UserError(f"{path} does not fit the U-Net of this config (model.*): {detail}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
-    sampler = EpochSampler(
-        len(train_set), cfg.train.batch_size, dist_info.rank, dist_info.world_size, cfg.experiment.seed
-    )
-    if sampler.batches_per_epoch == 0:
-        raise ConfigError(
-            f"train.batch_size: {cfg.train.batch_size} x {dist_info.world_size} GPU(s) exceeds the "
-            f"{len(train_set)} training pairs"
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.unet.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "daclip": self.daclip_record,  # absolute path + sha256 of the DA-CLIP weights (None: no DA-CLIP)
+        }
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state().cpu()}
+
+    def load_rank_state(self, states: Any, rank: int) -> None:
+        saved = states.get("generator")
+        if saved:
+            self.generator.set_state(saved[rank % len(saved)].to("cpu"))
+
+    def checkpoint_tag(self, step: int) -> str | None:
+        due = step % self.cfg.train.save_every == 0 or step == self.total_steps
+        return f"step_{step:07d}" if due else None
+
+    # -- the step
+
+    def batches(self, start_step: int) -> Iterator[dict[str, Any]]:
+        step = start_step
+        while True:
+            self.sampler.epoch, self.sampler.skip_batches = divmod(step, self.sampler.batches_per_epoch)
+            for batch in self.loader:
+                yield batch
+                step += 1
+
+    def _context(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The U-Net's DA-CLIP keyword arguments for this batch (the frozen DA-CLIP, no grad)."""
+        if self.embedder is None:
+            return {}
+        with torch.no_grad(), autocast(self.run.device, self.cfg.train.precision):
+            content_emb, degra_emb = self.embedder(batch["lq_clip"])  # (B, D) each
+        context: dict[str, Tensor] = {}
+        if self.cfg.model.use_degra_context:
+            context["degra_emb"] = degra_emb.float()
+        if self.cfg.model.use_image_context:
+            context["content_emb"] = content_emb.float()
+        return context
+
+    def train_step(self, batch: dict[str, Any], step: int) -> StepResult:
+        cfg, device = self.cfg, self.run.device
+        batch = _to_device(batch, device)
+        lq, gt = batch["lq"], batch["gt"]  # (B, 3, P, P) each
+        context = self._context(batch)
+        if self.train_grid is None:  # uniform on 1..T (the paper)
+            t = torch.randint(1, self.sde.T + 1, (lq.shape[0],), device=device, generator=self.generator)
+        else:  # the timesteps the configured few-step sampler evaluates
+            pick = torch.randint(
+                0, len(self.train_grid), (lq.shape[0],), device=device, generator=self.generator
+            )
+            t = self.train_grid[pick]  # (B,)
+        noise = torch.randn(gt.shape, device=device, generator=self.generator, dtype=gt.dtype)
+        xt = self.sde.add_noise(gt, lq, t, noise)  # x_t ~ the marginal (IR-SDE, Eq. 5)
+        with autocast(device, cfg.train.precision):
+            model_output = self.model(xt, lq, t, **context)  # of the model.prediction kind
+        loss = self.loss_fn(model_output.float(), xt, gt, lq, t, noise=noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = _all_finite(loss)
+        if finite:
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.train.grad_clip)
+            self.optimizer.step()
+        self.scheduler.step()
+        if step % cfg.train.ema_every == 0:
+            update_ema(self.ema, self.unet, cfg.train.ema_decay)
+        return StepResult({"loss": loss.detach()}, finite)
+
+    def log_scalars(self) -> dict[str, float]:
+        return {"lr": self.scheduler.get_last_lr()[0]}
+
+    # -- validation
+
+    def validate(self, run: RunContext, step: int) -> None:
+        val_every = self.cfg.train.val_every
+        if not (self.val_indices and val_every and step % val_every == 0 and run.is_main):
+            return
+        pipeline = RestorationPipeline(
+            self.ema,
+            self.sde,
+            self.embedder,
+            sampler=self.cfg.train.val_sampler,
+            num_steps=self.cfg.train.val_steps,
         )
-    loader = DataLoader(
-        KeyedDataset(train_set, cfg.experiment.seed),
-        batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        persistent_workers=False,
-    )
+        metrics, rows = validate(pipeline, self.val_set, self.val_indices, self.cfg.experiment.seed)
+        for name, value in metrics.items():
+            run.scalar(f"val_psnr/{name}", value, step)
+        if run.writer is not None:
+            run.writer.add_image("val/lq_output_gt", _image_grid(rows), step)
+        run.logger.info("step %d  validation PSNR %.2f dB", step, metrics.get("average", float("nan")))
 
-    run_dir = main_rank_call(open_run_dir, cfg.experiment, resume_dir, is_main=dist_info.is_main)
-    if dist_info.distributed:
-        holder = [str(run_dir) if run_dir else ""]
-        torch.distributed.broadcast_object_list(holder, src=0)
-        run_dir = Path(holder[0])
-    assert run_dir is not None
-    logger = setup_logger(run_dir, dist_info.is_main, name="irsde")
-    if dist_info.is_main:
-        write_run_info(run_dir, cfg, argv)
-        logger.info("run folder: %s", run_dir)
-    if resume_from is not None:
-        logger.info("resumed from %s at step %d", resume_from, step)
-        if resume_warning:
-            logger.warning(resume_warning)
-    elif cfg.experiment.resume == "auto":
-        logger.info("nothing to resume for %r: a new run", cfg.experiment.name)
 
-    writer = None
-    if dist_info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
+def _all_finite(loss: Tensor) -> bool:
+    """Whether the loss is finite on every rank (all ranks then take, or skip, the update together)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if is_distributed():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-    val_indices = []
-    if val_set is not None:
-        val_indices = [
-            i for group in val_set.eval_indices(cfg.data.val_images_per_degradation).values() for i in group
-        ]
-    progress = None
-    if dist_info.is_main:
-        progress = progress_bar(total=cfg.train.total_steps, initial=step, desc="train")
 
-    def checkpoint(tag: str) -> None:
-        """Save on the main rank (called on every rank: the generator states are gathered first)."""
-        generators = [generator.get_state()]
-        if dist_info.distributed:  # every rank's generator, so a resume continues each stream
-            generators = [torch.empty(0)] * dist_info.world_size
-            torch.distributed.all_gather_object(generators, generator.get_state().cpu())
-
-        def save() -> None:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "model": unet.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "rng": get_rng_state(),
-                "generator": generators,
-                "config": to_dict(cfg),
-                "daclip": daclip_record,  # absolute path + sha256 of the DA-CLIP weights (None: no DA-CLIP)
-            }
-            save_checkpoint(run_dir / "checkpoints" / f"{tag}.pt", state)  # refuses NaN/Inf weights
-            prune_checkpoints(run_dir / "checkpoints", "step_", cfg.train.keep_last)
-            save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
-
-        main_rank_call(save, is_main=dist_info.is_main)  # a failed save stops every rank
-
-    unet.train()
-    loss_window: list[float] = []
-    nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
-    started, start_step = time.time(), step  # steps/s counts this process's steps only
-    while step < cfg.train.total_steps:
-        epoch, skip = divmod(step, sampler.batches_per_epoch)
-        sampler.epoch, sampler.skip_batches = epoch, skip
-        for batch in loader:
-            batch = _to_device(batch, device)
-            lq, gt = batch["lq"], batch["gt"]  # (B, 3, P, P) each
-            context: dict[str, Tensor] = {}
-            if embedder is not None:
-                with torch.no_grad(), autocast(device, cfg.train.precision):
-                    content_emb, degra_emb = embedder(batch["lq_clip"])  # (B, D) each
-                if cfg.model.use_degra_context:
-                    context["degra_emb"] = degra_emb.float()
-                if cfg.model.use_image_context:
-                    context["content_emb"] = content_emb.float()
-            if train_grid is None:  # uniform on 1..T (the paper)
-                t = torch.randint(1, sde.T + 1, (lq.shape[0],), device=device, generator=generator)  # (B,)
-            else:  # the timesteps the configured few-step sampler evaluates
-                pick = torch.randint(0, len(train_grid), (lq.shape[0],), device=device, generator=generator)
-                t = train_grid[pick]  # (B,)
-            noise = torch.randn(gt.shape, device=device, generator=generator, dtype=gt.dtype)
-            xt = sde.add_noise(gt, lq, t, noise)  # x_t ~ marginal, Eq. (5) of IR-SDE
-            with autocast(device, cfg.train.precision):
-                model_output = model(xt, lq, t, **context)  # of the model.prediction kind
-            loss = loss_fn(model_output.float(), xt, gt, lq, t, noise=noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = all_reduce_mean(loss.detach()).item()  # the same on every rank
-            finite = nonfinite.check(loss_value, step + 1)  # raises past train.max_nonfinite_steps
-            if finite:
-                loss.backward()
-                if cfg.train.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.grad_clip)
-                optimizer.step()
-            else:
-                logger.warning("step %d: the loss is %s; update skipped", step + 1, loss_value)
-            scheduler.step()
-            step += 1
-            if step % cfg.train.ema_every == 0:
-                update_ema(ema, unet, cfg.train.ema_decay)
-
-            if finite:
-                loss_window.append(loss_value)
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            if writer is not None:
-                writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            if step % cfg.train.log_every == 0 or step == cfg.train.total_steps:
-                rate = (step - start_step) / max(1e-9, time.time() - started)
-                logger.info(
-                    "step %d  loss %.5f  lr %.3g  (%.2f steps/s)",
-                    step,
-                    sum(loss_window) / len(loss_window) if loss_window else float("nan"),
-                    scheduler.get_last_lr()[0],
-                    rate,
-                )
-                loss_window.clear()
-            if step % cfg.train.save_every == 0 or step == cfg.train.total_steps:
-                checkpoint(f"step_{step:07d}")  # before validating: a validation failure loses nothing
-            if val_indices and cfg.train.val_every and step % cfg.train.val_every == 0 and dist_info.is_main:
-                pipeline = RestorationPipeline(
-                    ema, sde, embedder, sampler=cfg.train.val_sampler, num_steps=cfg.train.val_steps
-                )
-                metrics, rows = validate(pipeline, val_set, val_indices, cfg.experiment.seed)
-                for name, value in metrics.items():
-                    writer.add_scalar(f"val_psnr/{name}", value, step)
-                writer.add_image("val/lq_output_gt", _image_grid(rows), step)
-                logger.info("step %d  validation PSNR %.2f dB", step, metrics.get("average", float("nan")))
-            if step >= cfg.train.total_steps:
-                break
-        barrier()
-    if progress is not None:
-        progress.close()
-    if writer is not None:
-        writer.close()
-    cleanup_distributed()
-    return run_dir
+def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None, *, progress: bool = True) -> Path:
+    """Run stage-2 training as configured; returns the run folder."""
+    return run_training(IRStage(cfg), cfg, argv, progress=progress)
 
 
 def loss_history(run_dir: str | os.PathLike) -> list[tuple[int, float]]:

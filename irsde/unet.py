@@ -21,19 +21,24 @@ load into the official code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from daclip.utils.config import spec
+
 from .sde import PREDICTIONS
 
 __all__ = [
     "UNET_PRESETS",
+    "UNetConfig",
     "ChannelLayerNorm",
     "ConditionalUNet",
     "CrossAttention",
@@ -45,28 +50,46 @@ __all__ = [
     "sinusoidal_embedding",
 ]
 
+
+@dataclass
+class UNetConfig:
+    """The one description of a :class:`ConditionalUNet`.
+
+    The ``model:`` section of the stage-2 config; stored in every stage-2 checkpoint and rebuilt from
+    it (:meth:`ConditionalUNet.from_config`); derived from released weights' shapes by
+    :func:`irsde.convert.infer_unet_config`; ``model.config`` gives it back.
+    """
+
+    in_nc: int = spec(3, minimum=1)
+    out_nc: int = spec(3, minimum=1)
+    nf: int = spec(64, minimum=1)
+    ch_mult: list[int] = spec(default_factory=lambda: [1, 2, 4, 8], minimum=1)
+    context_dim: int = spec(512, minimum=1)
+    use_degra_context: bool = True
+    use_image_context: bool = True
+    grad_checkpointing: bool = False
+    prediction: Literal["noise", "x0", "residual"] = spec(
+        "noise",
+        help="what the U-Net outputs: noise (the paper, released weights), x0, or residual = x0 - LQ "
+        "(starts as the identity; trains well in few steps)",
+    )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> UNetConfig:
+        """From a saved ``model`` section; keys that are not U-Net settings (newer or older) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "ch_mult" in kwargs:
+            kwargs["ch_mult"] = list(kwargs["ch_mult"])
+        return cls(**kwargs)
+
+
 # Named sizes. "universal-ir" is the released configuration (universal-ir.pth, 48,975,747 parameters);
 # "tiny" is a CPU debugging size with the same structure (LinearAttention levels, a SpatialTransformer
 # level and mid block, the prompt module) and the ViT-B-32 embedding width.
-UNET_PRESETS: dict[str, dict[str, Any]] = {
-    "universal-ir": dict(
-        in_nc=3,
-        out_nc=3,
-        nf=64,
-        ch_mult=(1, 2, 4, 8),
-        context_dim=512,
-        use_degra_context=True,
-        use_image_context=True,
-    ),
-    "tiny": dict(
-        in_nc=3,
-        out_nc=3,
-        nf=16,
-        ch_mult=(1, 2, 2, 4),
-        context_dim=512,
-        use_degra_context=True,
-        use_image_context=True,
-    ),
+UNET_PRESETS: dict[str, UNetConfig] = {
+    "universal-ir": UNetConfig(nf=64, ch_mult=[1, 2, 4, 8], context_dim=512),
+    "tiny": UNetConfig(nf=16, ch_mult=[1, 2, 2, 4], context_dim=512),
 }
 
 HEAD_DIM = 32  # channels per attention head, everywhere (official `num_head_channels`)
@@ -353,16 +376,7 @@ class ConditionalUNet(nn.Module):
             raise ValueError(
                 f"ConditionalUNet: prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}"
             )
-        self.config: dict[str, Any] = dict(
-            in_nc=in_nc,
-            out_nc=out_nc,
-            nf=nf,
-            ch_mult=tuple(ch_mult),
-            context_dim=context_dim,
-            use_degra_context=use_degra_context,
-            use_image_context=use_image_context,
-            prediction=prediction,
-        )
+        self._config_args = (in_nc, out_nc, nf, list(ch_mult), context_dim)
         self.prediction = prediction
         self.in_nc = in_nc
         self.nf = nf
@@ -438,6 +452,37 @@ class ConditionalUNet(nn.Module):
             # Zero output = zero correction: training starts from the identity restorer x̂_0 = μ.
             nn.init.zeros_(self.final_conv.weight)
             nn.init.zeros_(self.final_conv.bias)
+
+    @classmethod
+    def from_config(cls, config: UNetConfig) -> ConditionalUNet:
+        """The U-Net a :class:`UNetConfig` describes (randomly initialised)."""
+        return cls(
+            in_nc=config.in_nc,
+            out_nc=config.out_nc,
+            nf=config.nf,
+            ch_mult=tuple(config.ch_mult),
+            context_dim=config.context_dim,
+            use_degra_context=config.use_degra_context,
+            use_image_context=config.use_image_context,
+            use_checkpoint=config.grad_checkpointing,
+            prediction=config.prediction,
+        )
+
+    @property
+    def config(self) -> UNetConfig:
+        """The description this network rebuilds from (what checkpoints store)."""
+        in_nc, out_nc, nf, ch_mult, context_dim = self._config_args
+        return UNetConfig(
+            in_nc=in_nc,
+            out_nc=out_nc,
+            nf=nf,
+            ch_mult=list(ch_mult),
+            context_dim=context_dim,
+            use_degra_context=self.use_degra_context,
+            use_image_context=self.use_image_context,
+            grad_checkpointing=self.use_checkpoint,
+            prediction=self.prediction,
+        )
 
     @staticmethod
     def _validate(

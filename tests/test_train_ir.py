@@ -127,8 +127,9 @@ def test_loss_falls_and_checkpoint_rebuilds(paired_root, tmp_path):
 
 
 def test_resume_follows_the_uninterrupted_loss_sequence(paired_root, tmp_path):
-    # 8 training pairs at batch 2 -> 4 batches per epoch: step 3 stops mid-epoch.
-    common = ["train.total_steps=6", "train.save_every=3", "train.val_every=0"]
+    # 8 training pairs at batch 2 -> 4 batches per epoch: step 3 stops mid-epoch. The loss is logged
+    # (as the mean since the last log line) every step, so each step's loss can be compared.
+    common = ["train.total_steps=6", "train.save_every=3", "train.val_every=0", "train.log_every=1"]
     straight = train(_config(paired_root, tmp_path, *common))
     # What an interrupted run leaves, copied out of its run folder: the resumed run gets a new folder.
     stopped_at_3 = tmp_path / "saved" / "step_0000003.pt"
@@ -295,7 +296,7 @@ def test_explicit_resume_continues_in_the_checkpoints_run_never_a_third_one(pair
 
 
 def test_auto_resume_finds_the_newest_run_of_the_name(paired_root, tmp_path, monkeypatch):
-    import irsde.train
+    import daclip.utils.lifecycle
 
     (tmp_path / "tiny").mkdir()  # a start killed before its first checkpoint
     (tmp_path / "tiny" / "config.yaml").write_text("killed: true\n")
@@ -306,11 +307,11 @@ def test_auto_resume_finds_the_newest_run_of_the_name(paired_root, tmp_path, mon
     class Clock:  # one second per call: steps/s = steps of this process / seconds
         now = 0.0
 
-        def time(self):
+        def perf_counter(self):
             self.now += 1.0
             return self.now
 
-    monkeypatch.setattr(irsde.train, "time", Clock())
+    monkeypatch.setattr(daclip.utils.lifecycle, "time", Clock())
     again = train(_config(paired_root, tmp_path, *common, "train.total_steps=6", "train.log_every=6"))
     assert again == first and not (tmp_path / "tiny_2").exists()
     log = (first / "train.log").read_text()
