@@ -6,6 +6,12 @@ embedding against the same names). :func:`evaluate_classification` computes both
 confusion matrices on a labelled set (a paired ``<root>/<degradation>/LQ`` folder or
 a caption CSV); :class:`ClassificationReport` formats them side by side and
 :func:`save_confusion_png` draws one with PIL (no matplotlib dependency).
+
+Images with several degradations (a mixed set from ``scripts/make_dataset.py --mixed``, folders
+named ``hazy+rainy``): :func:`evaluate_multilabel` keeps each image's per-type probabilities (the
+same softmax over the types) and calls a type present when its probability reaches a threshold or
+it is among the image's top ``k`` types, ``k`` being the number of true types;
+:class:`MultiLabelMetrics` gives per-type precision, recall and F1 and the exact-set accuracy.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from daclip.utils.distributed import get_world_size, is_distributed
 from daclip.utils.experiment import autocast
 from daclip.zero_shot import ZeroShotClassifier
 from data.captions import read_caption_csv
+from data.degradations import COMBINATION_SEPARATOR
 from data.io import is_image_file, list_images, read_image
 from data.paired import find_pairs
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
@@ -41,6 +48,16 @@ __all__ = [
     "evaluate_classification",
     "classify_paths",
     "save_confusion_png",
+    "DEFAULT_THRESHOLD",
+    "MultiLabelImages",
+    "mixed_labelled_images",
+    "multilabel_predictions",
+    "MultiLabelMetrics",
+    "multilabel_metrics",
+    "multilabel_probabilities",
+    "MultiLabelReport",
+    "evaluate_multilabel",
+    "classify_paths_multilabel",
 ]
 
 Method = Literal["clip", "daclip"]
@@ -236,6 +253,21 @@ def classify_paths(
     batch_size: int = 16,
 ) -> list[tuple[str, list[tuple[str, float]]]]:
     """Top-``k`` degradations (name, probability) of each image; folders are expanded to their images."""
+    paths = _expand_inputs(inputs)
+    classifier = daclip.classifier(degradations)
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        images = torch.stack(
+            [clip_transform(read_image(p), daclip.image_size, daclip.mean, daclip.std) for p in chunk]
+        )  # (b, 3, S, S)
+        _, degra_emb = daclip.encode_image(images)
+        results += [(str(p), top) for p, top in zip(chunk, classifier.topk(degra_emb, k))]
+    return results
+
+
+def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files, folders expanded to the images directly inside them."""
     paths: list[Path] = []
     for item in inputs:
         item = Path(item)
@@ -249,16 +281,7 @@ def classify_paths(
             raise FileNotFoundError(f"input image or folder not found: {item}")
     if not paths:
         raise ValueError(f"no images found in {[str(i) for i in inputs]}")
-    classifier = daclip.classifier(degradations)
-    results = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        images = torch.stack(
-            [clip_transform(read_image(p), daclip.image_size, daclip.mean, daclip.std) for p in chunk]
-        )  # (b, 3, S, S)
-        _, degra_emb = daclip.encode_image(images)
-        results += [(str(p), top) for p, top in zip(chunk, classifier.topk(degra_emb, k))]
-    return results
+    return paths
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -309,3 +332,311 @@ def save_confusion_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+# ----------------------------------------------------------------------------- several degradations per image
+
+#: Probability from which a type counts as present in multi-label classification.
+DEFAULT_THRESHOLD = 0.3
+
+
+class MultiLabelImages(Dataset):
+    """Images with a set of degradations: items ``{image, labels (K,) float multi-hot, path}``."""
+
+    def __init__(
+        self,
+        items: Sequence[tuple[str, Sequence[int]]],
+        num_classes: int,
+        image_size: int = 224,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
+    ) -> None:
+        self.items = [(path, tuple(labels)) for path, labels in items]
+        self.num_classes = num_classes
+        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        path, labels = self.items[index]
+        multi_hot = torch.zeros(self.num_classes, dtype=torch.float32)
+        multi_hot[list(labels)] = 1.0
+        image = clip_transform(read_image(path), self.image_size, self.mean, self.std)  # (3, S, S)
+        return {"image": image, "labels": multi_hot, "path": path}
+
+
+def mixed_labelled_images(
+    root: str | os.PathLike,
+    degradations: Sequence[str],
+    image_size: int = 224,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> MultiLabelImages:
+    """The LQ images of a mixed set ``<root>/<a+b>/LQ`` (as ``make_dataset.py --mixed`` writes), labelled
+    with the types of their folder name; folders naming a type outside ``degradations`` are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"mixed set not found (a folder of <type+type>/LQ folders): {root}")
+    names = tuple(degradations)
+    items: list[tuple[str, tuple[int, ...]]] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        parts = folder.name.split(COMBINATION_SEPARATOR)
+        if not all(part in names for part in parts) or not (folder / "LQ").is_dir():
+            continue
+        labels = tuple(sorted(names.index(part) for part in set(parts)))
+        items += [(str(pair.lq_path), labels) for pair in find_pairs(root, folder.name)]
+    if not items:
+        raise ValueError(f"no <type+type>/LQ images in {root} for the degradations {list(names)}")
+    return MultiLabelImages(items, len(names), image_size, mean, std)
+
+
+def multilabel_predictions(
+    probabilities: np.ndarray | torch.Tensor,
+    threshold: float = DEFAULT_THRESHOLD,
+    num_true: np.ndarray | Sequence[int] | None = None,
+) -> np.ndarray:
+    """``(N, K)`` bool: type ``j`` is present in image ``i`` when ``probabilities[i, j] >= threshold`` or it
+    is among the image's ``num_true[i]`` most probable types (the number of true types, when known;
+    1 otherwise, so every image names at least its best guess)."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"expected (N, K) probabilities, got shape {probs.shape}")
+    counts = np.ones(len(probs), dtype=np.int64) if num_true is None else np.asarray(num_true, dtype=np.int64)
+    if counts.shape != (len(probs),):
+        raise ValueError(f"num_true: expected {len(probs)} counts, got shape {counts.shape}")
+    present = probs >= threshold
+    order = np.argsort(-probs, axis=1, kind="stable")  # best first; ties: the earlier type
+    for row, (ranked, k) in enumerate(zip(order, counts)):
+        present[row, ranked[:k]] = True
+    return present
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else float("nan")
+
+
+@dataclass
+class MultiLabelMetrics:
+    """Per-type precision, recall and F1 (NaN when undefined), and set-level scores, of one method."""
+
+    names: tuple[str, ...]
+    true_positives: list[int]
+    false_positives: list[int]
+    false_negatives: list[int]
+    exact_matches: int
+    images: int
+
+    def precision(self) -> list[float]:
+        return [_ratio(tp, tp + fp) for tp, fp in zip(self.true_positives, self.false_positives)]
+
+    def recall(self) -> list[float]:
+        return [_ratio(tp, tp + fn) for tp, fn in zip(self.true_positives, self.false_negatives)]
+
+    def f1(self) -> list[float]:
+        return [
+            _ratio(2 * tp, 2 * tp + fp + fn)
+            for tp, fp, fn in zip(self.true_positives, self.false_positives, self.false_negatives)
+        ]
+
+    def support(self) -> list[int]:
+        """Images in which each type is truly present."""
+        return [tp + fn for tp, fn in zip(self.true_positives, self.false_negatives)]
+
+    def exact_accuracy(self) -> float:
+        """Share of images whose predicted set equals the true set."""
+        return _ratio(self.exact_matches, self.images)
+
+    def micro(self) -> tuple[float, float, float]:
+        """Precision, recall and F1 over all (image, type) decisions."""
+        tp, fp, fn = sum(self.true_positives), sum(self.false_positives), sum(self.false_negatives)
+        return _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn)
+
+    def macro_f1(self) -> float:
+        """Mean F1 over the types that are present or predicted somewhere."""
+        values = [v for v in self.f1() if v == v]
+        return float(np.mean(values)) if values else float("nan")
+
+    def format_table(self, title: str = "") -> str:
+        width = max(len("micro average"), *(len(n) for n in self.names))
+        header = f"{'degradation':<{width}}  {'images':>6}  {'precision':>9}  {'recall':>7}  {'F1':>7}"
+        lines = ([title] if title else []) + [header, "-" * len(header)]
+        rows = zip(self.names, self.support(), self.precision(), self.recall(), self.f1())
+        for name, count, p, r, f in rows:
+            lines.append(f"{name:<{width}}  {count:>6}  {_percent(p):>9}  {_percent(r):>7}  {_percent(f):>7}")
+        lines.append("-" * len(header))
+        p, r, f = self.micro()
+        lines.append(
+            f"{'micro average':<{width}}  {self.images:>6}  {_percent(p):>9}  {_percent(r):>7}  {_percent(f):>7}"
+        )
+        lines.append(
+            f"macro F1 {_percent(self.macro_f1())}, exact-set accuracy {_percent(self.exact_accuracy())}"
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        p, r, f = self.micro()
+        return {
+            "per_type": {
+                name: {"precision": pi, "recall": ri, "f1": fi, "support": si}
+                for name, pi, ri, fi, si in zip(
+                    self.names, self.precision(), self.recall(), self.f1(), self.support()
+                )
+            },
+            "micro": {"precision": p, "recall": r, "f1": f},
+            "macro_f1": self.macro_f1(),
+            "exact_accuracy": self.exact_accuracy(),
+            "images": self.images,
+        }
+
+
+def multilabel_metrics(
+    predicted: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, names: Sequence[str]
+) -> MultiLabelMetrics:
+    """Scores of ``(N, K)`` boolean predictions against ``(N, K)`` multi-hot labels."""
+    pred = np.asarray(predicted).astype(bool)
+    true = np.asarray(labels).astype(bool)
+    if pred.shape != true.shape or pred.ndim != 2 or pred.shape[1] != len(names):
+        raise ValueError(
+            f"predictions {pred.shape} and labels {true.shape} must both be (N, {len(names)}) for {list(names)}"
+        )
+    return MultiLabelMetrics(
+        names=tuple(names),
+        true_positives=[int(v) for v in (pred & true).sum(axis=0)],
+        false_positives=[int(v) for v in (pred & ~true).sum(axis=0)],
+        false_negatives=[int(v) for v in (~pred & true).sum(axis=0)],
+        exact_matches=int((pred == true).all(axis=1).sum()),
+        images=len(pred),
+    )
+
+
+@torch.no_grad()
+def multilabel_probabilities(
+    model: DaCLIP,
+    loader: DataLoader,
+    classifier: ZeroShotClassifier,
+    device: torch.device,
+    methods: Sequence[Method] = ("clip", "daclip"),
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
+    """Per-type probabilities ``(N, K)`` of every method, the ``(N, K)`` labels and the paths (one process)."""
+    probs: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    labels, paths = [], []
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
+        if "daclip" in methods:
+            probs["daclip"].append(classifier(model.encode_image(images, control=True)[1].float()).cpu())
+        if "clip" in methods:
+            probs["clip"].append(classifier(model.encode_image(images, control=False).float()).cpu())
+        labels.append(batch["labels"].cpu())
+        paths += list(batch["path"])
+    model.train(was_training)
+    return {m: torch.cat(v) for m, v in probs.items()}, torch.cat(labels) > 0.5, paths
+
+
+@dataclass
+class MultiLabelReport:
+    """Per-image probabilities of several methods on a mixed set, and their multi-label scores."""
+
+    names: tuple[str, ...]
+    probabilities: dict[str, np.ndarray]  # method -> (N, K)
+    labels: np.ndarray  # (N, K) bool
+    paths: list[str]
+    threshold: float = DEFAULT_THRESHOLD
+
+    def predictions(self, method: str) -> np.ndarray:
+        """``(N, K)`` bool: threshold or top-k, k = the number of true types (see :func:`multilabel_predictions`)."""
+        return multilabel_predictions(self.probabilities[method], self.threshold, self.labels.sum(axis=1))
+
+    def metrics(self, method: str) -> MultiLabelMetrics:
+        return multilabel_metrics(self.predictions(method), self.labels, self.names)
+
+    def format_table(self) -> str:
+        """Every method's per-type table."""
+        return "\n\n".join(
+            self.metrics(m).format_table(f"{METHOD_TITLES.get(m, m)} (threshold {self.threshold:g} or top-k)")
+            for m in self.probabilities
+        )
+
+    def format_images(self, method: str) -> str:
+        """One line per image: true set, predicted set and every type's probability."""
+        predicted = self.predictions(method)
+        lines = [f"{METHOD_TITLES.get(method, method)}: per image (true -> predicted: probabilities)"]
+        for i, path in enumerate(self.paths):
+            true = "+".join(n for n, t in zip(self.names, self.labels[i]) if t)
+            guess = "+".join(n for n, t in zip(self.names, predicted[i]) if t)
+            probs = ", ".join(
+                f"{n} {100 * p:.1f}%" for n, p in zip(self.names, self.probabilities[method][i])
+            )
+            lines.append(f"{path}: {true} -> {guess}: {probs}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "names": list(self.names),
+            "threshold": self.threshold,
+            "methods": {
+                m: {
+                    **self.metrics(m).to_dict(),
+                    "images": [
+                        {
+                            "path": path,
+                            "true": [n for n, t in zip(self.names, self.labels[i]) if t],
+                            "predicted": [n for n, t in zip(self.names, self.predictions(m)[i]) if t],
+                            "probabilities": dict(zip(self.names, map(float, self.probabilities[m][i]))),
+                        }
+                        for i, path in enumerate(self.paths)
+                    ],
+                }
+                for m in self.probabilities
+            },
+        }
+
+
+def evaluate_multilabel(
+    daclip: FrozenDaCLIP,
+    dataset: Dataset,
+    degradations: Sequence[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    methods: Sequence[Method] = ("clip", "daclip"),
+) -> MultiLabelReport:
+    """Plain CLIP and DA-CLIP multi-label zero-shot classification of a mixed set (see
+    :func:`mixed_labelled_images`)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    classifier = daclip.classifier(degradations)
+    probs, labels, paths = multilabel_probabilities(daclip.model, loader, classifier, daclip.device, methods)
+    return MultiLabelReport(
+        tuple(degradations), {m: p.numpy() for m, p in probs.items()}, labels.numpy(), paths, threshold
+    )
+
+
+@torch.no_grad()
+def classify_paths_multilabel(
+    daclip: FrozenDaCLIP,
+    inputs: Sequence[str | os.PathLike],
+    degradations: Sequence[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    batch_size: int = 16,
+) -> list[tuple[str, list[str], list[tuple[str, float]]]]:
+    """Per image: the types present (probability >= ``threshold``, at least the best one) and every
+    type's DA-CLIP probability, best first."""
+    paths = _expand_inputs(inputs)
+    classifier = daclip.classifier(degradations)
+    names = tuple(degradations)
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        images = torch.stack(
+            [clip_transform(read_image(p), daclip.image_size, daclip.mean, daclip.std) for p in chunk]
+        )  # (b, 3, S, S)
+        probs = classifier(daclip.encode_image(images)[1]).cpu().numpy()  # (b, K)
+        present = multilabel_predictions(probs, threshold)
+        for path, row, mask in zip(chunk, probs, present):
+            ranked = sorted(zip(names, map(float, row)), key=lambda item: -item[1])
+            results.append((str(path), [n for n, m in zip(names, mask) if m], ranked))
+    return results

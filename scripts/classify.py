@@ -9,6 +9,15 @@ root ``<root>/<degradation>/LQ`` or a caption CSV), written to a new results fol
 
     python scripts/classify.py -w daclip_ViT-B-32.pt --labelled datasets/universal/val
 
+Several degradations per image: ``--multi-label`` prints, per image, the types whose probability
+reaches ``--threshold`` (at least the most likely one) and every type's probability; with
+``--labelled`` a mixed set (``scripts/make_dataset.py --mixed``: folders ``hazy+rainy``), it reports
+per-type precision, recall and F1 and the exact-set accuracy of CLIP and DA-CLIP (a type counts as
+predicted when its probability reaches the threshold or it is among the image's top k, k = its
+number of true types):
+
+    python scripts/classify.py -w daclip_ViT-B-32.pt --multi-label --labelled datasets/mixed_test
+
 ``-w`` takes the released file or a checkpoint of this project (for the released file,
 ``--clip-model`` names its architecture; ViT-B-32 by default).
 """
@@ -42,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--labelled", help="paired root or caption CSV: report accuracy and confusion")
+    parser.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="several degradations per image: per-type probabilities and a present set; with "
+        "--labelled, a mixed set (folders 'hazy+rainy') and per-type precision/recall/F1",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="--multi-label: probability from which a type is present (default 0.3)",
+    )
     parser.add_argument("--out", default="results/classification", help="results folder (never overwritten)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -54,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> int:
         from daclip.classify import (
+            DEFAULT_THRESHOLD,
             METHOD_TITLES,
             classify_paths,
             evaluate_classification,
@@ -68,12 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("nothing to do: give images/folders to classify and/or --labelled")
         if args.top_k < 1:
             raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+        if args.threshold is not None and not args.multi_label:
+            raise ValueError("--threshold needs --multi-label")
+        threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
         names = [n.strip() for n in args.degradations.split(",") if n.strip()]
         if not names:
             raise ValueError("--degradations: no class names given")
         daclip = load_frozen_daclip(
             args.weights, args.clip_model, args.model_config, resolve_device(args.device)
         )
+
+        if args.multi_label:
+            return multi_label(daclip, names, threshold)
 
         if args.inputs:
             results = classify_paths(daclip, args.inputs, names, k=args.top_k, batch_size=args.batch_size)
@@ -97,6 +127,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 save_confusion_png(matrix, names, folder / f"confusion_{method}.png", title)
             print(report.format_table())
             print(f"report and confusion matrices: {folder}")
+        return 0
+
+    def multi_label(daclip, names: list[str], threshold: float) -> int:
+        from daclip.classify import classify_paths_multilabel, evaluate_multilabel, mixed_labelled_images
+        from daclip.utils.experiment import create_run_dir
+
+        if args.inputs:
+            results = classify_paths_multilabel(daclip, args.inputs, names, threshold, args.batch_size)
+            for path, present, ranked in results:
+                probs = ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in ranked)
+                print(f"{path}: {'+'.join(present)} | {probs}")
+        if args.labelled:
+            dataset = mixed_labelled_images(args.labelled, names, daclip.image_size, daclip.mean, daclip.std)
+            report = evaluate_multilabel(daclip, dataset, names, threshold, batch_size=args.batch_size)
+            out = Path(args.out)
+            folder = create_run_dir(out.parent, out.name, subdirs=())
+            text = "\n\n".join(
+                [report.format_table(), *(report.format_images(m) for m in report.probabilities)]
+            )
+            (folder / "report.txt").write_text(text + "\n")
+            payload = {"weights": str(args.weights), "labelled": str(args.labelled), **report.to_dict()}
+            (folder / "report.json").write_text(json.dumps(payload, indent=2))
+            print(report.format_table())
+            print(f"multi-label report: {folder}")
         return 0
 
     return run_main(run)

@@ -157,3 +157,83 @@ def test_classify_script_top3_and_side_by_side_report(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert _script("classify").main(["-w", str(tmp_path / "missing.pt"), str(paths[0])]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- several degradations per image
+
+
+def test_multilabel_predictions_and_metrics_on_a_hand_made_matrix() -> None:
+    from daclip.classify import multilabel_metrics, multilabel_predictions
+
+    names = ("hazy", "rainy", "low-light")
+    probabilities = np.array(
+        [
+            [0.60, 0.30, 0.10],  # true hazy+rainy: top-2 -> hazy, rainy (exact)
+            [0.50, 0.10, 0.40],  # true hazy+rainy: top-2 -> hazy, low-light
+            [0.20, 0.45, 0.35],  # true low-light: top-1 rainy, and low-light >= 0.3 -> rainy, low-light
+            [0.90, 0.05, 0.05],  # true hazy: hazy (exact)
+        ]
+    )
+    labels = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=bool)
+    predicted = multilabel_predictions(probabilities, threshold=0.3, num_true=labels.sum(axis=1))
+    assert predicted.tolist() == [
+        [True, True, False],
+        [True, False, True],
+        [False, True, True],
+        [True, False, False],
+    ]
+    # Without the true counts: the threshold, and at least the best type.
+    assert multilabel_predictions(probabilities, threshold=0.55).tolist() == [
+        [True, False, False],
+        [True, False, False],
+        [False, True, False],
+        [True, False, False],
+    ]
+    metrics = multilabel_metrics(predicted, labels, names)
+    # hazy: TP 3, FP 0, FN 0; rainy: TP 1, FP 1, FN 1; low-light: TP 1, FP 1, FN 0.
+    assert metrics.precision() == pytest.approx([1.0, 0.5, 0.5])
+    assert metrics.recall() == pytest.approx([1.0, 0.5, 1.0])
+    assert metrics.f1() == pytest.approx([1.0, 0.5, 2 / 3])
+    assert metrics.support() == [3, 2, 1] and metrics.exact_accuracy() == pytest.approx(0.5)
+    assert metrics.micro() == pytest.approx((5 / 7, 5 / 6, 10 / 13))
+    assert metrics.macro_f1() == pytest.approx((1.0 + 0.5 + 2 / 3) / 3)
+    table = metrics.format_table()
+    rainy = next(line for line in table.splitlines() if line.startswith("rainy"))
+    assert rainy.split()[1:] == ["2", "50.00", "50.00", "50.00"]
+    assert "exact-set accuracy 50.00" in table
+    assert metrics.to_dict()["per_type"]["low-light"]["recall"] == 1.0
+    never = multilabel_metrics(np.zeros((2, 3), bool), np.zeros((2, 3), bool), names)
+    assert np.isnan(never.precision()[0]) and never.exact_accuracy() == 1.0
+    with pytest.raises(ValueError, match="must both be"):
+        multilabel_metrics(predicted, labels[:, :2], names)
+
+
+def test_classify_script_multi_label_report_on_a_mixed_set(tmp_path, capsys) -> None:
+    model_config = ROOT / "configs/open_clip/ViT-Tiny-16.json"
+    torch.manual_seed(0)
+    model, _ = build_daclip("ViT-Tiny-16", "", model_config)
+    weights = tmp_path / "daclip_tiny_official.pt"
+    torch.save({"state_dict": to_official_state_dict(model.state_dict())}, weights)
+    root = tmp_path / "mixed"
+    _paired_root(root, names=("hazy+noisy", "snowy", "hazy+rainy"), per_class=2)  # rainy: not a class here
+    common = ["-w", str(weights), "--clip-model", "ViT-Tiny-16", "--model-config", str(model_config)]
+    common += ["--degradations", ",".join(NAMES), "--device", "cpu", "--multi-label"]
+    out = tmp_path / "results" / "multi"
+    assert _script("classify").main([*common, "--labelled", str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "DA-CLIP (threshold 0.3 or top-k)" in printed and "exact-set accuracy" in printed
+    report = json.loads((out / "report.json").read_text())
+    images = report["methods"]["daclip"]["images"]
+    assert len(images) == 4 and report["threshold"] == 0.3  # the hazy+rainy folder is skipped
+    assert sorted(tuple(i["true"]) for i in images) == [("noisy", "hazy")] * 2 + [("snowy",)] * 2
+    for item in images:
+        assert sum(item["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert len(item["predicted"]) >= len(item["true"])
+    assert report["methods"]["daclip"]["per_type"]["noisy"]["support"] == 2
+    assert (out / "report.txt").read_text().count(".png: ") == 8  # per image, both methods
+    # Unlabelled images: the present set and every probability.
+    assert _script("classify").main([*common, "--threshold", "0.0", str(root / "snowy" / "LQ")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if ".png:" in line]
+    assert len(lines) == 2 and all(line.split(": ")[1].split(" | ")[0].count("+") == 2 for line in lines)
+    assert _script("classify").main(["-w", str(weights), "--threshold", "0.5", str(root)]) == 2
+    assert "--threshold needs --multi-label" in capsys.readouterr().err
