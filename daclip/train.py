@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,36 +43,17 @@ from daclip.classify import confusion_matrices
 from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
 from daclip.model import DaCLIP
 from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
-from daclip.utils.checkpoint import (
-    get_rng_state,
-    load_checkpoint,
-    prune_checkpoints,
-    require_format,
-    save_checkpoint,
-    set_rng_state,
-)
+from daclip.utils.checkpoint import require_format, save_checkpoint
 from daclip.utils.config import ConfigError, spec, to_dict
 from daclip.utils.distributed import (
     DistInfo,
     barrier,
-    cleanup_distributed,
     get_world_size,
-    init_distributed,
     is_distributed,
     main_rank_call,
 )
-from daclip.utils.experiment import (
-    ExperimentConfig,
-    NonFiniteGuard,
-    UserError,
-    autocast,
-    open_run_dir,
-    plan_resume,
-    progress_bar,
-    seed_everything,
-    setup_logger,
-    write_run_info,
-)
+from daclip.utils.experiment import ExperimentConfig, UserError, autocast, seed_everything
+from daclip.utils.lifecycle import RunContext, Stage, StepResult, run_training
 from daclip.utils.optim import cosine_warmup_lambda
 from daclip.utils.preflight import check_images
 from daclip.zero_shot import ZeroShotClassifier, encode_names
@@ -90,6 +71,7 @@ __all__ = [
     "sync_gradients",
     "train_step",
     "make_checkpoint",
+    "DaCLIPStage",
     "train_daclip",
 ]
 
@@ -313,21 +295,6 @@ def make_checkpoint(
     return out
 
 
-@dataclass
-class _RunState:
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-
-
-def _broadcast_path(path: Path | None, info: DistInfo) -> Path:
-    if not info.distributed:
-        assert path is not None
-        return path
-    holder = [str(path) if path is not None else ""]
-    dist.broadcast_object_list(holder, src=0)
-    return Path(holder[0])
-
-
 def _make_loader(dataset, batch_size: int, info: DistInfo, seed: int, workers: int, collate) -> DataLoader:
     # The sampler's order depends only on (seed, epoch), so a resumed run sees the same batches.
     sampler = DistributedSampler(
@@ -349,7 +316,7 @@ def _data_loaders(
     cfg: DaCLIPTrainConfig, source: ClipSource, tokenizer: Callable, info: DistInfo
 ) -> tuple[DataLoader, DataLoader | None]:
     """Training loader (sharded, drop-last) and validation loader (exact shards), checking sizes."""
-    tcfg = cfg.train
+    train = cfg.train
     data_kwargs = dict(
         degradations=tuple(cfg.data.degradations),
         image_size=source.image_size,
@@ -357,24 +324,24 @@ def _data_loaders(
         std=source.std,
     )
     train_set = CaptionDataset(cfg.data.train_csv, **data_kwargs)
-    global_batch = tcfg.batch_size * info.world_size
+    global_batch = train.batch_size * info.world_size
     if global_batch < 2:
         raise ConfigError("train.batch_size: the contrastive loss needs a global batch of at least 2")
     if len(train_set) < global_batch:
         raise ConfigError(
-            f"train.batch_size: a global batch of {global_batch} ({tcfg.batch_size} x {info.world_size} "
+            f"train.batch_size: a global batch of {global_batch} ({train.batch_size} x {info.world_size} "
             f"processes) exceeds the {len(train_set)} rows of {cfg.data.train_csv}"
         )
     collate = CaptionCollate(tokenizer)
     loader = _make_loader(
-        train_set, tcfg.batch_size, info, cfg.experiment.seed, cfg.data.num_workers, collate
+        train_set, train.batch_size, info, cfg.experiment.seed, cfg.data.num_workers, collate
     )
     val_loader = None
     if cfg.data.val_csv:
         val_set = CaptionDataset(cfg.data.val_csv, **data_kwargs)
         # Headers only (cheap): an unreadable validation image fails now, not after an epoch.
         check_images((row.filepath for row in val_set.rows), f"validation set {cfg.data.val_csv}")
-        val_loader = _validation_loader(val_set, tcfg.batch_size, info, cfg.data.num_workers)
+        val_loader = _validation_loader(val_set, train.batch_size, info, cfg.data.num_workers)
     return loader, val_loader
 
 
@@ -383,260 +350,195 @@ def _validation_loader(dataset, batch_size: int, info: DistInfo, workers: int) -
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
-def _validate(
-    model: DaCLIP,
-    loader: DataLoader | None,
-    classifier: ZeroShotClassifier,
-    cfg: DaCLIPTrainConfig,
-    device: torch.device,
-    methods: Sequence[Literal["clip", "daclip"]],
-) -> dict[str, float]:
-    if loader is None:
-        return {}
-    matrices = confusion_matrices(model, loader, classifier, device, methods, cfg.train.precision)
-    return {m: float(v.diagonal().sum()) / max(1, int(v.sum())) for m, v in matrices.items()}
+# ----------------------------------------------------------------------------- the stage
 
 
-def _restore(
-    path: Path,
-    model: DaCLIP,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    cfg: DaCLIPTrainConfig,
-    info: DistInfo,
-) -> _RunState:
-    """Load trained weights, optimizer, scheduler, counters and this rank's RNG state from ``path``."""
-    ckpt = load_checkpoint(path)
-    require_format(ckpt, path, CHECKPOINT_FORMAT, "a stage-1 (DA-CLIP) training checkpoint")
-    if "optimizer" not in ckpt:
-        raise UserError(
-            f"{path} is a DA-CLIP model export without optimizer state, not a training checkpoint "
-            "(resume from checkpoints/latest.pt or epoch_<n>.pt)"
+class DaCLIPStage(Stage):
+    """Stage 1 for :func:`daclip.utils.lifecycle.run_training`: the controller, its loss, its validation.
+
+    Epochs are a stage-1 notion: a step count is ``epoch * steps_per_epoch + batch``, checkpoints
+    (``latest.pt`` every epoch, ``epoch_<n>.pt`` every ``save_every_epochs``) and validation come at
+    epoch ends, so a resumed run starts at an epoch boundary.
+    """
+
+    logger_name = "daclip.train"
+    checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_prefix = "epoch_"
+
+    def __init__(self, cfg: DaCLIPTrainConfig) -> None:
+        self.cfg = cfg
+        train = cfg.train
+        self.log_every, self.keep_last = train.log_every, train.keep_last
+        self.max_nonfinite_steps = train.max_nonfinite_steps
+
+    def setup(self, run: RunContext) -> None:
+        cfg, info, device = self.cfg, run.info, run.device
+        self.run = run
+        # Weights first (a missing download fails before any folder is written). The main rank
+        # resolves (and, online, downloads) them; the others then read the cache. Every rank
+        # builds with the same seed (a random CLIP must be the same everywhere), and rank 0's
+        # weights are broadcast anyway; data order and any other randomness then use seed + rank.
+        seed_everything(cfg.experiment.seed)
+        if not info.is_main:
+            barrier()
+        model, self.source = build_daclip(
+            cfg.model.clip_model, cfg.model.pretrained, cfg.model.model_config or None
         )
-    missing = [k for k in model.trainable_state_dict() if k not in ckpt["model"]]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks trained weights {missing[:4]}")
-    try:
-        incompatible = model.load_state_dict(ckpt["model"], strict=False)
-    except RuntimeError as err:  # shape mismatch: a checkpoint of another architecture
-        first = str(err).strip().splitlines()[-1].strip()
-        raise ValueError(f"{path} does not fit model.clip_model={cfg.model.clip_model}: {first}") from None
-    if incompatible.unexpected_keys:
-        raise ValueError(f"{path}: weights that this model lacks: {incompatible.unexpected_keys[:4]}")
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    rng = ckpt.get("rng")
-    if isinstance(rng, list):  # one state per rank; a different world size keeps fresh seeds
-        rng = rng[info.rank] if len(rng) == info.world_size else None
-    if rng:
-        set_rng_state(rng)
-    return _RunState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]))
+        if info.is_main:
+            barrier()
+        seed_everything(cfg.experiment.seed, info.rank)
+        self.model = model.to(device)
+        if info.distributed:
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
+        tokenizer = make_tokenizer(self.source)
+        degradations = tuple(cfg.data.degradations)
+        # (K, E), frozen: the degradation names are embedded once.
+        self.name_features = encode_names(self.model.encode_text, tokenizer, degradations, device)
+        self.classifier = ZeroShotClassifier(self.name_features, degradations).to(device)
+        self.loader, self.val_loader = _data_loaders(cfg, self.source, tokenizer, info)
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        train = cfg.train
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, train.weight_decay), lr=train.lr, betas=tuple(train.betas), eps=train.eps
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_warmup_lambda(self.total_steps, train.warmup_steps)
+        )
+        self.criterion = DaCLIPLoss(train.degradation_loss)
+        self.epoch_started = time.perf_counter()
 
+    # -- checkpoints
 
-def _log_step(
-    writer: Any, log: Any, losses: DaCLIPLossOutput, lr: float, model: DaCLIP, epoch: int, step: int
-) -> None:
-    scalars = {
-        "loss/total": losses.total.item(),
-        "loss/content": losses.content.item(),
-        "loss/degradation": losses.degradation.item(),
-        "lr": lr,
-        "logit_scale": model.logit_scale.exp().item(),
-    }
-    for key, value in scalars.items():
-        writer.add_scalar(key, value, step)
-    log.info(
-        "epoch %d step %d: loss %.4f (content %.4f, degradation %.4f) lr %.3g, logit scale %.2f",
-        epoch,
-        step,
-        scalars["loss/total"],
-        scalars["loss/content"],
-        scalars["loss/degradation"],
-        lr,
-        scalars["logit_scale"],
-    )
+    def load_state_dict(self, state: Any, path: Path) -> None:
+        """Trained weights, optimizer and scheduler of a stage-1 training checkpoint (one-line errors)."""
+        require_format(state, path, CHECKPOINT_FORMAT, "a stage-1 (DA-CLIP) training checkpoint")
+        if "optimizer" not in state:
+            raise UserError(
+                f"{path} is a DA-CLIP model export without optimizer state, not a training checkpoint "
+                "(resume from checkpoints/latest.pt or epoch_<n>.pt)"
+            )
+        missing = [k for k in self.model.trainable_state_dict() if k not in state["model"]]
+        if missing:
+            raise ValueError(f"{path}: checkpoint lacks trained weights {missing[:4]}")
+        try:
+            incompatible = self.model.load_state_dict(state["model"], strict=False)
+        except RuntimeError as err:  # shape mismatch: a checkpoint of another architecture
+            first = str(err).strip().splitlines()[-1].strip()
+            raise ValueError(
+                f"{path} does not fit model.clip_model={self.cfg.model.clip_model}: {first}"
+            ) from None
+        if incompatible.unexpected_keys:
+            raise ValueError(f"{path}: weights that this model lacks: {incompatible.unexpected_keys[:4]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
+    def state_dict(self) -> dict[str, Any]:
+        return make_checkpoint(
+            self.model,
+            self.source,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            epoch=self._epoch_of(self.run_step),
+        )
 
-# ----------------------------------------------------------------------------- training
+    def _epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def checkpoint_tag(self, step: int) -> str | None:
+        self.run_step = step
+        if step % self.steps_per_epoch:
+            return None
+        epoch = self._epoch_of(step)
+        numbered = epoch % self.cfg.train.save_every_epochs == 0 or epoch == self.cfg.train.epochs
+        return f"epoch_{epoch}" if numbered else ""
+
+    # -- the step
+
+    def batches(self, start_step: int) -> Iterator[dict[str, Any]]:
+        for epoch in range(self._epoch_of(start_step), self.cfg.train.epochs):
+            self.loader.sampler.set_epoch(epoch)
+            self.model.train()
+            self.epoch_started = time.perf_counter()
+            yield from self.loader
+
+    def train_step(self, batch: dict[str, Any], step: int) -> StepResult:
+        losses = train_step(
+            self.model,
+            batch,
+            self.criterion,
+            self.name_features,
+            self.optimizer,
+            self.scheduler,
+            self.cfg.train.precision,
+        )
+        finite = bool(torch.isfinite(losses.total))  # train_step already agreed on it over ranks
+        return StepResult(
+            {"loss": losses.total, "content": losses.content, "degradation": losses.degradation}, finite
+        )
+
+    def log_scalars(self) -> dict[str, float]:
+        return {
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "logit_scale": self.model.logit_scale.exp().item(),
+        }
+
+    # -- validation and the final export
+
+    def _accuracy(self, methods: Sequence[Literal["clip", "daclip"]]) -> dict[str, float]:
+        if self.val_loader is None:
+            return {}
+        matrices = confusion_matrices(
+            self.model, self.val_loader, self.classifier, self.run.device, methods, self.cfg.train.precision
+        )
+        return {m: float(v.diagonal().sum()) / max(1, int(v.sum())) for m, v in matrices.items()}
+
+    def on_start(self, run: RunContext) -> None:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        run.logger.info(
+            "DA-CLIP %s (pretrained %r): %d trainable / %d parameters; %d images, %d steps/epoch, global batch %d",
+            self.source.clip_model,
+            self.source.pretrained,
+            trainable,
+            sum(p.numel() for p in self.model.parameters()),
+            len(self.loader.dataset),
+            self.steps_per_epoch,
+            self.cfg.train.batch_size * run.info.world_size,
+        )
+        if run.start_step == 0 and self.val_loader is not None:
+            baseline = self._accuracy(("clip", "daclip"))
+            run.logger.info(
+                "validation before training: CLIP %.4f, DA-CLIP %.4f", baseline["clip"], baseline["daclip"]
+            )
+            run.scalar("val/clip_accuracy", baseline["clip"], 0)
+            run.scalar("val/daclip_accuracy", baseline["daclip"], 0)
+
+    def validate(self, run: RunContext, step: int) -> None:
+        if step % self.steps_per_epoch:
+            return
+        epoch = self._epoch_of(step)
+        accuracy = self._accuracy(("daclip",))
+        if accuracy:
+            run.logger.info("epoch %d: DA-CLIP validation accuracy %.4f", epoch, accuracy["daclip"])
+            run.scalar("val/daclip_accuracy", accuracy["daclip"], step)
+        run.logger.info("epoch %d done in %.1f s", epoch, time.perf_counter() - self.epoch_started)
+
+    def on_finish(self, run: RunContext) -> None:
+        """``daclip_final.pt``: the full model (frozen CLIP included), readable from the file alone."""
+        assert run.run_dir is not None
+        final = run.run_dir / "checkpoints" / "daclip_final.pt"
+        epoch, step = self.cfg.train.epochs, self.total_steps
+        main_rank_call(
+            lambda: save_checkpoint(
+                final, make_checkpoint(self.model, self.source, self.cfg, full=True, epoch=epoch, step=step)
+            ),
+            is_main=run.is_main,
+        )
+        run.logger.info("final model (frozen CLIP included): %s", final)
 
 
 def train_daclip(cfg: DaCLIPTrainConfig, argv: Sequence[str] | None = None, *, progress: bool = True) -> Path:
     """Train DA-CLIP as configured (single process or under torchrun); returns the run folder."""
-    info = init_distributed(cfg.experiment.device)
-    try:
-        return _train(cfg, info, argv, progress)
-    finally:
-        cleanup_distributed()
-
-
-def _train(cfg: DaCLIPTrainConfig, info: DistInfo, argv: Sequence[str] | None, progress: bool) -> Path:
-    device = info.device
-    tcfg = cfg.train
-    resume_path, resume_dir = plan_resume(cfg.experiment)
-    # Weights first (a missing download fails before any folder is written). The main rank
-    # resolves (and, online, downloads) them; the others then read the cache. Every rank
-    # builds with the same seed (a random CLIP must be the same everywhere), and rank 0's
-    # weights are broadcast anyway; data order and any other randomness then use seed + rank.
-    seed_everything(cfg.experiment.seed)
-    if not info.is_main:
-        barrier()
-    model, source = build_daclip(cfg.model.clip_model, cfg.model.pretrained, cfg.model.model_config or None)
-    if info.is_main:
-        barrier()
-    seed_everything(cfg.experiment.seed, info.rank)
-
-    model = model.to(device)
-    if info.distributed:
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
-    model.set_grad_checkpointing(tcfg.grad_checkpointing)
-    tokenizer = make_tokenizer(source)
-    degradations = tuple(cfg.data.degradations)
-    name_features = encode_names(model.encode_text, tokenizer, degradations, device)  # (K, E), frozen
-    classifier = ZeroShotClassifier(name_features, degradations).to(device)
-
-    loader, val_loader = _data_loaders(cfg, source, tokenizer, info)
-    train_set, steps_per_epoch = loader.dataset, len(loader)
-    global_batch = tcfg.batch_size * info.world_size
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps
-    )
-    total_steps = tcfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_warmup_lambda(total_steps, tcfg.warmup_steps)
-    )
-    criterion = DaCLIPLoss(tcfg.degradation_loss)
-
-    state = _RunState()
-    if resume_path is not None:
-        state = _restore(resume_path, model, optimizer, scheduler, cfg, info)
-
-    # Everything that can fail on the user's inputs has run: only now is a run folder written.
-    run_dir = None
-    if info.is_main:
-        run_dir = open_run_dir(cfg.experiment, resume_dir)
-        write_run_info(run_dir, cfg, argv)
-    run_dir = _broadcast_path(run_dir, info)
-    log = setup_logger(run_dir, info.is_main, name="daclip.train")
-    if resume_path is not None:
-        log.info(
-            "resumed from %s at epoch %d, step %d; run folder %s",
-            resume_path,
-            state.epoch,
-            state.step,
-            run_dir,
-        )
-    elif cfg.experiment.resume == "auto":
-        log.info("nothing to resume for %r; new run folder %s", cfg.experiment.name, run_dir)
-    if resume_dir is None and run_dir.name != cfg.experiment.name:
-        log.info(
-            "run folder %s exists; this run writes to %s",
-            Path(cfg.experiment.root) / cfg.experiment.name,
-            run_dir,
-        )
-
-    writer = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-    log.info(
-        "DA-CLIP %s (pretrained %r): %d trainable / %d parameters; %d images, %d steps/epoch, global batch %d",
-        source.clip_model,
-        source.pretrained,
-        sum(p.numel() for p in trainable),
-        sum(p.numel() for p in model.parameters()),
-        len(train_set),
-        steps_per_epoch,
-        global_batch,
-    )
-
-    if state.epoch == 0 and val_loader is not None:
-        baseline = _validate(model, val_loader, classifier, cfg, device, ("clip", "daclip"))
-        log.info("validation before training: CLIP %.4f, DA-CLIP %.4f", baseline["clip"], baseline["daclip"])
-        if writer is not None:
-            writer.add_scalar("val/clip_accuracy", baseline["clip"], 0)
-            writer.add_scalar("val/daclip_accuracy", baseline["daclip"], 0)
-
-    nonfinite = NonFiniteGuard(tcfg.max_nonfinite_steps)
-    for epoch in range(state.epoch, tcfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        model.train()
-        batches: Iterable = loader
-        bar = None
-        if progress and info.is_main:
-            bar = batches = progress_bar(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", leave=False)
-        started = time.perf_counter()
-        for batch in batches:
-            losses = train_step(model, batch, criterion, name_features, optimizer, scheduler, tcfg.precision)
-            state.step += 1
-            if not nonfinite.check(losses.total.item(), state.step):
-                log.warning("step %d: the loss is %s; update skipped", state.step, losses.total.item())
-            if bar is not None:
-                bar.set_postfix(loss=f"{losses.total.item():.4f}", refresh=False)
-            if state.step % tcfg.log_every == 0 and info.is_main:
-                lr = optimizer.param_groups[0]["lr"]
-                _log_step(writer, log, losses, lr, model, epoch + 1, state.step)
-        if bar is not None:
-            bar.close()
-        state.epoch = epoch + 1
-        # Saved before validating: a validation failure must not lose the epoch.
-        _save_training_checkpoint(model, source, cfg, optimizer, scheduler, state, run_dir, info)
-        accuracy = _validate(model, val_loader, classifier, cfg, device, ("daclip",))
-        if accuracy:
-            log.info("epoch %d: DA-CLIP validation accuracy %.4f", state.epoch, accuracy["daclip"])
-            if writer is not None:
-                writer.add_scalar("val/daclip_accuracy", accuracy["daclip"], state.step)
-        log.info("epoch %d done in %.1f s", state.epoch, time.perf_counter() - started)
-
-    final = run_dir / "checkpoints" / "daclip_final.pt"
-    main_rank_call(
-        lambda: save_checkpoint(
-            final, make_checkpoint(model, source, cfg, full=True, epoch=state.epoch, step=state.step)
-        ),
-        is_main=info.is_main,
-    )
-    if info.is_main:
-        log.info("final model (frozen CLIP included): %s", final)
-        writer.close()
-    barrier()
-    return run_dir
-
-
-def _save_training_checkpoint(
-    model: DaCLIP,
-    source: ClipSource,
-    cfg: DaCLIPTrainConfig,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    state: _RunState,
-    run_dir: Path,
-    info: DistInfo,
-) -> None:
-    rng = get_rng_state()
-    if info.distributed:  # every rank's generators, so a resumed run draws what it would have drawn
-        gathered: list[Any] = [None] * info.world_size
-        dist.all_gather_object(gathered, rng)
-        rng = gathered
-
-    def save() -> None:
-        ckpt = make_checkpoint(
-            model,
-            source,
-            cfg,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            epoch=state.epoch,
-            step=state.step,
-            rng=rng,
-        )
-        folder = run_dir / "checkpoints"
-        if state.epoch % cfg.train.save_every_epochs == 0 or state.epoch == cfg.train.epochs:
-            save_checkpoint(folder / f"epoch_{state.epoch}.pt", ckpt)
-            prune_checkpoints(folder, "epoch_", cfg.train.keep_last)
-        save_checkpoint(folder / "latest.pt", ckpt)
-
-    main_rank_call(save, is_main=info.is_main)  # a failure on rank 0 stops every rank
-    barrier()
+    return run_training(DaCLIPStage(cfg), cfg, argv, progress=progress)

@@ -497,16 +497,16 @@ def test_the_epoch_is_saved_before_it_is_validated(tmp_path, monkeypatch) -> Non
     import daclip.train
 
     csv_path = synthetic_captions(tmp_path / "data", per_class=4)
-    real_validate = daclip.train._validate
+    real_accuracy = daclip.train.DaCLIPStage._accuracy
     calls = {"n": 0}
 
     def failing_after_training(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # the first is the baseline before training
             raise ImageReadError("cannot read image val.png: truncated")
-        return real_validate(*args, **kwargs)
+        return real_accuracy(*args, **kwargs)
 
-    monkeypatch.setattr(daclip.train, "_validate", failing_after_training)
+    monkeypatch.setattr(daclip.train.DaCLIPStage, "_accuracy", failing_after_training)
     with pytest.raises(ImageReadError):
         train_daclip(_tiny_cfg(tmp_path, csv_path), progress=False)
     latest = load_checkpoint(tmp_path / "runs" / "daclip_tiny" / "checkpoints" / "latest.pt")
