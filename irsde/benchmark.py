@@ -1,7 +1,8 @@
 """Throughput and memory measurements for a stage-2 config (``scripts/benchmark.py``).
 
-Training: images per second and peak memory of full optimisation steps (forward, IR-SDE loss,
-backward, AdamW) on random batches of the configured batch and patch size. Restoration: seconds
+Training: images per second and peak memory of the training step itself
+(:meth:`irsde.train.IRStage.train_step`: forward, loss, backward, clipping, AdamW, scheduler, EMA)
+on a random batch of the configured batch and patch size. Restoration: seconds
 per image for the whole reverse process at a given size and number of steps. Samplers
 (:func:`benchmark_samplers`): the same restoration timed for several sampler × NFE × grid settings
 on one model in one run, one JSON row each, so that runs on different devices can be put side by
@@ -20,14 +21,15 @@ from typing import Any
 
 import torch
 
+from daclip.inference import build_embedder
 from daclip.utils.config import to_dict
-from daclip.utils.experiment import autocast
+from daclip.utils.distributed import DistInfo
+from daclip.utils.lifecycle import RunContext
 
-from .losses import build_loss
 from .pipeline import RestorationPipeline
 from .samplers import SAMPLERS, SamplerSpec, check_sampler_options, make_timesteps
 from .sde import IRSDE
-from .train import IRTrainConfig, build_embedder, build_unet
+from .train import IRStage, IRTrainConfig, build_unet
 
 __all__ = [
     "SamplerSpec",
@@ -112,29 +114,26 @@ class _RandomEmbedder:
 def benchmark_training(
     cfg: IRTrainConfig, device: torch.device, steps: int = 20, warmup: int = 3
 ) -> dict[str, Any]:
-    """Images/s and peak memory of ``steps`` training steps after ``warmup`` untimed ones."""
+    """Images/s and peak memory of ``steps`` training steps after ``warmup`` untimed ones.
+
+    Each step is :meth:`irsde.train.IRStage.train_step`, the step training runs (DA-CLIP embedding,
+    loss, backward, clipping, AdamW, scheduler, EMA), on one random batch of the configured size.
+    """
     torch.manual_seed(0)
-    unet = build_unet(cfg.model).to(device).train()
-    sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
-    loss_fn = build_loss(cfg.train.loss, sde, cfg.train.loss_kind, cfg.model.prediction)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
+    stage = IRStage(cfg)
+    run = RunContext(cfg, cfg.experiment, DistInfo(0, 0, 1, device, True, False))
     embedder = build_embedder(cfg.daclip, device) or _RandomEmbedder(cfg.model.context_dim, device)
+    stage.build(run, embedder)
+    stage.unet.train()
     batch, size = cfg.train.batch_size, cfg.data.patch_size
     gt = torch.rand(batch, 3, size, size, device=device)
     lq = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
     clip = torch.randn(batch, 3, embedder.image_size, embedder.image_size, device=device)
+    inputs = {"lq": lq, "gt": gt, "lq_clip": clip}
+    count = iter(range(1, 1 + warmup + steps))
 
     def one_step() -> None:
-        with torch.no_grad(), autocast(device, cfg.train.precision):
-            content_emb, degra_emb = embedder(clip)
-        t = sde.sample_timesteps(batch, device=device)
-        xt = sde.add_noise(gt, lq, t, torch.randn_like(gt))
-        with autocast(device, cfg.train.precision):
-            pred = unet(xt, lq, t, degra_emb=degra_emb.float(), content_emb=content_emb.float())
-        loss = loss_fn(pred.float(), xt, gt, lq, t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        stage.train_step(inputs, next(count))
 
     for _ in range(warmup):
         one_step()
@@ -153,7 +152,7 @@ def benchmark_training(
         "batch_size": batch,
         "patch_size": size,
         "steps_timed": steps,
-        "parameters": sum(p.numel() for p in unet.parameters()),
+        "parameters": sum(p.numel() for p in stage.unet.parameters()),
         "daclip": "timed" if cfg.daclip.checkpoint else "random embeddings (DA-CLIP not timed)",
     }
 

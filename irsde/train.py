@@ -282,6 +282,34 @@ class IRStage(Stage):
             file_fingerprint(cfg.daclip.checkpoint) if cfg.daclip.checkpoint and info.is_main else None
         )
         self.train_set, self.val_set, self.val_indices = self._datasets()
+        self.build(run, self.embedder)
+        train = cfg.train
+        self.sampler = EpochSampler(
+            len(self.train_set), train.batch_size, info.rank, info.world_size, cfg.experiment.seed
+        )
+        if self.sampler.batches_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size: {train.batch_size} x {info.world_size} GPU(s) exceeds the "
+                f"{len(self.train_set)} training pairs"
+            )
+        self.loader = DataLoader(
+            KeyedDataset(self.train_set, cfg.experiment.seed),
+            batch_size=train.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+        )
+
+    def build(self, run: RunContext, embedder: Any) -> None:
+        """The model, its EMA, loss, optimiser, scheduler and noise generator on ``run.device``, no data.
+
+        What :meth:`setup` builds after the datasets; ``scripts/benchmark.py`` times :meth:`train_step`
+        on it, so the benchmark measures what training runs (EMA, clipping, scheduler included).
+        """
+        cfg, device, info = self.cfg, run.device, run.info
+        self.run, self.embedder = run, embedder
         self.sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
         self.unet = build_unet(cfg.model).to(device)
         self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
@@ -304,23 +332,6 @@ class IRStage(Stage):
         self.train_grid = None
         if train.timestep_grid is not None:
             self.train_grid = make_timesteps(self.sde.T, train.timestep_grid).to(device)
-        self.sampler = EpochSampler(
-            len(self.train_set), train.batch_size, info.rank, info.world_size, cfg.experiment.seed
-        )
-        if self.sampler.batches_per_epoch == 0:
-            raise ConfigError(
-                f"train.batch_size: {train.batch_size} x {info.world_size} GPU(s) exceeds the "
-                f"{len(self.train_set)} training pairs"
-            )
-        self.loader = DataLoader(
-            KeyedDataset(self.train_set, cfg.experiment.seed),
-            batch_size=train.batch_size,
-            sampler=self.sampler,
-            num_workers=cfg.data.num_workers,
-            pin_memory=device.type == "cuda",
-            drop_last=True,
-            persistent_workers=False,
-        )
 
     def _datasets(self) -> tuple[Any, Any, list[int]]:
         """Training pairs, and the validation pairs (headers checked now) with the subset validated."""
