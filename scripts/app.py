@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""A web page on this machine to restore one's own photos (needs the optional extra: pip install -e ".[app]").
+
+    python scripts/app.py                                   # the newest demo restorer (scripts/demo.py)
+    python scripts/app.py --checkpoint experiments/universal-ir/checkpoints/latest.pt
+    python scripts/app.py --checkpoint universal-ir.pth --daclip daclip_ViT-B-32.pt --device cuda
+
+Then open http://127.0.0.1:7860 (``--port``, ``--host``). Upload an image: the page shows the predicted
+degradation(s) with probabilities; choose the sampler, steps, order, timestep grid and tiling; restore;
+compare input and output side by side and download the result as PNG. Images over ``--max-pixels``
+(default 2048x2048) need a tile size. Restorations run one at a time (others wait in the queue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
+
+from daclip.utils.experiment import UserError, run_main  # noqa: E402
+from irsde.app import (  # noqa: E402
+    DEFAULT_MAX_PIXELS,
+    build_app,
+    find_demo_checkpoint,
+    missing_checkpoint_message,
+)
+from irsde.pipeline import RestorationPipeline  # noqa: E402
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (argparse reports anything else as a usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="our stage-2 checkpoint or universal-ir.pth (default: the newest demo run under --experiments)",
+    )
+    p.add_argument("--daclip", default="", help="DA-CLIP weights (default: the one the checkpoint records)")
+    p.add_argument(
+        "--clip-model", default="ViT-B-32", help="open_clip architecture of a released DA-CLIP file"
+    )
+    p.add_argument(
+        "--model-config", default="", help="open_clip JSON of a custom architecture (with --clip-model)"
+    )
+    p.add_argument(
+        "--experiments", default="experiments", help="where to look for the demo run without --checkpoint"
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
+    p.add_argument("--port", type=_at_least(1), default=7860)
+    p.add_argument(
+        "--max-pixels",
+        type=_at_least(1),
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest image restored without tiling, in pixels (default {DEFAULT_MAX_PIXELS} = 2048x2048)",
+    )
+    args = p.parse_args(argv)
+    if args.port > 65535:
+        p.error(f"argument --port: must be <= 65535, got {args.port}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def body() -> None:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            found = find_demo_checkpoint(args.experiments)
+            if found is None:
+                raise UserError(missing_checkpoint_message(args.experiments))
+            checkpoint = str(found)
+            print(f"checkpoint: {checkpoint} (the newest demo run; --checkpoint to choose another)")
+        elif not Path(checkpoint).is_file():
+            raise UserError(f"checkpoint not found: {checkpoint}")
+        if args.daclip and not Path(args.daclip).is_file():
+            raise UserError(f"DA-CLIP weights not found: {args.daclip}")
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            raise UserError('the web app needs Gradio, an optional extra: pip install -e ".[app]"') from None
+        pipeline = RestorationPipeline.from_checkpoint(
+            checkpoint,
+            daclip=args.daclip,
+            clip_model=args.clip_model,
+            model_config=args.model_config,
+            device=args.device,
+        )
+        print(
+            f"model on {pipeline.device}; default sampler {pipeline.sampler}, "
+            f"{pipeline.num_steps or pipeline.sde.T} step(s)"
+        )
+        app = build_app(pipeline, max_pixels=args.max_pixels, description=f"Model: `{checkpoint}`")
+        try:
+            app.launch(server_name=args.host, server_port=args.port, show_error=True)
+        except OSError as err:  # e.g. the port is taken
+            raise UserError(f"cannot serve on {args.host}:{args.port}: {err}") from None
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
