@@ -30,12 +30,29 @@ from .train import IRTrainConfig, train
 
 __all__ = ["DemoSettings", "format_comparison", "run_demo"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+def config_dir() -> Path:
+    """The project's ``configs/`` folder: the checkout's, else the installed copy (``daclip_uir_configs``).
+
+    A checkout run (``python scripts/demo.py``) reads the files next to the code; after a
+    non-editable ``pip install .`` they are package data of ``daclip_uir_configs`` (pyproject.toml).
+    """
+    checkout = Path(__file__).resolve().parents[1] / "configs"
+    if checkout.is_dir():
+        return checkout
+    from importlib.resources import files
+
+    try:
+        installed = Path(str(files("daclip_uir_configs")))
+    except ModuleNotFoundError:  # pragma: no cover - neither a checkout nor an installed copy
+        raise FileNotFoundError(
+            f"the project's configs are neither in {checkout} nor installed (pip install daclip-uir)"
+        ) from None
+    return installed
 
 
 def config_path(name: str) -> Path:
-    """A file of the checkout's ``configs/`` folder."""
-    return CONFIG_DIR / name
+    """A file of the project's ``configs/`` folder (see :func:`config_dir`)."""
+    return config_dir() / name
 
 
 def _label_strip(text: str, width: int, height: int = 14) -> Tensor:

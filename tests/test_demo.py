@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from data import DEFAULT_DEGRADATIONS
 from data.demo import DEMO_PHOTOS
@@ -50,3 +52,28 @@ def test_demo_validation_photos_are_colour_and_unseen():
 
         image = read_image(skimage_photo_path(name))
         assert image.ndim == 3 and float(abs(image[..., 0] - image[..., 1]).mean()) > 0.01  # colour
+
+
+def test_the_demo_finds_its_configs_after_a_non_editable_install(tmp_path):
+    """`pip install .` (not editable): the tiny configs come with the package (daclip_uir_configs)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(root)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    probe = (
+        "import yaml; from irsde.demo import config_path; p = config_path('universal_ir_tiny.yml'); "
+        "assert yaml.safe_load(p.read_text())['model']; print(p); "
+        "print(config_path('open_clip/ViT-Tiny-16.json').is_file())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout.split()  # fmt: skip
+    assert Path(out[0]).is_relative_to(target) and out[1] == "True"
