@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from daclip.utils.config import ConfigError, spec, to_dict
+from daclip.utils.distributed import resolve_device
 from daclip.utils.experiment import create_run_dir
 from daclip.utils.experiment import progress_bar as make_progress_bar
 from data import DEFAULT_DEGRADATIONS
@@ -164,7 +165,7 @@ def evaluate(
         daclip=cfg.model.daclip_checkpoint,
         clip_model=cfg.model.clip_model,
         model_config=cfg.model.model_config,
-        device=cfg.device,
+        device=resolve_device(cfg.device, option="device"),
         use_ema=cfg.model.use_ema,
         daclip_option="model.daclip_checkpoint",
         sampler=cfg.sampling.sampler,
@@ -319,10 +320,18 @@ def sweep_samplers(
     sweep_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=())
     rows: list[dict[str, Any]] = []
     for choice in parsed:
-        label = choice.name + (f":{choice.nfe}" if choice.nfe else "") + (f":{choice.order}" if choice.order else "")
+        label = (
+            choice.name
+            + (f":{choice.nfe}" if choice.nfe else "")
+            + (f":{choice.order}" if choice.order else "")
+        )
         run = copy.deepcopy(cfg)
         run.output_root, run.name = str(sweep_dir), label.replace(":", "_")
-        run.sampling.sampler, run.sampling.num_steps, run.sampling.order = choice.name, choice.nfe, choice.order  # type: ignore[assignment]
+        run.sampling.sampler, run.sampling.num_steps, run.sampling.order = (
+            choice.name,
+            choice.nfe,
+            choice.order,
+        )  # type: ignore[assignment]
         log(f"sampler sweep: {label}")
         result = evaluate(run, log=log, progress=progress, **metric_overrides)
         average = result["rows"].get("average", {})

@@ -30,8 +30,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python scripts/classify.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.utils.experiment import run_main  # noqa: E402
 from data import DEFAULT_DEGRADATIONS  # noqa: E402
@@ -99,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not names:
             raise ValueError("--degradations: no class names given")
         daclip = load_frozen_daclip(
-            args.weights, args.clip_model, args.model_config, resolve_device(args.device)
+            args.weights, args.clip_model, args.model_config, resolve_device(args.device, option="--device")
         )
 
         if args.multi_label:

@@ -19,8 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.utils.experiment import run_main
 from data import DEFAULT_DEGRADATIONS
@@ -60,17 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         from data.captioning import DEFAULT_BLIP, BlipCaptioner, caption_paired_dataset
 
         model = args.model or DEFAULT_BLIP
-        try:  # auto: CUDA if available, else CPU; cuda without a GPU is a one-line error
-            device = resolve_device(args.device)
-        except (ValueError, RuntimeError) as err:  # RuntimeError: torch.device() of a bad name
-            reason = (
-                str(err)
-                .strip()
-                .splitlines()[0]
-                .removeprefix("experiment.device: ")
-                .removeprefix(f"'{args.device}' ")
-            )
-            raise ValueError(f"--device {args.device!r}: {reason}") from None
+        device = resolve_device(args.device, option="--device")  # one line for cuda without a GPU
 
         def load() -> BlipCaptioner:
             return BlipCaptioner.from_pretrained(

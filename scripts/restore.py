@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
+from daclip.utils.distributed import resolve_device  # noqa: E402
 from daclip.utils.experiment import run_main  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
 from irsde.pipeline import RestorationPipeline  # noqa: E402
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             daclip=args.daclip,
             clip_model=args.clip_model,
             model_config=args.model_config,
-            device=args.device,
+            device=resolve_device(args.device, option="--device"),
             sampler=args.sampler,
             num_steps=args.steps,
             order=args.order,

@@ -14,8 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python scripts/train_daclip.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.utils.config import add_config_arguments, config_from_args  # noqa: E402
 from daclip.utils.experiment import run_main  # noqa: E402

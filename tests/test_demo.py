@@ -56,14 +56,21 @@ def test_demo_validation_photos_are_colour_and_unseen():
 
 def test_the_demo_finds_its_configs_after_a_non_editable_install(tmp_path):
     """`pip install .` (not editable): the tiny configs come with the package (daclip_uir_configs)."""
+    import shutil
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: the build writes build/ and *.egg-info next to the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    for name in ("daclip", "irsde", "data", "configs"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(root)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     probe = (

@@ -361,3 +361,19 @@ def test_the_shared_reachability_probe_is_quick_and_honours_the_proxy(monkeypatc
     assert not reachable("https://huggingface.co", timeout=0.2)
     assert time.monotonic() - start < 2.0  # bounded by timeout + 0.5 s, not by the stuck lookup
     assert probed == [("proxy.example", 3128)]  # where a download would connect
+
+
+def test_the_inference_path_imports_no_training_module():
+    """restore.py, test.py and the pipeline they share load models without the trainers' code."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import irsde.pipeline, irsde.evaluate, irsde.restore, scripts.restore, scripts.test; "
+        "print(sorted(m for m in sys.modules if m in ('irsde.train', 'daclip.train', 'daclip.utils.lifecycle')))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
+    assert out == "[]"

@@ -41,16 +41,25 @@ class DistInfo:
     distributed: bool
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA (this process's GPU) if available, else CPU; ``cuda`` fails clearly without a GPU."""
+def resolve_device(
+    name: str = "auto", local_rank: int = 0, *, option: str = "experiment.device"
+) -> torch.device:
+    """The one device resolver of every script and both trainers.
+
+    ``auto`` -> CUDA (this process's GPU) if available, else CPU; ``cuda`` without a GPU, or a name
+    torch does not know, is a one-line ``ValueError`` naming ``option`` (the setting the user gave).
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"experiment.device: '{name}' requested but no CUDA device is available")
+            raise ValueError(f"{option}: '{name}' requested but no CUDA device is available")
         if name == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{option}: {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
 
 
 def is_distributed() -> bool:
