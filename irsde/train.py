@@ -444,7 +444,7 @@ class IRStage(Stage):
             )
             t = self.train_grid[pick]  # (B,)
         noise = torch.randn(gt.shape, device=device, generator=self.generator, dtype=gt.dtype)
-        xt = self.sde.add_noise(gt, lq, t, noise)  # x_t ~ the marginal (IR-SDE, Eq. 5)
+        xt = self.sde.add_noise(gt, lq, t, noise)  # x_t ~ the marginal (IR-SDE paper eq. 4)
         with autocast(device, cfg.train.precision):
             model_output = self.model(xt, lq, t, **context)  # of the model.prediction kind
         loss = self.loss_fn(model_output.float(), xt, gt, lq, t, noise=noise)

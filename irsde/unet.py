@@ -609,7 +609,7 @@ class ConditionalUNet(nn.Module):
             skips.append(h)
             h = downsample(h)  # (B, C_{i+1}, H_i/2, W_i/2), the deepest level keeps its size
 
-        h = self._run(self.mid_block1, h, time_emb)  # (B, C_mid, H', W') / 2**(depth-1)
+        h = self._run(self.mid_block1, h, time_emb)  # (B, C_mid, H'/2**(depth-1), W'/2**(depth-1))
         h = self._run(self.mid_attn, h, context=context)
         h = self._run(self.mid_block2, h, time_emb)
 
