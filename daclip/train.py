@@ -20,6 +20,17 @@ CLIP description (name, architecture, pretrained source); when the CLIP is rando
 initialised (``pretrained: ""``) its weights are stored too, since nothing else can
 rebuild them.
 
+Data (``data.source``): ``csv`` reads LQ images and their titles from ``data.train_csv``; ``synthetic``
+degrades the clean photos of ``data.clean_root`` on the fly (:class:`data.synthetic.SyntheticCaptionDataset`,
+``data.synthesis`` = :class:`data.synthetic.SynthesisConfig`; no file is written). A synthetic sample is a
+pure function of (run seed, epoch, index): item ``i`` of epoch ``e`` is drawn with ``draw_key = e * n + i``
+(:class:`EpochKeySampler`, :class:`EpochKeyedCaptions`), so it is the same in any worker and after a
+resume, differs between ranks, and every epoch gives a photo new degradations. The degradation loss then
+contrasts with every combination text a sample can get (``"hazy, rainy"``, embedded once), indexed by the
+sample's ``degradation_index``; validation still classifies over the single names of
+``data.degradations`` (``data.val_csv``), and ``data.val_clean_root`` adds a multi-label validation
+(per-type F1, :mod:`daclip.classify`) on a fixed set of synthetic mixtures.
+
 A NaN/Inf loss skips its update; more than ``train.max_nonfinite_steps`` of them in a row
 stop training with one line naming the step, and weights that are not finite are never
 written. Resuming follows :func:`daclip.utils.experiment.plan_resume` (the rule stage 2 uses).
@@ -37,9 +48,9 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from daclip.classify import confusion_matrices
+from daclip.classify import DEFAULT_THRESHOLD, MultiLabelReport, confusion_matrices, multilabel_probabilities
 from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
 from daclip.model import DaCLIP
 from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
@@ -59,13 +70,17 @@ from daclip.utils.preflight import check_images
 from daclip.zero_shot import ZeroShotClassifier, encode_names
 from data import DEFAULT_DEGRADATIONS
 from data.captions import CaptionDataset
+from data.synthetic import SynthesisConfig, SyntheticCaptionDataset
 
 __all__ = [
     "ModelSection",
+    "SynthesisSection",
     "DataSection",
     "TrainSection",
     "DaCLIPTrainConfig",
     "CaptionCollate",
+    "EpochKeySampler",
+    "EpochKeyedCaptions",
     "param_groups",
     "cosine_warmup_lambda",
     "sync_gradients",
@@ -104,22 +119,77 @@ class ModelSection:
 
 
 @dataclass
-class DataSection:
-    """Caption CSVs (``filepath<TAB>title``, see :mod:`data.captions`)."""
+class SynthesisSection(SynthesisConfig):
+    """``data.synthesis``: :class:`data.synthetic.SynthesisConfig` itself (same fields, same checks), whose
+    one-line ``ValueError`` (naming e.g. ``data.synthesis.probabilities.rainy``) becomes a ``ConfigError``."""
 
-    train_csv: str = spec("", must_exist=True, help="training caption CSV")
+    def validate(self, prefix: str = "data.synthesis") -> None:
+        try:
+            super().validate(prefix)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+@dataclass
+class DataSection:
+    """Where stage-1 samples come from: caption CSVs (``filepath<TAB>title``, see :mod:`data.captions`)
+    or, with ``source: synthetic``, clean photos degraded on the fly (:mod:`data.synthetic`)."""
+
+    source: Literal["csv", "synthetic"] = spec(
+        "csv", help="csv: train_csv's LQ images; synthetic: clean_root's photos degraded on the fly"
+    )
+    train_csv: str = spec("", must_exist=True, help="training caption CSV (source: csv)")
     val_csv: str = spec("", must_exist=True, help="validation caption CSV ('' = no validation)")
     degradations: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADATIONS))
     num_workers: int = spec(4, minimum=0)
+    clean_root: str = spec(
+        "",
+        must_exist=True,
+        help="source: synthetic: a folder of clean photos (recursive) or a CSV with 'filepath' and an "
+        "optional 'title' column holding the clean caption",
+    )
+    synthesis: SynthesisSection = field(default_factory=SynthesisSection)
+    samples_per_epoch: int = spec(0, minimum=0, help="synthetic samples per epoch; 0 = one per clean photo")
+    max_size: int = spec(
+        0,
+        minimum=0,
+        help="downscale clean photos whose longer side exceeds this before degrading (0 = never); about "
+        "twice the CLIP input size keeps samples cheap",
+    )
+    missing_caption: Literal["empty", "stem"] = spec(
+        "stem", help="caption of a clean photo without one: its file stem, or '' (empty)"
+    )
+    val_clean_root: str = spec(
+        "",
+        must_exist=True,
+        help="clean photos for a synthetic multi-label validation (per-type F1); '' = none",
+    )
+    val_samples: int = spec(100, minimum=1, help="synthetic validation samples drawn from val_clean_root")
 
     def validate(self) -> None:
-        if not self.train_csv:
-            raise ConfigError("data.train_csv: required (a tab-separated caption CSV)")
         if not self.degradations:
             raise ConfigError("data.degradations: needs at least one degradation name")
         duplicates = sorted({d for d in self.degradations if self.degradations.count(d) > 1})
         if duplicates:
             raise ConfigError(f"data.degradations: duplicate names {duplicates}")
+        if self.source == "csv":
+            if not self.train_csv:
+                raise ConfigError("data.train_csv: required (a tab-separated caption CSV)")
+            return
+        if not self.clean_root:
+            raise ConfigError(
+                "data.clean_root: required with data.source: synthetic (a folder or CSV of clean photos)"
+            )
+        if self.max_size and self.max_size < 8:
+            raise ConfigError(f"data.max_size: must be 0 or at least 8, got {self.max_size}")
+        unknown = [t for t in self.synthesis.types if t not in self.degradations]
+        if unknown:
+            raise ConfigError(
+                f"data.synthesis.types: {unknown} not in data.degradations {self.degradations} "
+                "(the names validation classifies over)"
+            )
 
 
 @dataclass
@@ -162,13 +232,19 @@ class DaCLIPTrainConfig:
 
 
 class CaptionCollate:
-    """Batch :class:`data.captions.CaptionDataset` items and tokenise the captions."""
+    """Batch :class:`data.captions.CaptionDataset` (or :class:`data.synthetic.SyntheticCaptionDataset`)
+    items and tokenise the captions.
+
+    ``degradation_index`` indexes the loss's vocabulary (the degradation names, or every combination
+    text of a synthetic set). Synthetic items also carry ``degradations`` (lists of different lengths,
+    kept as a list of lists) and ``multi_hot`` ``(K,)`` (stacked); other keys are dropped.
+    """
 
     def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor]) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        return {
+        batch = {
             "image": torch.stack([item["image"] for item in items]),  # (B, 3, S, S)
             "caption_tokens": self.tokenizer([item["caption"] for item in items]),  # (B, context_length)
             "degradation_index": torch.tensor(
@@ -176,6 +252,66 @@ class CaptionCollate:
             ),
             "path": [item["path"] for item in items],
         }
+        if items and "degradations" in items[0]:
+            batch["degradations"] = [list(item["degradations"]) for item in items]
+        if items and "multi_hot" in items[0]:
+            batch["multi_hot"] = torch.stack([item["multi_hot"] for item in items])  # (B, K)
+        return batch
+
+
+class EpochKeySampler(Sampler[int]):
+    """A :class:`DistributedSampler` whose index ``i`` in epoch ``e`` comes out as the key ``e * n + i``.
+
+    The epoch travels inside the key (not in dataset state), so DataLoader workers, persistent or not,
+    need no notice of a new epoch; :class:`EpochKeyedCaptions` turns the key back into ``(i, key)``.
+    """
+
+    def __init__(self, sampler: DistributedSampler, size: int) -> None:
+        self.sampler, self.size, self.epoch = sampler, size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        base = self.epoch * self.size
+        return (base + int(i) for i in self.sampler)
+
+
+class EpochKeyedCaptions(Dataset):
+    """A synthetic dataset read through :class:`EpochKeySampler` keys: key ``k = e * n + i`` is sample
+    ``i % n`` drawn with ``draw_key = k``, i.e. ``get_item(i, seed=(run_seed, e * n + i))``.
+
+    A sample is then a pure function of (run seed, epoch, index): the same in any worker and after a
+    resume, different on every rank (the ranks hold disjoint indices of an epoch), and new in every
+    epoch (the same photo gets other degradations). A plain index ``i < n`` is epoch 0.
+    """
+
+    def __init__(self, dataset: SyntheticCaptionDataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        return self.dataset.get_item(key % len(self.dataset), seed=(self.seed, key))
+
+
+class _MultiLabelView(Dataset):
+    """Synthetic validation samples as :func:`daclip.classify.multilabel_probabilities` reads them."""
+
+    def __init__(self, dataset: SyntheticCaptionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]  # draw key = index: a fixed set
+        return {"image": item["image"], "labels": item["multi_hot"], "path": item["path"]}
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -295,11 +431,15 @@ def make_checkpoint(
     return out
 
 
-def _make_loader(dataset, batch_size: int, info: DistInfo, seed: int, workers: int, collate) -> DataLoader:
+def _make_loader(
+    dataset, batch_size: int, info: DistInfo, seed: int, workers: int, collate, *, epoch_keys: bool = False
+) -> DataLoader:
     # The sampler's order depends only on (seed, epoch), so a resumed run sees the same batches.
     sampler = DistributedSampler(
         dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
     )
+    if epoch_keys:  # synthetic samples: the epoch goes into each index (see EpochKeyedCaptions)
+        sampler = EpochKeySampler(sampler, len(dataset))
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -310,6 +450,25 @@ def _make_loader(dataset, batch_size: int, info: DistInfo, seed: int, workers: i
         pin_memory=info.device.type == "cuda",
         persistent_workers=workers > 0,
     )
+
+
+def _train_set(cfg: DaCLIPTrainConfig, data_kwargs: dict[str, Any]) -> Dataset:
+    """The training set: the caption CSV, or clean photos degraded on the fly (epoch-keyed draws)."""
+    data = cfg.data
+    if data.source == "csv":
+        return CaptionDataset(data.train_csv, **data_kwargs)
+    synthetic = SyntheticCaptionDataset(
+        data.clean_root,
+        data.synthesis,
+        image_size=data_kwargs["image_size"],
+        mean=data_kwargs["mean"],
+        std=data_kwargs["std"],
+        max_size=data.max_size or None,
+        length=data.samples_per_epoch or None,
+        seed=cfg.experiment.seed,
+        missing_caption=data.missing_caption,
+    )
+    return EpochKeyedCaptions(synthetic, cfg.experiment.seed)
 
 
 def _data_loaders(
@@ -323,18 +482,28 @@ def _data_loaders(
         mean=source.mean,
         std=source.std,
     )
-    train_set = CaptionDataset(cfg.data.train_csv, **data_kwargs)
+    train_set = _train_set(cfg, data_kwargs)
+    if cfg.data.source == "csv":
+        what = f"rows of {cfg.data.train_csv}"
+    else:
+        what = f"samples per epoch from {cfg.data.clean_root} (raise data.samples_per_epoch)"
     global_batch = train.batch_size * info.world_size
     if global_batch < 2:
         raise ConfigError("train.batch_size: the contrastive loss needs a global batch of at least 2")
     if len(train_set) < global_batch:
         raise ConfigError(
             f"train.batch_size: a global batch of {global_batch} ({train.batch_size} x {info.world_size} "
-            f"processes) exceeds the {len(train_set)} rows of {cfg.data.train_csv}"
+            f"processes) exceeds the {len(train_set)} {what}"
         )
     collate = CaptionCollate(tokenizer)
     loader = _make_loader(
-        train_set, train.batch_size, info, cfg.experiment.seed, cfg.data.num_workers, collate
+        train_set,
+        train.batch_size,
+        info,
+        cfg.experiment.seed,
+        cfg.data.num_workers,
+        collate,
+        epoch_keys=cfg.data.source == "synthetic",
     )
     val_loader = None
     if cfg.data.val_csv:
@@ -343,6 +512,25 @@ def _data_loaders(
         check_images((row.filepath for row in val_set.rows), f"validation set {cfg.data.val_csv}")
         val_loader = _validation_loader(val_set, train.batch_size, info, cfg.data.num_workers)
     return loader, val_loader
+
+
+def _multilabel_loader(cfg: DaCLIPTrainConfig, source: ClipSource) -> DataLoader | None:
+    """The fixed synthetic mixtures of ``data.val_clean_root`` (every rank evaluates all of them)."""
+    data = cfg.data
+    if data.source != "synthetic" or not data.val_clean_root:
+        return None
+    dataset = SyntheticCaptionDataset(
+        data.val_clean_root,
+        data.synthesis,
+        image_size=source.image_size,
+        mean=source.mean,
+        std=source.std,
+        max_size=data.max_size or None,
+        length=data.val_samples,
+        seed=cfg.experiment.seed,
+        missing_caption=data.missing_caption,
+    )
+    return DataLoader(_MultiLabelView(dataset), batch_size=cfg.train.batch_size, shuffle=False, num_workers=0)
 
 
 def _validation_loader(dataset, batch_size: int, info: DistInfo, workers: int) -> DataLoader:
@@ -398,6 +586,19 @@ class DaCLIPStage(Stage):
         self.name_features = encode_names(self.model.encode_text, tokenizer, degradations, device)
         self.classifier = ZeroShotClassifier(self.name_features, degradations).to(device)
         self.loader, self.val_loader = _data_loaders(cfg, self.source, tokenizer, info)
+        # The loss's vocabulary, indexed by each sample's degradation_index: the names or, for synthetic
+        # mixtures, every combination text a sample can get ("hazy, rainy"), embedded once.
+        self.label_features = self.name_features
+        self.multilabel_loader = None
+        if cfg.data.source == "synthetic":
+            synthetic = self.loader.dataset.dataset
+            self.label_features = encode_names(
+                self.model.encode_text, tokenizer, synthetic.degradation_texts, device
+            )
+            self.multilabel_loader = _multilabel_loader(cfg, self.source)
+            types = synthetic.types  # a subset of data.degradations (DataSection.validate)
+            rows = torch.tensor([degradations.index(t) for t in types], device=device)
+            self.multilabel_classifier = ZeroShotClassifier(self.name_features[rows], types).to(device)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         train = cfg.train
@@ -469,7 +670,7 @@ class DaCLIPStage(Stage):
             self.model,
             batch,
             self.criterion,
-            self.name_features,
+            self.label_features,
             self.optimizer,
             self.scheduler,
             self.cfg.train.precision,
@@ -495,6 +696,38 @@ class DaCLIPStage(Stage):
         )
         return {m: float(v.diagonal().sum()) / max(1, int(v.sum())) for m, v in matrices.items()}
 
+    def _multilabel(self, run: RunContext, step: int, when: str) -> None:
+        """Multi-label DA-CLIP classification of the fixed synthetic mixtures: per-type F1 in the log."""
+        if self.multilabel_loader is None:
+            return
+        probs, labels, paths = multilabel_probabilities(
+            self.model, self.multilabel_loader, self.multilabel_classifier, run.device, ("daclip",)
+        )
+        report = MultiLabelReport(
+            self.multilabel_classifier.names,
+            {"daclip": probs["daclip"].numpy()},
+            labels.numpy(),
+            paths,
+            DEFAULT_THRESHOLD,
+        )
+        metrics = report.metrics("daclip")
+        per_type = ", ".join(f"{n} {f:.3f}" for n, f in zip(metrics.names, metrics.f1()))
+        run.logger.info(
+            "%s: synthetic multi-label validation (%d images, threshold %g or top-k): macro F1 %.4f, "
+            "exact-set accuracy %.4f; F1 per type: %s",
+            when,
+            metrics.images,
+            DEFAULT_THRESHOLD,
+            metrics.macro_f1(),
+            metrics.exact_accuracy(),
+            per_type,
+        )
+        run.scalar("val/multilabel_macro_f1", metrics.macro_f1(), step)
+        run.scalar("val/multilabel_exact_accuracy", metrics.exact_accuracy(), step)
+        for name, f1 in zip(metrics.names, metrics.f1()):
+            if f1 == f1:  # NaN: the type is neither present nor predicted
+                run.scalar(f"val/f1/{name}", f1, step)
+
     def on_start(self, run: RunContext) -> None:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         run.logger.info(
@@ -507,6 +740,25 @@ class DaCLIPStage(Stage):
             self.steps_per_epoch,
             self.cfg.train.batch_size * run.info.world_size,
         )
+        if self.cfg.data.source == "synthetic":
+            synthetic = self.loader.dataset.dataset
+            stems = self.cfg.data.missing_caption == "stem"  # then a photo without caption has its stem
+            uncaptioned = sum(i.caption in ("", i.path.stem if stems else "") for i in synthetic.images)
+            run.logger.info(
+                "synthetic degradations from %d clean photos (%s): %d types, %d combinations as loss labels",
+                len(synthetic.images),
+                self.cfg.data.clean_root,
+                len(synthetic.types),
+                len(synthetic.degradation_texts),
+            )
+            if uncaptioned:
+                run.logger.warning(
+                    "%d of %d clean photos have no caption (%s): the content loss then learns little; "
+                    "give data.clean_root as a CSV with a 'title' column (scripts/make_captions.py)",
+                    uncaptioned,
+                    len(synthetic.images),
+                    "their file stem is used" if self.cfg.data.missing_caption == "stem" else "empty",
+                )
         if run.start_step == 0 and self.val_loader is not None:
             baseline = self._accuracy(("clip", "daclip"))
             run.logger.info(
@@ -514,6 +766,8 @@ class DaCLIPStage(Stage):
             )
             run.scalar("val/clip_accuracy", baseline["clip"], 0)
             run.scalar("val/daclip_accuracy", baseline["daclip"], 0)
+        if run.start_step == 0:
+            self._multilabel(run, 0, "before training")
 
     def validate(self, run: RunContext, step: int) -> None:
         if step % self.steps_per_epoch:
@@ -523,6 +777,7 @@ class DaCLIPStage(Stage):
         if accuracy:
             run.logger.info("epoch %d: DA-CLIP validation accuracy %.4f", epoch, accuracy["daclip"])
             run.scalar("val/daclip_accuracy", accuracy["daclip"], step)
+        self._multilabel(run, step, f"epoch {epoch}")
         run.logger.info("epoch %d done in %.1f s", epoch, time.perf_counter() - self.epoch_started)
 
     def on_finish(self, run: RunContext) -> None:
