@@ -183,6 +183,18 @@ def test_restorer_refuses_bad_settings_and_large_untiled_images(tiny_pipeline, t
         restorer.restore(None, sampler="mr", steps=1)
 
 
+def test_concurrent_requests_take_turns_on_the_model(tiny_pipeline, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    upload = write_image(tmp_path / "photo.png", _photo(32, 24))
+    restorer = AppRestorer(tiny_pipeline, output_dir=tmp_path / "out")
+    settings = [dict(sampler="mr", steps=1, order="1"), dict(sampler="posterior", steps=3, tile="16")] * 2
+    alone = [restorer.restore(upload, **kw)["output"] for kw in settings]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda kw: restorer.restore(upload, **kw)["output"], settings))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
 def test_nan_restoration_is_a_readable_error_and_nothing_is_written(tiny_daclip_checkpoint, tmp_path):
     path = write_tiny_ir_checkpoint(
         tmp_path / "ir.pt", daclip_checkpoint=str(tiny_daclip_checkpoint), context=True
