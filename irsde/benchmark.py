@@ -26,10 +26,11 @@ from daclip.utils.config import to_dict
 from daclip.utils.distributed import DistInfo
 from daclip.utils.lifecycle import RunContext
 
+from .models import build_model, is_one_pass
 from .pipeline import RestorationPipeline
 from .samplers import SAMPLERS, SamplerSpec, check_sampler_options, make_timesteps
 from .sde import IRSDE
-from .train import IRStage, IRTrainConfig, build_unet
+from .train import IRStage, IRTrainConfig
 
 __all__ = [
     "SamplerSpec",
@@ -167,10 +168,10 @@ def _height_width(size: Size) -> tuple[int, int]:
 def _restoration_inputs(
     cfg: IRTrainConfig, device: torch.device, size: Size
 ) -> tuple[torch.nn.Module, IRSDE, Any, torch.Tensor, torch.Tensor]:
-    """(U-Net, IR-SDE, embedder, LQ batch of one image, CLIP input): the same for every timed restore."""
+    """(restorer, IR-SDE, embedder, LQ batch of one image, CLIP input): the same for every timed restore."""
     height, width = _height_width(size)
     torch.manual_seed(0)
-    unet = build_unet(cfg.model).to(device).eval()
+    unet = build_model(cfg.model).to(device).eval()
     sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
     embedder = build_embedder(cfg.daclip, device) or _RandomEmbedder(cfg.model.context_dim, device)
     lq = torch.rand(1, 3, height, width, device=device)
@@ -215,9 +216,10 @@ def benchmark_restoration(
         torch.cuda.empty_cache()
     memory_kind = _reset_peak(device)
     unet, sde, embedder, lq, clip = _restoration_inputs(cfg, device, size)
+    one_pass = is_one_pass(cfg.model)
     pipeline = RestorationPipeline(
         unet,
-        sde,
+        None if one_pass else sde,
         embedder,
         sampler=sampler,
         num_steps=num_steps,
@@ -231,8 +233,8 @@ def benchmark_restoration(
         "peak_memory_mib": _peak_memory_mib(device),
         "peak_memory_kind": memory_kind,
         "size": size if isinstance(size, int) else list(size),
-        "num_steps": num_steps or sde.T,
-        "sampler": sampler,
+        "num_steps": 1 if one_pass else num_steps or sde.T,
+        "sampler": "one-pass" if one_pass else sampler,
         "grid": grid,
         "tile": tile,
     }
@@ -254,6 +256,11 @@ def benchmark_samplers(
     ...}), so rows of runs on different devices can be concatenated and compared. All specs are checked
     (names, orders, NFE within 1..T) before anything is timed.
     """
+    if is_one_pass(cfg.model):
+        raise ValueError(
+            f"model.family {cfg.model.family!r} is a one-pass restorer: it has no sampler to time "
+            "(time its restoration without --samplers)"
+        )
     specs = [SamplerSpec.parse(s) if isinstance(s, str) else s for s in specs]
     if not specs:
         raise ValueError(

@@ -282,9 +282,14 @@ def evaluate(
         "config": to_dict(cfg),
         "checkpoint_source": pipeline.loaded.source,
         "prediction": pipeline.prediction,
-        "sampler": cfg.sampling.sampler,
-        "nfe": len(
-            make_timesteps(pipeline.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=pipeline.sde)
+        "family": "irsde" if not pipeline.one_pass else (pipeline.loaded.config or {})["model"]["family"],
+        "sampler": "one-pass" if pipeline.one_pass else cfg.sampling.sampler,
+        "nfe": (
+            1
+            if pipeline.one_pass
+            else len(
+                make_timesteps(pipeline.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=pipeline.sde)
+            )
         )
         * (8 if cfg.sampling.self_ensemble else 1),
         "self_ensemble": cfg.sampling.self_ensemble,
@@ -415,7 +420,12 @@ def format_markdown(results: dict[str, Any]) -> str:
                 cells.append(f"{value:.4f}")
         label = f"**{name}**" if name == "average" else name
         lines.append(f"| {label} | {int(row.get('images', 0))} | " + " | ".join(cells) + " |")
-    if "sampler" in results:
+    if results.get("sampler") == "one-pass":
+        lines.append(
+            f"\nA one-pass restorer ({results.get('family', 'nafnet')}): {results['nfe']} network evaluation(s) "
+            "per image" + (" (self-ensemble of 8 flips/transposes)." if results.get("self_ensemble") else ".")
+        )
+    elif "sampler" in results:
         lines.append(
             f"\nModel output: {results['prediction']}; sampler: {results['sampler']}, "
             f"{results['nfe']} network evaluation(s) per image ({results.get('grid', 'uniform')} "

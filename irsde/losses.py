@@ -1,4 +1,4 @@
-"""Training losses of the IR-SDE network.
+"""Training losses of the restorers: the IR-SDE network's, and the pixel losses of one-pass restorers.
 
 All losses share one call signature, ``loss(model_output, xt, x0, mu, t, noise=None)``, so a trainer can
 swap them through :func:`build_loss` without other changes. ``model_output`` is of the network's
@@ -9,12 +9,18 @@ official ``MatchingLoss`` (unweighted): the element-wise error is averaged per s
 Which to use: ``ml`` with ``noise`` is the paper's (and the released model's) objective. For the data
 predictions, ``x0`` (L1 on x̂_0) weights every timestep alike; ``ml`` would weight the x̂_0 error by the
 posterior coefficient of x_0, which is tiny at large t, and learn little there.
+
+A one-pass restorer (NAFNet) compares its output with the GT directly: :class:`PixelLoss`, L1, L2 or
+the PSNR loss NAFNet trains with (``10·log10`` of each image's MSE, averaged: minimising it maximises
+the mean PSNR).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, get_args
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,6 +33,7 @@ __all__ = [
     "LossName",
     "MaximumLikelihoodLoss",
     "NoiseMatchingLoss",
+    "PixelLoss",
     "build_loss",
     "default_loss",
 ]
@@ -199,6 +206,31 @@ LOSSES: dict[str, type[nn.Module]] = {
 def default_loss(prediction: PredictionType) -> LossName:
     """The loss that trains each parametrisation well: ``ml`` (the paper's) for noise, ``x0`` otherwise."""
     return "ml" if IRSDE.check_prediction(prediction) == "noise" else "x0"
+
+
+class PixelLoss(nn.Module):
+    """``loss(output, gt)`` of a one-pass restorer: ``l1``, ``l2`` or ``psnr`` (per image, batch mean).
+
+    ``psnr``: ``10·log10(MSE_i + 1e-8)`` averaged over the images ``i`` of the batch, i.e. minus the
+    mean PSNR up to a constant (images in [0, 1]).
+    """
+
+    KINDS = ("l1", "l2", "psnr")
+
+    def __init__(self, kind: str = "l1") -> None:
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown pixel loss {kind!r}; valid choices: {', '.join(self.KINDS)}")
+        self.kind = kind
+
+    def forward(self, output: Tensor, gt: Tensor) -> Tensor:
+        if self.kind == "psnr":
+            mse = F.mse_loss(output, gt, reduction="none").flatten(1).mean(dim=1)  # [B]
+            return (10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean()
+        return _per_sample_error(output, gt, self.kind).mean()  # type: ignore[arg-type]
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}"
 
 
 def build_loss(

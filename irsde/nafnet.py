@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,9 @@ __all__ = [
 class NAFNetConfig:
     """Everything that defines a :class:`NAFNet`; ``dataclasses.asdict`` of it rebuilds the model."""
 
-    KEY: ClassVar[str] = "model.nafnet"  # where the section lives in a config file (error messages)
+    KEY: ClassVar[str] = "model"  # where the section lives in a config file (error messages)
+
+    family: Literal["nafnet"] = spec("nafnet", help="the restorer family (see irsde.models)")
 
     in_nc: int = spec(3, minimum=1, help="image channels (the global residual needs out_nc == in_nc)")
     out_nc: int = spec(3, minimum=1)
@@ -126,6 +128,10 @@ class NAFNetConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             name = f"{key}.{field.name}"
+            if field.name == "family":
+                if value != "nafnet":
+                    raise ConfigError(f"{name}: must be 'nafnet' for a NAFNet, got {value!r}")
+                continue
             if field.type in (bool, "bool"):
                 if not isinstance(value, bool):
                     raise ConfigError(f"{name}: expected true/false, got {value!r}")

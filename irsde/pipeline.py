@@ -1,10 +1,13 @@
-"""Restoring images: U-Net + IR-SDE sampler + (optionally) the frozen DA-CLIP, and loading them from files.
+"""Restoring images: a restorer (+ its IR-SDE sampler) + (optionally) the frozen DA-CLIP, loaded from files.
 
-:class:`RestorationPipeline` is what validation, ``scripts/test.py``, ``scripts/restore.py`` and
-``scripts/benchmark.py`` call. It embeds the LQ image once with DA-CLIP (the embeddings are global
-per image), then runs the reverse process; with ``tile`` set, every network call runs on
-overlapping tiles (:class:`irsde.tiling.TiledModel`) while the sampler steps the whole image, so
-memory stays bounded on large images and the noise stays consistent across tiles.
+:class:`RestorationPipeline` is what validation, ``scripts/test.py``, ``scripts/restore.py``,
+``scripts/benchmark.py``, the demo and the web app call; :meth:`RestorationPipeline.from_checkpoint`
+loads any checkpoint of ours (every family of :mod:`irsde.models`) or the released
+``universal-ir.pth``. It embeds the LQ image once with DA-CLIP (the embeddings are global per image),
+then runs the reverse process of an IR-SDE restorer, or the one pass of a one-pass restorer (NAFNet);
+with ``tile`` set, every network call runs on overlapping tiles (:class:`irsde.tiling.TiledModel`)
+while the sampler steps the whole image, so memory stays bounded on large images and the noise stays
+consistent across tiles. Nothing here imports a training module.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from data import DEFAULT_DEGRADATIONS
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
 
 from .convert import load_official_unet
+from .models import build_model, is_one_pass, model_config_from_mapping
 from .samplers import GridName, SamplerName, check_sampler_options, sample
 from .sde import IRSDE, PredictionType
 from .tiling import TiledModel
-from .unet import ConditionalUNet, UNetConfig
 
 #: Marks our stage-2 checkpoints (written by :func:`irsde.train.train`).
 IR_CHECKPOINT_FORMAT = "daclip-uir/irsde-v1"
@@ -65,11 +68,13 @@ class Embedder(Protocol):
 
 
 class RestorationPipeline:
-    """Restore LQ batches with a trained U-Net.
+    """Restore LQ batches with a trained restorer.
 
     Args:
-        unet: the conditional U-Net (put in eval mode here).
-        sde: the IR-SDE it was trained with.
+        model: the restorer (put in eval mode here): an IR-SDE U-Net, or a one-pass network such as
+            NAFNet (``sde`` None).
+        sde: the IR-SDE the U-Net was trained with; None for a one-pass restorer (then the sampler
+            settings are unused and each image costs one network evaluation).
         embedder: frozen DA-CLIP; required when the U-Net uses a context.
         sampler, num_steps: reverse-process sampler name and its number of network evaluations (None: T).
         clamp_x0: clamp x̂_0 to [0, 1] inside every sampler step; None takes the default of the U-Net's
@@ -85,8 +90,8 @@ class RestorationPipeline:
 
     def __init__(
         self,
-        unet: nn.Module,
-        sde: IRSDE,
+        model: nn.Module,
+        sde: IRSDE | None,
         embedder: Embedder | None = None,
         *,
         sampler: SamplerName = "posterior",
@@ -100,17 +105,21 @@ class RestorationPipeline:
         self_ensemble: bool = False,
     ) -> None:
         needs_context = bool(
-            getattr(unet, "use_degra_context", False) or getattr(unet, "use_image_context", False)
+            getattr(model, "use_degra_context", False) or getattr(model, "use_image_context", False)
         )
         if needs_context and embedder is None:
-            raise ValueError("this U-Net is conditioned on DA-CLIP embeddings: give a DA-CLIP checkpoint")
-        check_sampler_options(sampler, order, grid)
-        self.unet = unet.eval()
+            raise ValueError("this restorer is conditioned on DA-CLIP embeddings: give a DA-CLIP checkpoint")
+        self.one_pass = sde is None
+        if not self.one_pass:
+            check_sampler_options(sampler, order, grid)
+        self.model = model.eval()
         self.sde = sde
         self.embedder = embedder
         self.sampler = sampler
         self.num_steps = num_steps
-        self.prediction: PredictionType = IRSDE.check_prediction(getattr(unet, "prediction", "noise"))
+        # A one-pass restorer outputs the restored image itself (x0).
+        prediction = "x0" if self.one_pass else getattr(model, "prediction", "noise")
+        self.prediction: PredictionType = IRSDE.check_prediction(prediction)
         self.clamp_x0 = default_clamp_x0(self.prediction) if clamp_x0 is None else bool(clamp_x0)
         self.order = order
         self.grid: GridName = grid
@@ -157,8 +166,8 @@ class RestorationPipeline:
             raise UserError(f"{path} is conditioned on DA-CLIP: give its weights ({daclip_option})")
         embedder = build_embedder(DaCLIPSection(weights, clip_model, model_config), device)
         pipeline = cls(
-            loaded.unet.to(device),
-            loaded.sde.to(device),
+            loaded.model.to(device),
+            loaded.sde.to(device) if loaded.sde is not None else None,
             embedder,
             sampler=sampler,
             num_steps=num_steps,
@@ -169,9 +178,16 @@ class RestorationPipeline:
         return pipeline
 
     @property
+    def unet(self) -> nn.Module:
+        """The restorer network (the name from before there were other families than the U-Net)."""
+        return self.model
+
+    @property
     def nfe(self) -> int:
-        """Network evaluations per image (one per sampler step; x8 with the self-ensemble)."""
-        return int(self.num_steps or self.sde.T) * (8 if self.self_ensemble else 1)
+        """Network evaluations per image (one per sampler step, one for a one-pass restorer; x8 with
+        the self-ensemble)."""
+        steps = 1 if self.sde is None else int(self.num_steps or self.sde.T)
+        return steps * (8 if self.self_ensemble else 1)
 
     @torch.no_grad()
     def classify(
@@ -195,7 +211,7 @@ class RestorationPipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.model.parameters()).device
 
     def clip_inputs(self, lq: Tensor) -> Tensor:
         """The exact DA-CLIP transform of an LQ batch (B, 3, H, W) in [0, 1]."""
@@ -215,17 +231,22 @@ class RestorationPipeline:
             lq_clip = self.clip_inputs(lq)
         content_emb, degra_emb = self.embedder(lq_clip.to(self.device))  # (B, D) each
         kwargs: dict[str, Tensor] = {}
-        if getattr(self.unet, "use_degra_context", False):
+        if getattr(self.model, "use_degra_context", False):
             kwargs["degra_emb"] = degra_emb.float()
-        if getattr(self.unet, "use_image_context", False):
+        if getattr(self.model, "use_image_context", False):
             kwargs["content_emb"] = content_emb.float()
         return kwargs
 
     def model_fn(self, context: Mapping[str, Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-        """``(x_t, mu, t) -> predicted noise`` with the embeddings bound (and tiled if configured)."""
+        """``(x_t, mu, t) -> network output`` with the embeddings bound (and tiled if configured).
+
+        A one-pass restorer ignores ``x_t`` and ``t``: its output is the restoration of ``mu``.
+        """
 
         def call(x: Tensor, mu: Tensor, t: Tensor, **kwargs: Tensor) -> Tensor:
-            return self.unet(x, mu, t, **kwargs)
+            if self.one_pass:
+                return self.model(mu, **kwargs)
+            return self.model(x, mu, t, **kwargs)
 
         if self.tile is not None:
             tiled = TiledModel(call, self.tile, self.tile_overlap, self.tile_batch_size)
@@ -247,6 +268,8 @@ class RestorationPipeline:
         model_fn = self.model_fn(context)
 
         def restore(mu: Tensor) -> Tensor:
+            if self.one_pass:
+                return model_fn(mu, mu, torch.zeros(mu.shape[0], device=mu.device))
             return sample(
                 model_fn,
                 mu,
@@ -279,19 +302,24 @@ class RestorationPipeline:
 class LoadedRestorer:
     """What :func:`load_restoration_checkpoint` rebuilds from a file."""
 
-    unet: ConditionalUNet
-    sde: IRSDE
+    model: nn.Module  # the restorer network (a ConditionalUNet, a NAFNet, ...), in eval mode
+    sde: IRSDE | None  # the IR-SDE of a U-Net; None for a one-pass restorer
     config: dict[str, Any] | None  # the training config of our checkpoints; None for released weights
-    daclip_checkpoint: str | None  # the DA-CLIP weights the U-Net was trained with, if recorded
+    daclip_checkpoint: str | None  # the DA-CLIP weights the restorer was trained with, if recorded
     source: str  # "ours" or "official"
     daclip_sha256: str | None = None  # their content fingerprint (checkpoints written since it is recorded)
     path: str = ""  # the file this was loaded from
 
     @property
+    def unet(self) -> nn.Module:
+        """The restorer network (the name from before there were other families than the U-Net)."""
+        return self.model
+
+    @property
     def needs_daclip(self) -> bool:
         """Whether the network is conditioned on DA-CLIP embeddings."""
         return bool(
-            getattr(self.unet, "use_degra_context", False) or getattr(self.unet, "use_image_context", False)
+            getattr(self.model, "use_degra_context", False) or getattr(self.model, "use_image_context", False)
         )
 
     def degradations(self) -> tuple[str, ...]:
@@ -304,7 +332,10 @@ class LoadedRestorer:
 
     def default_sampling(self) -> tuple[str, int | None]:
         """``(sampler, num_steps)`` this model was validated with in training (our checkpoints), else the
-        paper's posterior sampler at T (released weights, or a config without validation settings)."""
+        paper's posterior sampler at T (released weights, or a config without validation settings).
+        A one-pass restorer has no sampler: ``("one-pass", 1)``."""
+        if self.sde is None:
+            return "one-pass", 1
         train = self.config.get("train", {}) if isinstance(self.config, Mapping) else {}
         sampler = train.get("val_sampler") if isinstance(train, Mapping) else None
         if not isinstance(sampler, str):
@@ -341,10 +372,12 @@ class LoadedRestorer:
 def load_restoration_checkpoint(
     path: str | os.PathLike, *, use_ema: bool = True, map_location: str | torch.device = "cpu"
 ) -> LoadedRestorer:
-    """Rebuild the U-Net and its IR-SDE from our stage-2 checkpoint or the released ``universal-ir.pth``.
+    """Rebuild the restorer (and the IR-SDE of a U-Net) from our stage-2 checkpoint or ``universal-ir.pth``.
 
-    Our checkpoints carry their config, so the model is rebuilt from the file alone (EMA weights
-    by default). A released file is a bare U-Net state dict; it gets the paper's IR-SDE.
+    Our checkpoints carry their config (its ``model`` section: the family and its description, see
+    :mod:`irsde.models`), so the model is rebuilt from the file alone (EMA weights by default). A
+    released file is a bare U-Net state dict; its description is derived from the weights' shapes
+    (:func:`irsde.convert.infer_unet_config`) and it gets the paper's IR-SDE.
     """
     obj = load_checkpoint(path, map_location=map_location)
     fmt = obj.get("format") if isinstance(obj, Mapping) else None
@@ -352,27 +385,31 @@ def load_restoration_checkpoint(
         raise ValueError(f"{path} is a DA-CLIP (stage-1) checkpoint, not a restoration model")
     if fmt == IR_CHECKPOINT_FORMAT:
         cfg = obj["config"]
-        unet = ConditionalUNet.from_config(UNetConfig.from_mapping(cfg["model"]))
+        try:
+            model_config = model_config_from_mapping(cfg["model"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: its model section does not describe a restorer: {err}") from None
+        model = build_model(model_config)
         weights = obj["ema"] if use_ema and obj.get("ema") is not None else obj["model"]
         try:
-            missing, unexpected = unet.load_state_dict(weights, strict=False)
+            missing, unexpected = model.load_state_dict(weights, strict=False)
         except RuntimeError as err:  # torch lists every shape mismatch, one per line: report one line
             lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
             raise ValueError(
-                f"{path}: weights do not fit the U-Net in its config ({len(lines)} shape mismatch(es), "
+                f"{path}: weights do not fit the model in its config ({len(lines)} shape mismatch(es), "
                 f"e.g. {lines[0] if lines else str(err).strip().splitlines()[0]})"
             ) from None
         if missing or unexpected:
             raise ValueError(
-                f"{path}: weights do not fit the U-Net in its config (missing {missing[:3]}, "
+                f"{path}: weights do not fit the model in its config (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]})"
             )
-        sde = IRSDE(**cfg["sde"])
+        sde = None if is_one_pass(model_config) else IRSDE(**cfg["sde"])
         # Since the fingerprint: {"path": absolute path, "sha256": ...}; before: the config's (relative) path.
         record = obj.get("daclip") if isinstance(obj.get("daclip"), Mapping) else {}
         daclip_ckpt = record.get("path") or (cfg.get("daclip") or {}).get("checkpoint") or None
         return LoadedRestorer(
-            unet.eval(), sde, dict(cfg), daclip_ckpt, "ours", record.get("sha256"), str(path)
+            model.eval(), sde, dict(cfg), daclip_ckpt, "ours", record.get("sha256"), str(path)
         )
     unet = load_official_unet(obj)
     return LoadedRestorer(unet.eval(), IRSDE(**PAPER_SDE), None, None, "official", path=str(path))

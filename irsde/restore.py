@@ -4,7 +4,13 @@ Images of equal size are batched together; every image is padded inside the U-Ne
 downsampling factor and cropped back, and with ``tile`` set the network sees bounded tiles
 (:class:`irsde.tiling.TiledModel`), so memory does not grow with the image. The predicted
 degradation (DA-CLIP zero-shot, top-3 with probabilities) is printed and saved to
-``predictions.csv``. Inputs are never overwritten.
+``predictions.csv``; ``predictions.json`` holds every type's probability and the predicted *set* of
+degradations (multi-label: a type is present when its probability reaches the threshold, and the most
+probable type always is, as :func:`daclip.classify.multilabel_predictions` decides), whose names also
+fill the CSV's ``degradations`` column (``hazy+rainy``). Both files are merged with those of earlier
+runs into the same folder and written atomically. At the end (also when some images failed) contact
+sheets show every restored image of the inputs beside its input (:func:`write_contact_sheets`).
+Inputs are never overwritten.
 
 Outputs are PNGs named after the inputs (``photo.jpg`` -> ``photo.png``); when several inputs share a
 name stem (``photo.jpg`` and ``photo.png``), each of them keeps its extension in the name
@@ -19,8 +25,10 @@ sampler) is an error naming the image: nothing is written for it.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,9 +36,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
-from data.io import IMAGE_EXTENSIONS, ImageReadError, atomic_open, write_image
+from daclip.classify import DEFAULT_THRESHOLD, multilabel_predictions
+from data.io import IMAGE_EXTENSIONS, ImageReadError, atomic_open, read_image, write_image
 
 from .pipeline import RestorationPipeline
 from .tiling import tile_starts
@@ -42,10 +53,18 @@ __all__ = [
     "output_targets",
     "restore_images",
     "same_size_batches",
+    "is_contact_sheet_name",
+    "write_contact_sheets",
 ]
 
 PREDICTIONS_NAME = "predictions.csv"
-_PREDICTION_FIELDS = ["input", "output", "degradation", "probability", "top3"]
+PREDICTIONS_JSON_NAME = "predictions.json"
+CONTACT_SHEET_NAME = "contact_sheet.png"
+#: Height in pixels of a contact-sheet row (input and output scaled to it).
+CONTACT_SHEET_HEIGHT = 192
+#: Rows per contact sheet; more images give ``contact_sheet_1.png``, ``contact_sheet_2.png``, ...
+CONTACT_SHEET_ROWS = 20
+_PREDICTION_FIELDS = ["input", "output", "degradation", "probability", "top3", "degradations"]
 
 
 class RestoreError(ValueError):
@@ -210,7 +229,7 @@ class ProgressReporter:
 
 def _network_calls(pipeline: RestorationPipeline, batch: int, height: int, width: int) -> tuple[int, int]:
     """(network calls, sampler steps) for one batch, to put progress within an image in numbers."""
-    steps = int(pipeline.num_steps or pipeline.sde.T)
+    steps = pipeline.nfe  # sampler steps (one for a one-pass restorer), x8 with the self-ensemble
     tile = pipeline.tile
     if tile is None or (height <= tile and width <= tile):
         return steps, steps
@@ -251,11 +270,133 @@ def _write_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
             "degradation": name,
             "probability": f"{prob:.4f}",
             "top3": "; ".join(f"{n} {p:.3f}" for n, p in r["top3"]),
+            "degradations": "+".join(r.get("degradations", [name])),
         }
     with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=_PREDICTION_FIELDS)
         writer.writeheader()
         writer.writerows(rows[key] for key in sorted(rows))
+
+
+def _read_json_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    """The per-image entries of an earlier ``predictions.json``, by output path ({} when unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(e["output"]): e for e in data["images"] if isinstance(e, dict) and e.get("output")}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _write_json_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Merge ``records`` into ``predictions.json`` (entries of outputs restored earlier are kept), atomically.
+
+    Layout: ``{"rule": ..., "images": [{"input", "output", "degradations" (the predicted set, most
+    probable first), "threshold", "probabilities" ({type: probability}, summing to 1)}, ...]}``
+    sorted by output path.
+    """
+    entries = _read_json_predictions(path) if path.is_file() else {}
+    for r in records:
+        entries[r["output"]] = {
+            "input": r["input"],
+            "output": r["output"],
+            "degradations": list(r["degradations"]),
+            "threshold": r["threshold"],
+            "probabilities": dict(r["probabilities"]),
+        }
+    document = {
+        "rule": "a degradation is present when its probability >= threshold; the most probable one always is",
+        "images": [entries[key] for key in sorted(entries)],
+    }
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
+        handle.write("\n")
+
+
+# ----------------------------------------------------------------------------- contact sheets
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has a single bitmap font
+        return ImageFont.load_default()
+
+
+def _thumbnail(path: Path, height: int) -> Image.Image:
+    """The image scaled to ``height`` rows (aspect kept; at most ``4 * height`` wide, then centred)."""
+    array = np.asarray(read_image(path), dtype=np.float32)  # (H, W, 3) in [0, 1]
+    image = Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    width = max(1, round(image.width * height / image.height))
+    if width <= 4 * height:
+        return image.resize((width, height), Image.Resampling.LANCZOS)
+    scaled = image.resize((4 * height, max(1, round(image.height * 4 * height / image.width))))
+    canvas = Image.new("RGB", (4 * height, height), (32, 32, 32))
+    canvas.paste(scaled, (0, (height - scaled.height) // 2))
+    return canvas
+
+
+_SHEET_NAME = re.compile(r"contact_sheet(_[0-9]+)?\.png")
+
+
+def is_contact_sheet_name(name: str) -> bool:
+    """Whether a file name is one :func:`write_contact_sheets` writes (``contact_sheet[_<n>].png``)."""
+    return _SHEET_NAME.fullmatch(name) is not None
+
+
+def _sheet_names(count: int, rows: int) -> list[str]:
+    sheets = max(1, math.ceil(count / rows))
+    if sheets == 1:
+        return [CONTACT_SHEET_NAME]
+    stem = Path(CONTACT_SHEET_NAME).stem
+    return [f"{stem}_{i}.png" for i in range(1, sheets + 1)]
+
+
+def write_contact_sheets(
+    folder: str | os.PathLike,
+    rows: Sequence[tuple[str | os.PathLike, str | os.PathLike, str]],
+    *,
+    height: int = CONTACT_SHEET_HEIGHT,
+    rows_per_sheet: int = CONTACT_SHEET_ROWS,
+) -> list[Path]:
+    """Draw ``(input, output, label)`` rows as contact sheets in ``folder``; returns the files written.
+
+    A row is the input and the output side by side, each scaled to ``height`` pixels (aspect kept), with
+    ``label`` (file name and predicted degradations) on a dark band over the input's top-left corner: a
+    sheet is ``rows * height`` pixels tall and as wide as its widest row (input width + output width,
+    scaled). Up to ``rows_per_sheet`` rows make ``contact_sheet.png``; more make ``contact_sheet_1.png``,
+    ``contact_sheet_2.png``, ... (sheets of an earlier run that this one does not rewrite are removed).
+    Each sheet is written atomically.
+    """
+    if height < 8 or rows_per_sheet < 1:
+        raise ValueError(
+            f"contact sheet: height must be >= 8 and rows >= 1, got {height} and {rows_per_sheet}"
+        )
+    folder = Path(folder)
+    names = _sheet_names(len(rows), rows_per_sheet) if rows else []
+    for stale in folder.glob("contact_sheet*.png"):
+        if is_contact_sheet_name(stale.name) and stale.name not in names and stale.is_file():
+            stale.unlink()
+    font = _font(max(10, height // 14))
+    written = []
+    for number, name in enumerate(names):
+        chunk = rows[number * rows_per_sheet : (number + 1) * rows_per_sheet]
+        pairs = [(_thumbnail(Path(i), height), _thumbnail(Path(o), height), label) for i, o, label in chunk]
+        width = max(a.width + b.width for a, b, _ in pairs)
+        sheet = Image.new("RGB", (width, height * len(pairs)), (255, 255, 255))
+        draw = ImageDraw.Draw(sheet)
+        for row, (before, after, label) in enumerate(pairs):
+            top = row * height
+            sheet.paste(before, (0, top))
+            sheet.paste(after, (before.width, top))
+            box = draw.textbbox((4, top + 2), label, font=font)
+            draw.rectangle([0, top, box[2] + 4, box[3] + 3], fill=(0, 0, 0))
+            draw.text((4, top + 2), label, fill=(255, 255, 255), font=font)
+            draw.line([(before.width, top), (before.width, top + height - 1)], fill=(255, 255, 255))
+        path = folder / name
+        with atomic_open(path, "wb") as handle:
+            sheet.save(handle, format="PNG")
+        written.append(path)
+    return written
 
 
 # ----------------------------------------------------------------------------- restoring
@@ -272,6 +413,9 @@ def restore_images(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     progress: bool | ProgressReporter = False,
+    threshold: float = DEFAULT_THRESHOLD,
+    contact_sheet: bool = True,
+    sheet_height: int = CONTACT_SHEET_HEIGHT,
 ) -> list[dict[str, Any]]:
     """Restore every image of ``dataset`` into the folder (or, for one image, the file) ``output``.
 
@@ -281,7 +425,14 @@ def restore_images(
     within each image on stderr (:class:`ProgressReporter`), or pass a reporter.
 
     Returns one record per restored image: input path, output path, and (when the pipeline has a
-    DA-CLIP and ``degradations`` are given) the top-3 predicted degradations with probabilities.
+    DA-CLIP and ``degradations`` are given) the top-3 predicted degradations with probabilities
+    (``top3``), every type's probability (``probabilities``) and the predicted set (``degradations``:
+    probability >= ``threshold``, at least the most probable type; most probable first).
+
+    Into an output folder it writes ``predictions.csv`` and ``predictions.json`` (merged with earlier
+    runs' rows) and, unless ``contact_sheet`` is False, contact sheets of every input whose output
+    exists (rows ``sheet_height`` pixels high, see :func:`write_contact_sheets`); both also after
+    an image failed.
 
     Raises:
         ValueError: a bad ``batch_size`` or output (before any work).
@@ -290,6 +441,10 @@ def restore_images(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if contact_sheet and sheet_height < 8:
+        raise ValueError(f"contact sheet height must be >= 8 pixels, got {sheet_height}")
     if hasattr(dataset, "paths"):
         paths = [Path(p) for p in dataset.paths]
     else:
@@ -349,7 +504,7 @@ def restore_images(
                 calls, steps = _network_calls(pipeline, lq.shape[0], lq.shape[-2], lq.shape[-1])
                 label = f"[{done + 1}/{len(targets)}] {names} ({lq.shape[-1]}x{lq.shape[-2]})"
                 reporter.start(label, calls, steps)
-                with _count_network_calls(pipeline.unet, reporter.update):
+                with _count_network_calls(pipeline.model, reporter.update):
                     restored = pipeline(lq, lq_clip, generator=generator)  # (B, 3, H, W)
                 reporter.finish()
             else:
@@ -371,17 +526,28 @@ def restore_images(
                 if probs is not None:
                     top = torch.topk(probs[i], k=min(3, probs.shape[1]))
                     record["top3"] = [(degradations[j], float(p)) for p, j in zip(top.values, top.indices)]
+                    row = probs[i].float().cpu().numpy()  # (K,)
+                    present = multilabel_predictions(row[None], threshold)[0]
+                    ranked = sorted(range(len(row)), key=lambda j: -row[j])
+                    record["probabilities"] = {degradations[j]: float(row[j]) for j in range(len(row))}
+                    record["degradations"] = [degradations[j] for j in ranked if present[j]]
+                    record["threshold"] = threshold
                     name, prob = record["top3"][0]
-                    log(f"{Path(item['path']).name}: {name} ({prob:.1%}) -> {target}")
+                    found = "+".join(record["degradations"])
+                    log(f"{Path(item['path']).name}: {name} ({prob:.1%}; present: {found}) -> {target}")
                 else:
                     log(f"{Path(item['path']).name} -> {target}")
                 records.append(record)
             done += len(batch)
     finally:
-        # Also after an error: the predictions of the images written so far are kept.
+        # Also after an error: the predictions of the images written so far are kept, and shown.
         predicted = [r for r in records if "top3" in r]
         if predicted and not single_file:
             _write_predictions(folder / PREDICTIONS_NAME, predicted)
+            _write_json_predictions(folder / PREDICTIONS_JSON_NAME, predicted)
+        if contact_sheet and not single_file:
+            unreadable = {path for path, _ in failures}
+            _contact_sheets(folder, paths, targets, unreadable, sheet_height, log)
     if failures:
         first, reason = failures[0]
         more = f" (and {len(failures) - 1} more, listed above)" if len(failures) > 1 else ""
@@ -389,3 +555,36 @@ def restore_images(
             f"{len(failures)} of {len(targets)} images could not be restored: {reason}{more}", failures
         )
     return records
+
+
+def _contact_sheets(
+    folder: Path,
+    paths: Sequence[Path],
+    targets: Sequence[Path],
+    unreadable: set[str],
+    height: int,
+    log: Callable[[str], None],
+) -> None:
+    """Contact sheets of every readable input whose output exists (restored now or by an earlier run),
+    labelled with the file name and the predicted degradations of ``predictions.json``; a failure to
+    draw them is logged, never raised."""
+    clash = [t.name for t in targets if is_contact_sheet_name(t.name)]
+    if clash:
+        log(f"no contact sheet: a restored image is named {clash[0]} (rename that input)")
+        return
+    predictions = _read_json_predictions(folder / PREDICTIONS_JSON_NAME)
+    rows = []
+    for path, target in zip(paths, targets):
+        if str(path) in unreadable or not target.is_file() or not path.is_file():
+            continue
+        found = predictions.get(str(target), {}).get("degradations")
+        rows.append((path, target, f"{path.name}: {'+'.join(found)}" if found else path.name))
+    if not rows:
+        return
+    try:
+        sheets = write_contact_sheets(folder, rows, height=height)
+    except (OSError, ValueError, ImageReadError) as err:  # the restored images are what matters
+        log(f"error: contact sheet not written: {err}")
+        return
+    more = f" (and {len(sheets) - 1} more)" if len(sheets) > 1 else ""
+    log(f"contact sheet of {len(rows)} image(s): {sheets[0]}{more}")

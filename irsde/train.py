@@ -38,13 +38,14 @@ from daclip.utils.optim import cosine_warmup_lambda
 from daclip.utils.preflight import check_image_pairs
 from data import DEFAULT_DEGRADATIONS
 
-from .losses import build_loss
+from .losses import PixelLoss, build_loss
 from .metrics import psnr
+from .models import ModelConfig, build_model, is_one_pass
 from .pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from .pipeline import RestorationPipeline
 from .samplers import make_timesteps
 from .sde import IRSDE
-from .unet import ConditionalUNet, UNetConfig
+from .unet import UNetConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -94,9 +95,13 @@ class IRTrainSection:
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = spec(0.0, minimum=0.0)
     loss: Literal["auto", "ml", "noise", "x0"] = spec(
-        "auto", help="auto = ml (the paper's) for model.prediction=noise, x0 (L1 on x0) otherwise"
+        "auto",
+        help="auto = ml (the paper's) for model.prediction=noise, x0 (L1 on x0) otherwise; a one-pass "
+        "restorer (model.family: nafnet) always compares its output with the GT (loss_kind)",
     )
-    loss_kind: Literal["l1", "l2"] = "l1"
+    loss_kind: Literal["l1", "l2", "psnr"] = spec(
+        "l1", help="the error: l1, l2, or psnr (one-pass restorers only: NAFNet's PSNR loss)"
+    )
     ema_decay: float = spec(0.995, minimum=0.0, maximum=1.0)
     ema_every: int = spec(10, minimum=1)
     grad_clip: float = spec(0.0, minimum=0.0, help="max gradient norm; 0 = off")
@@ -130,12 +135,23 @@ class IRTrainConfig:
 
     experiment: ExperimentConfig = field(default_factory=lambda: ExperimentConfig(name="universal-ir"))
     daclip: DaCLIPSection = field(default_factory=DaCLIPSection)
-    model: UNetConfig = field(default_factory=UNetConfig)
+    model: ModelConfig = field(default_factory=UNetConfig)  # the family's section (irsde.models)
     sde: SDESection = field(default_factory=SDESection)
     data: IRDataSection = field(default_factory=IRDataSection)
     train: IRTrainSection = field(default_factory=IRTrainSection)
 
     def validate(self) -> None:
+        if is_one_pass(self.model):
+            if self.train.loss != "auto":
+                raise ConfigError(
+                    f"train.loss: {self.train.loss!r} is an IR-SDE loss; a one-pass restorer "
+                    f"(model.family: {self.model.family}) trains with auto (its pixel loss, train.loss_kind)"
+                )
+        elif self.train.loss_kind == "psnr":
+            raise ConfigError(
+                "train.loss_kind: psnr is for one-pass restorers (model.family: nafnet); the IR-SDE losses "
+                "take l1 or l2"
+            )
         uses_context = self.model.use_degra_context or self.model.use_image_context
         if uses_context and not self.daclip.checkpoint:
             raise ConfigError(
@@ -149,11 +165,6 @@ class IRTrainConfig:
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-def build_unet(config: UNetConfig) -> ConditionalUNet:
-    """The (randomly initialised) U-Net of the ``model:`` section."""
-    return ConditionalUNet.from_config(config)
 
 
 @torch.no_grad()
@@ -311,14 +322,18 @@ class IRStage(Stage):
         cfg, device, info = self.cfg, run.device, run.info
         self.run, self.embedder = run, embedder
         self.sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
-        self.unet = build_unet(cfg.model).to(device)
+        self.one_pass = is_one_pass(cfg.model)
+        self.unet = build_model(cfg.model).to(device)  # the restorer network, of any family
         self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.model: nn.Module = self.unet
         if info.distributed:
             self.model = nn.parallel.DistributedDataParallel(
                 self.unet, device_ids=[device.index] if device.type == "cuda" else None
             )
-        self.loss_fn = build_loss(cfg.train.loss, self.sde, cfg.train.loss_kind, cfg.model.prediction)
+        if self.one_pass:
+            self.loss_fn: nn.Module = PixelLoss(cfg.train.loss_kind)
+        else:
+            self.loss_fn = build_loss(cfg.train.loss, self.sde, cfg.train.loss_kind, cfg.model.prediction)
         train = cfg.train
         self.optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
@@ -436,6 +451,10 @@ class IRStage(Stage):
         batch = _to_device(batch, device)
         lq, gt = batch["lq"], batch["gt"]  # (B, 3, P, P) each
         context = self._context(batch)
+        if self.one_pass:  # the restored image in one network evaluation, compared with the GT
+            with autocast(device, cfg.train.precision):
+                restored = self.model(lq, **context)
+            return self._update(self.loss_fn(restored.float(), gt), step)
         if self.train_grid is None:  # uniform on 1..T (the paper)
             t = torch.randint(1, self.sde.T + 1, (lq.shape[0],), device=device, generator=self.generator)
         else:  # the timesteps the configured few-step sampler evaluates
@@ -447,7 +466,12 @@ class IRStage(Stage):
         xt = self.sde.add_noise(gt, lq, t, noise)  # x_t ~ the marginal (IR-SDE paper eq. 4)
         with autocast(device, cfg.train.precision):
             model_output = self.model(xt, lq, t, **context)  # of the model.prediction kind
-        loss = self.loss_fn(model_output.float(), xt, gt, lq, t, noise=noise)
+        return self._update(self.loss_fn(model_output.float(), xt, gt, lq, t, noise=noise), step)
+
+    def _update(self, loss: Tensor, step: int) -> StepResult:
+        """Backward, clipping, AdamW, scheduler and EMA; the update is skipped (on every rank) for a
+        non-finite loss."""
+        cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         finite = _all_finite(loss)
         if finite:
@@ -471,7 +495,7 @@ class IRStage(Stage):
             return
         pipeline = RestorationPipeline(
             self.ema,
-            self.sde,
+            None if self.one_pass else self.sde,
             self.embedder,
             sampler=self.cfg.train.val_sampler,
             num_steps=self.cfg.train.val_steps,

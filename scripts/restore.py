@@ -11,8 +11,12 @@ Large images: ``--tile`` runs the network on overlapping tiles (smoothly blended
 bounded; progress within each image goes to stderr (a line every 10 s when it is not a terminal).
 
 Outputs are PNGs named after the inputs (``photo_jpg.png`` and ``photo_png.png`` when two inputs share
-a name), with the predictions in ``predictions.csv``; ``-o restored.png`` restores a single input into
-that file. Inputs are never overwritten; images already restored are skipped (``--overwrite`` redoes
+a name), with the predictions in ``predictions.csv`` (top-3, and the ``degradations`` present, e.g.
+``hazy+rainy``) and ``predictions.json`` (every type's probability and the predicted set: a type is
+present when its probability is at least ``--threshold``, and the most probable one always is), and
+``contact_sheet.png``: input | output per row, labelled with the file name and the predicted
+degradations (``contact_sheet_1.png``, ... beyond 20 images; ``--no-contact-sheet`` skips it). Real photos
+need no ground truth. ``-o restored.png`` restores a single input into that file. Inputs are never overwritten; images already restored are skipped (``--overwrite`` redoes
 them). An unreadable image is reported and skipped, and the run then ends with exit code 2; an output
 with NaN/Inf values (diverged weights) is an error naming the image, never a black PNG.
 """
@@ -26,11 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
+from daclip.classify import DEFAULT_THRESHOLD  # noqa: E402
 from daclip.utils.distributed import resolve_device  # noqa: E402
 from daclip.utils.experiment import run_main  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
 from irsde.pipeline import RestorationPipeline  # noqa: E402
-from irsde.restore import output_targets, restore_images  # noqa: E402
+from irsde.restore import CONTACT_SHEET_HEIGHT, output_targets, restore_images  # noqa: E402
 from irsde.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
 
 
@@ -47,6 +52,17 @@ def _at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         help="classifier vocabulary (default: the degradations the checkpoint was trained on)",
     )
     p.add_argument(
+        "--threshold",
+        type=_probability,
+        default=DEFAULT_THRESHOLD,
+        help="a degradation is present when its probability reaches this (the most probable one always is; "
+        f"default {DEFAULT_THRESHOLD})",
+    )
+    p.add_argument(
+        "--no-contact-sheet", action="store_true", help="write no contact_sheet.png (input | output per row)"
+    )
+    p.add_argument(
+        "--sheet-height",
+        type=_at_least(8),
+        default=CONTACT_SHEET_HEIGHT,
+        help="contact sheet row height in pixels",
+    )
+    p.add_argument(
         "--self-ensemble",
         action="store_true",
         help="average the restorations of the 8 flips/transposes (8x the network evaluations)",
@@ -122,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             tile_overlap=args.overlap,
             self_ensemble=args.self_ensemble,
         )
-        if args.sampler is None:
+        if pipeline.one_pass:
+            print(f"a one-pass restorer: {pipeline.nfe} network evaluation(s) per image")
+        elif args.sampler is None:
             print(
-                f"sampler: {pipeline.sampler}, {pipeline.num_steps or pipeline.sde.T} network evaluation(s) "
-                "per image (the checkpoint's validation setting; --sampler / --steps to change)"
+                f"sampler: {pipeline.sampler}, {pipeline.nfe} network evaluation(s) per image "
+                "(the checkpoint's validation setting; --sampler / --steps to change)"
             )
         embedder = pipeline.embedder
         clip = {}
@@ -141,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
             progress=True,
+            threshold=args.threshold,
+            contact_sheet=not args.no_contact_sheet,
+            sheet_height=args.sheet_height,
         )
 
     return run_main(body)

@@ -33,7 +33,8 @@ def write_tiny_ir_checkpoint(
 ) -> Path:
     """A stage-2 checkpoint in our format holding a tiny random U-Net (T = 5); ``overrides`` go to its config."""
     from irsde.pipeline import IR_CHECKPOINT_FORMAT
-    from irsde.train import IRTrainConfig, build_unet
+    from irsde.models import build_model
+    from irsde.train import IRTrainConfig
 
     settings = [
         f"daclip.checkpoint={daclip_checkpoint}",
@@ -49,7 +50,7 @@ def write_tiny_ir_checkpoint(
     ]
     cfg = load_config(IRTrainConfig, None, settings)
     torch.manual_seed(0)
-    unet = build_unet(cfg.model)
+    unet = build_model(cfg.model)
     state = {"format": IR_CHECKPOINT_FORMAT, "model": unet.state_dict(), "ema": unet.state_dict(), "step": 0}
     save_checkpoint(path, {**state, "config": to_dict(cfg)})
     return path

@@ -28,14 +28,14 @@ def _script():
 def network_calls(monkeypatch):
     """The timestep of every U-Net call the benchmark makes (a forward hook on the U-Net it builds)."""
     calls: list[int] = []
-    real_build = benchmark.build_unet
+    real_build = benchmark.build_model
 
     def build_counted(model_cfg):
         unet = real_build(model_cfg)
         unet.register_forward_hook(lambda module, args, output: calls.append(int(args[2][0])))
         return unet
 
-    monkeypatch.setattr(benchmark, "build_unet", build_counted)
+    monkeypatch.setattr(benchmark, "build_model", build_counted)
     return calls
 
 

@@ -199,14 +199,14 @@ def test_switched_off_embeddings_are_ignored_and_tokens_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (dict(dec_blocks=[1, 1]), r"^model\.nafnet\.dec_blocks: needs one entry per encoder level"),
-        (dict(enc_blocks=[], dec_blocks=[]), r"^model\.nafnet\.enc_blocks: must list at least one level"),
-        (dict(width=0), r"^model\.nafnet\.width: must be >= 1, got 0"),
-        (dict(enc_blocks=[1, -1, 1]), r"^model\.nafnet\.enc_blocks: must be >= 0, got -1"),
-        (dict(middle_blocks=1.5), r"^model\.nafnet\.middle_blocks: expected an integer"),
-        (dict(out_nc=1), r"^model\.nafnet\.out_nc: must equal in_nc \(3\)"),
-        (dict(cross_attn_levels=4), r"^model\.nafnet\.cross_attn_levels: at most the number of levels \(3\)"),
-        (dict(use_image_context="yes"), r"^model\.nafnet\.use_image_context: expected true/false"),
+        (dict(dec_blocks=[1, 1]), r"^model\.dec_blocks: needs one entry per encoder level"),
+        (dict(enc_blocks=[], dec_blocks=[]), r"^model\.enc_blocks: must list at least one level"),
+        (dict(width=0), r"^model\.width: must be >= 1, got 0"),
+        (dict(enc_blocks=[1, -1, 1]), r"^model\.enc_blocks: must be >= 0, got -1"),
+        (dict(middle_blocks=1.5), r"^model\.middle_blocks: expected an integer"),
+        (dict(out_nc=1), r"^model\.out_nc: must equal in_nc \(3\)"),
+        (dict(cross_attn_levels=4), r"^model\.cross_attn_levels: at most the number of levels \(3\)"),
+        (dict(use_image_context="yes"), r"^model\.use_image_context: expected true/false"),
     ],
 )
 def test_bad_config_raises_config_error_naming_the_key(overrides: dict, match: str) -> None:

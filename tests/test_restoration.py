@@ -279,12 +279,13 @@ def test_benchmark_reports_json(tmp_path, capsys):
     ]
     assert _script("benchmark").main(args) == 0
     result = json.loads(result_path.read_text())
-    from irsde.train import IRTrainConfig, build_unet
+    from irsde.models import build_model
+    from irsde.train import IRTrainConfig
 
     cfg = load_config(
         IRTrainConfig, ROOT / "configs" / "universal_ir_tiny.yml", ["data.train_root=", "data.val_root="]
     )
-    assert result["train"]["parameters"] == sum(p.numel() for p in build_unet(cfg.model).parameters())
+    assert result["train"]["parameters"] == sum(p.numel() for p in build_model(cfg.model).parameters())
     assert result["torch"] == torch.__version__ and result["restore"]["num_steps"] == 10
     assert result["train"]["images_per_second"] > 0 and result["restore"]["seconds_per_image"] > 0
     assert json.loads(capsys.readouterr().out)["device"].startswith("CPU")
@@ -517,7 +518,7 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path, ca
     obj["config"]["model"]["nf"] = 16  # the weights are of nf = 8
     save_checkpoint(tmp_path / "edited.pt", obj)
     with pytest.raises(
-        ValueError, match=r"edited\.pt: weights do not fit the U-Net in its config \(\d+ shape mismatch"
+        ValueError, match=r"edited\.pt: weights do not fit the model in its config \(\d+ shape mismatch"
     ):
         load_restoration_checkpoint(tmp_path / "edited.pt")
     write_image(tmp_path / "in.png", np.full((16, 16, 3), 0.5, dtype=np.float32))
@@ -527,3 +528,81 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path, ca
     )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "size mismatch for " in err, err
+
+
+# ----------------------------------------------------------------------------- restore.py on real photos: no ground truth
+
+
+def test_restore_writes_multilabel_predictions_and_a_contact_sheet(tmp_path, tiny_daclip_checkpoint, capsys):
+    from PIL import Image
+
+    from daclip.classify import DEFAULT_THRESHOLD
+
+    inputs = tmp_path / "photos"
+    rng = np.random.default_rng(1)
+    sizes = {"a.png": (37, 45), "b.png": (20, 30), "c.png": (24, 24)}
+    for name, (h, w) in sizes.items():
+        write_image(inputs / name, rng.random((h, w, 3)).astype(np.float32))
+    checkpoint = write_tiny_ir_checkpoint(
+        tmp_path / "ir.pt", daclip_checkpoint=str(tiny_daclip_checkpoint), context=True
+    )
+    names = ["noisy", "hazy", "dark"]
+    out = tmp_path / "restored"
+    assert _restore(["-i", inputs, "-o", out, *_restore_args(checkpoint, "--degradations", *names)]) == 0
+    assert "contact sheet of 3 image(s)" in capsys.readouterr().out
+
+    document = json.loads((out / "predictions.json").read_text())
+    images = document["images"]
+    assert [Path(e["output"]).name for e in images] == ["a.png", "b.png", "c.png"]
+    for entry in images:
+        probs = entry["probabilities"]
+        assert list(probs) == names and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert entry["threshold"] == DEFAULT_THRESHOLD
+        best = max(probs, key=probs.get)
+        expected = {n for n, p in probs.items() if p >= DEFAULT_THRESHOLD} | {best}
+        assert entry["degradations"] and set(entry["degradations"]) == expected
+        assert entry["degradations"][0] == best
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["degradations"] for r in rows] == ["+".join(e["degradations"]) for e in images]
+    assert [r["degradation"] for r in rows] == [e["degradations"][0] for e in images]
+
+    # The sheet: one row of `height` pixels per image, input | output each scaled to that height.
+    sheet = Image.open(out / "contact_sheet.png")
+    height = 192
+    widths = [2 * round(w * height / h) for h, w in sizes.values()]
+    assert sheet.size == (max(widths), 3 * height)
+    assert not list(out.glob("contact_sheet_*.png"))
+
+    # --threshold 0: every type is present; the rows are replaced, not duplicated.
+    again = ["-i", inputs, "-o", out, "--overwrite", "--threshold", "0", "--no-contact-sheet"]
+    assert _restore([*again, *_restore_args(checkpoint, "--degradations", *names)]) == 0
+    images = json.loads((out / "predictions.json").read_text())["images"]
+    assert len(images) == 3 and all(set(e["degradations"]) == set(names) for e in images)
+    with pytest.raises(SystemExit):
+        _restore(["-i", inputs, "-o", out, "--threshold", "1.5", *_restore_args(checkpoint)])
+    assert "must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_contact_sheet_after_a_failed_image_and_over_several_sheets(tmp_path, capsys):
+    from PIL import Image
+
+    from irsde.restore import write_contact_sheets
+
+    inputs = tmp_path / "photos"
+    for name in ("a.png", "c.png"):
+        write_image(inputs / name, np.full((16, 32, 3), 0.5, dtype=np.float32))
+    (inputs / "b.png").write_bytes(b"not a png")
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    out = tmp_path / "restored"
+    assert _restore(["-i", inputs, "-o", out, *_restore_args(checkpoint), "--sheet-height", "40"]) == 2
+    assert "could not be restored" in capsys.readouterr().err
+    assert Image.open(out / "contact_sheet.png").size == (2 * 80, 2 * 40)  # the two readable images
+
+    # Many rows: numbered sheets, and the single sheet of an earlier run is removed.
+    rows = [(inputs / "a.png", out / "a.png", f"image {i}") for i in range(5)]
+    written = write_contact_sheets(out, rows, height=20, rows_per_sheet=2)
+    assert [p.name for p in written] == ["contact_sheet_1.png", "contact_sheet_2.png", "contact_sheet_3.png"]
+    assert not (out / "contact_sheet.png").exists()
+    assert [Image.open(p).size for p in written] == [(80, 40), (80, 40), (80, 20)]
+    assert {p.name for p in out.glob("*.png")} >= {"a.png", "c.png"}

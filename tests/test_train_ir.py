@@ -18,7 +18,8 @@ from data.io import write_image
 from irsde.losses import MaximumLikelihoodLoss
 from irsde.pipeline import load_restoration_checkpoint
 from irsde.sde import IRSDE
-from irsde.train import IRTrainConfig, build_unet, loss_history, train
+from irsde.models import build_model
+from irsde.train import IRTrainConfig, loss_history, train
 
 DEGRADATIONS = ["noisy", "low-light"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def _fixed_batch_loss(weights: dict, cfg: IRTrainConfig, root) -> float:
     items = [dataset[i] for i in range(len(dataset))]
     gt = torch.stack([i["gt"] for i in items])
     lq = torch.stack([i["lq"] for i in items])
-    unet = build_unet(cfg.model)
+    unet = build_model(cfg.model)
     unet.load_state_dict(weights)
     sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps)
     generator = torch.Generator().manual_seed(123)
@@ -108,7 +109,7 @@ def test_loss_falls_and_checkpoint_rebuilds(paired_root, tmp_path):
         "train.lr_min=5e-3",  # constant: 80 steps of cosine decay barely move this tiny model
     )
     torch.manual_seed(cfg.experiment.seed)
-    initial = build_unet(cfg.model).state_dict()  # train() seeds identically before building
+    initial = build_model(cfg.model).state_dict()  # train() seeds identically before building
     run_dir = train(cfg)
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert state["step"] == 80
@@ -175,7 +176,7 @@ def test_training_with_daclip_context_trains_the_conditioning_paths(
         "train.val_every=3",
     )
     torch.manual_seed(cfg.experiment.seed)
-    initial = build_unet(cfg.model).state_dict()
+    initial = build_model(cfg.model).state_dict()
     run_dir = train(cfg)
     trained = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["model"]
     # The prompt module (degradation embedding) and the cross-attention (content embedding) learn;

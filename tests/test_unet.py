@@ -127,6 +127,7 @@ def test_loader_accepts_wrapped_prefixed_file(small, tmp_path):
     model = load_official_unet(path)  # config inferred from the shapes
     # Released weights predict noise (the paper's parametrisation).
     assert dataclasses.asdict(model.config) == {
+        "family": "irsde",
         **small["config"],
         "ch_mult": list(small["config"]["ch_mult"]),
         "grad_checkpointing": False,

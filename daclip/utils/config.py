@@ -9,6 +9,9 @@ command line and builds the dataclass tree, failing with :class:`ConfigError`
   ``did you mean 'train.lr'?``),
 * values of the wrong type (``train.lr: expected float, got 'fast'``),
 * values outside a ``Literal`` (``sde.schedule: 'cosin' is not one of ...``),
+* a ``family`` that no option of a union of sections names (``model.family: 'x' is not one of
+  'irsde', 'nafnet'``): a field typed ``SectionA | SectionB``, each with a ``family: Literal[...]``
+  field, takes the section whose family the mapping names (the first option when it names none),
 * range and file checks declared in field metadata with :func:`spec`
   (``minimum``, ``maximum``, ``must_exist``), or raised from a dataclass's own
   ``validate()`` method for checks that involve several fields.
@@ -92,6 +95,35 @@ def _is_optional(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
+def _family_options(tp: Any) -> list[type] | None:
+    """The options of a union of config sections told apart by a ``family`` literal, else None."""
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return None
+    options = [a for a in typing.get_args(tp) if a is not type(None)]
+    if not options or not all(dataclasses.is_dataclass(o) for o in options):
+        return None
+    for option in options:
+        family = typing.get_type_hints(option).get("family")
+        if typing.get_origin(family) is not Literal:
+            return None
+    return options
+
+
+def _family_section(tp: Any, value: Any, key: str) -> type | None:
+    """The section of a family union (see :func:`_family_options`) that the mapping ``value`` names."""
+    options = _family_options(tp)
+    if options is None or not isinstance(value, Mapping):
+        return None
+    names = {name: o for o in options for name in typing.get_args(typing.get_type_hints(o)["family"])}
+    family = value.get("family", typing.get_args(typing.get_type_hints(options[0])["family"])[0])
+    if family not in names:
+        choices = ", ".join(repr(n) for n in names)
+        hint = difflib.get_close_matches(str(family), list(names), n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"{key}.family: {family!r} is not one of {choices}{extra}")
+    return names[family]
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert it (list->tuple, int->float)."""
     origin = typing.get_origin(tp)
@@ -108,6 +140,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        section = _family_section(tp, value, key)
+        if section is not None:
+            return _build(section, value, key)
         errors = []
         for option in args:
             if option is type(None):
@@ -201,8 +236,14 @@ def _check_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> None:
             suggestion = f"; did you mean '{prefix + '.' if prefix else ''}{hint[0]}'?" if hint else ""
             valid = "" if hint else f" (valid keys{where}: {', '.join(fields)})"
             raise ConfigError(f"unknown config key '{full}'{suggestion}{valid}")
-        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
-            _check_keys(hints[name], value, f"{prefix}.{name}" if prefix else name)
+        full = f"{prefix}.{name}" if prefix else name
+        section = (
+            hints[name]
+            if dataclasses.is_dataclass(hints[name])
+            else _family_section(hints[name], value, full)
+        )
+        if section is not None and isinstance(value, Mapping):
+            _check_keys(section, value, full)
 
 
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
@@ -217,6 +258,8 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             value = _coerce(data[name], hints[name], key)
         elif dataclasses.is_dataclass(hints[name]) and field.default_factory is dataclasses.MISSING:
             value = _build(hints[name], {}, key)
+        elif _family_options(hints[name]) and field.default_factory is dataclasses.MISSING:
+            value = _build(_family_options(hints[name])[0], {}, key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key '{key}'")
         else:
