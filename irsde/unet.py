@@ -60,6 +60,9 @@ class UNetConfig:
     :func:`irsde.convert.infer_unet_config`; ``model.config`` gives it back.
     """
 
+    family: Literal["irsde"] = spec(
+        "irsde", help="the restorer family: irsde (this U-Net under the IR-SDE, the paper) or nafnet"
+    )
     in_nc: int = spec(3, minimum=1)
     out_nc: int = spec(3, minimum=1)
     nf: int = spec(64, minimum=1)
