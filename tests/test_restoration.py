@@ -330,7 +330,7 @@ def test_restore_gives_inputs_with_one_stem_distinct_outputs(tmp_path, capsys):
         "Photo_bmp.png": (12, 12),
         "other.png": (16, 20),
     }
-    assert {p.name for p in out.glob("*.png")} == set(expected)
+    assert {p.name for p in out.glob("*.png")} == {*expected, "contact_sheet.png"}
     for name, (h, w) in expected.items():
         assert read_image(out / name).shape == (h, w, 3)
     assert "keep the extension" in capsys.readouterr().out
@@ -384,7 +384,7 @@ def test_restore_skips_an_unreadable_image_reports_it_and_fails_at_the_end(tmp_p
     out = tmp_path / "restored"
     assert _restore(["-i", inputs, "-o", out, *_restore_args(checkpoint)]) == 2
     captured = capsys.readouterr()
-    assert {p.name for p in out.glob("*.png")} == {"a.png", "c.png"}
+    assert {p.name for p in out.glob("*.png")} == {"a.png", "c.png", "contact_sheet.png"}
     assert captured.err.count("\n") == 1 and "1 of 3 images could not be restored" in captured.err
     assert "b.png" in captured.err and "b.png" in captured.out
 
