@@ -30,6 +30,7 @@ from .train import IRTrainConfig, train
 
 __all__ = ["DemoSettings", "format_comparison", "run_demo"]
 
+
 def config_dir() -> Path:
     """The project's ``configs/`` folder: the checkout's, else the installed copy (``daclip_uir_configs``).
 
@@ -107,21 +108,40 @@ def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings) -> Path:
     return train_daclip(cfg) / "checkpoints" / "daclip_final.pt"
 
 
+#: The restorers of a comparison: (label, family, DA-CLIP paths). Equal budgets: the same data, patch,
+#: batch, steps, learning rate and seed (configs/universal_ir_tiny.yml, configs/nafnet_daclip_tiny.yml).
+RESTORERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "plain-ir": ("IR-SDE", "irsde", ()),
+    "universal-ir": ("IR-SDE + DA-CLIP", "irsde", ("degradation", "content")),
+    "nafnet": ("NAFNet", "nafnet", ()),
+    "nafnet-degra": ("NAFNet + degradation embedding", "nafnet", ("degradation",)),
+    "nafnet-daclip": ("NAFNet + DA-CLIP", "nafnet", ("degradation", "content")),
+}
+#: What ``--compare`` trains besides the demo's restorer (``universal-ir``).
+COMPARISONS: dict[str, tuple[str, ...]] = {
+    "irsde": ("plain-ir",),
+    "all": ("plain-ir", "nafnet", "nafnet-degra", "nafnet-daclip"),
+}
+
+
 def _stage2(
     data_root: Path, demo_dir: Path, settings: DemoSettings, daclip_ckpt: Path | None, name: str
 ) -> Path:
-    conditioned = daclip_ckpt is not None
+    """Train the restorer ``name`` of :data:`RESTORERS` (its DA-CLIP paths on ``daclip_ckpt``)."""
+    _, family, paths = RESTORERS[name]
+    conditioned = bool(paths)
+    config = "universal_ir_tiny.yml" if family == "irsde" else "nafnet_daclip_tiny.yml"
     cfg = load_config(
         IRTrainConfig,
-        config_path("universal_ir_tiny.yml"),
+        config_path(config),
         [
             f"experiment.root={demo_dir}",
             f"experiment.name={name}",
             f"experiment.seed={settings.seed}",
-            f"daclip.checkpoint={daclip_ckpt or ''}",
+            f"daclip.checkpoint={daclip_ckpt if conditioned else ''}",
             f"daclip.model_config={config_path('open_clip/ViT-Tiny-16.json') if conditioned else ''}",
-            f"model.use_degra_context={str(conditioned).lower()}",
-            f"model.use_image_context={str(conditioned).lower()}",
+            f"model.use_degra_context={str('degradation' in paths).lower()}",
+            f"model.use_image_context={str('content' in paths).lower()}",
             f"data.train_root={data_root / 'train'}",
             f"data.val_root={data_root / 'val'}",
             f"train.total_steps={settings.ir_steps}",
@@ -159,15 +179,21 @@ def run_demo(
     data_root: str | Path = "demo_data",
     experiments_root: str | Path = "experiments",
     settings: DemoSettings | None = None,
-    compare: bool = False,
+    compare: bool | str = False,
     degradations: Sequence[str] = DEFAULT_DEGRADATIONS,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run the demo; returns its folder (holding ``report.md`` and ``grid.png``).
 
-    With ``compare`` the restorer is also trained without DA-CLIP (same steps, batch, seed and data) and
-    ``comparison.md`` sets the two side by side per degradation: the paper's central claim, at small scale.
+    ``compare`` (True or ``"irsde"``) also trains the restorer without DA-CLIP, ``"all"`` also the three
+    NAFNet rows of the paper's table (plain, + degradation embedding, + DA-CLIP), each at the demo
+    restorer's budget (same data, steps, batch, learning rate and seed); ``comparison.md`` sets them
+    side by side per degradation: the paper's central claims, at small scale.
     """
+    if compare is True:
+        compare = "irsde"
+    if compare and compare not in COMPARISONS:
+        raise ValueError(f"compare: {compare!r} is not one of {', '.join(COMPARISONS)}")
     from data.demo import build_demo_dataset
 
     settings = settings or DemoSettings()
@@ -199,12 +225,16 @@ def run_demo(
     comparison = None
     if compare:
         tick = time.time()
-        log(f"comparison: the same restorer without DA-CLIP, {settings.ir_steps} steps")
-        plain_ckpt = _stage2(data_root, demo_dir, settings, None, "plain-ir")
-        plain = _evaluate(plain_ckpt, data_root, demo_dir, settings, "test-plain", degradations)
-        comparison = format_comparison(results, plain, settings)
+        compared = {"universal-ir": results}
+        for name in COMPARISONS[compare]:
+            log(f"comparison: {RESTORERS[name][0]}, {settings.ir_steps} steps")
+            checkpoint = _stage2(data_root, demo_dir, settings, daclip_ckpt, name)
+            compared[name] = _evaluate(
+                checkpoint, data_root, demo_dir, settings, f"test-{name}", degradations
+            )
+        comparison = format_comparison(compared, settings)
         (demo_dir / "comparison.md").write_text(comparison)
-        timings["comparison (plain IR-SDE: training + evaluation)"] = time.time() - tick
+        timings[f"comparison ({', '.join(COMPARISONS[compare])}: training + evaluation)"] = time.time() - tick
 
     restored_dir = Path(results["output"]) / "images"
     rows = []
@@ -233,36 +263,52 @@ def run_demo(
     return demo_dir
 
 
-def format_comparison(conditioned: dict[str, Any], plain: dict[str, Any], settings: DemoSettings) -> str:
-    """Per-degradation PSNR/SSIM of the restorer with and without DA-CLIP, trained at equal budget."""
+def format_comparison(results: dict[str, dict[str, Any]], settings: DemoSettings) -> str:
+    """Per-degradation PSNR of restorers trained at equal budget (``results``: :data:`RESTORERS` name ->
+    :func:`irsde.evaluate.evaluate` results), with the gain DA-CLIP brings to each family."""
+    names = [n for n in RESTORERS if n in results]
+    first = results[names[0]]
     lines = [
-        "## With and without DA-CLIP (equal budget)",
+        "## Restorers at equal budget" if len(names) > 2 else "## With and without DA-CLIP (equal budget)",
         "",
-        f"Both restorers: the same U-Net, data, seed, {settings.ir_steps} steps; evaluated with "
-        f"{conditioned['sampler']} at {conditioned['nfe']} NFE. Only the DA-CLIP embeddings (degradation "
-        "prompt + content cross-attention) differ.",
+        f"Every restorer: the same data, seed, patch, batch, learning rate and {settings.ir_steps} steps. "
+        f"IR-SDE rows are sampled with {results.get('universal-ir', first)['sampler']} at "
+        f"{results.get('universal-ir', first)['nfe']} NFE; NAFNet rows take one network evaluation. Only the "
+        "family and the DA-CLIP paths (degradation prompt, content cross-attention) differ.",
         "",
-        "| degradation | input PSNR | plain PSNR | DA-CLIP PSNR | DA-CLIP − plain (dB) | plain SSIM | DA-CLIP SSIM |",
-        "|---|---|---|---|---|---|---|",
+        "PSNR (dB) per degradation:",
+        "",
+        "| degradation | input | " + " | ".join(RESTORERS[n][0] for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
     ]
-    for name, row in conditioned["rows"].items():
-        base = plain["rows"].get(name, {})
-        label = f"**{name}**" if name == "average" else name
+    for degradation, row in first["rows"].items():
+        label = f"**{degradation}**" if degradation == "average" else degradation
+        cells = [f"{results[n]['rows'].get(degradation, {}).get('psnr', float('nan')):.2f}" for n in names]
+        lines.append(f"| {label} | {row['input_psnr']:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Average over the types, and what DA-CLIP adds to the plain restorer of its family:", ""]
+    lines += ["| restorer | PSNR | vs input | SSIM | better than input on | vs the plain one of its family |"]
+    lines += ["|---|---|---|---|---|---|"]
+    plain_of = {"irsde": "plain-ir", "nafnet": "nafnet"}
+    types = [d for d in first["rows"] if d != "average"]
+    for name in names:
+        rows = results[name]["rows"]
+        average = rows["average"]
+        better = sum(rows[d]["psnr_gain"] > 0 for d in types if d in rows)
+        plain = plain_of[RESTORERS[name][1]]
+        versus = "—"
+        if plain != name and plain in results:
+            plain_rows = results[plain]["rows"]
+            wins = sum(
+                rows[d]["psnr"] > plain_rows[d]["psnr"] for d in types if d in rows and d in plain_rows
+            )
+            versus = (
+                f"{average['psnr'] - plain_rows['average']['psnr']:+.2f} dB, higher on {wins} of {len(types)}"
+            )
         lines.append(
-            f"| {label} | {row['input_psnr']:.2f} | {base.get('psnr', float('nan')):.2f} | {row['psnr']:.2f} | "
-            f"{row['psnr'] - base.get('psnr', float('nan')):+.2f} | {base.get('ssim', float('nan')):.4f} | "
-            f"{row['ssim']:.4f} |"
+            f"| {RESTORERS[name][0]} | {average['psnr']:.2f} | {average['psnr_gain']:+.2f} | "
+            f"{average['ssim']:.4f} | {better} of {len(types)} | {versus} |"
         )
-    better = [
-        n
-        for n, r in conditioned["rows"].items()
-        if n != "average" and r["psnr"] > plain["rows"].get(n, {}).get("psnr", 1e9)
-    ]
-    lines += [
-        "",
-        f"DA-CLIP conditioning has the higher PSNR on {len(better)} of {len(conditioned['rows']) - 1} types.",
-        "",
-    ]
+    lines.append("")
     return "\n".join(lines)
 
 
