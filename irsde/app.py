@@ -35,7 +35,7 @@ from data.io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, read_imag
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 
 from .pipeline import RestorationPipeline
-from .restore import NonFiniteOutputError, _network_calls
+from .restore import NonFiniteOutputError, network_calls
 from .samplers import GRIDS, HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options
 
 __all__ = [
@@ -212,12 +212,12 @@ class AppRestorer:
 
     @property
     def total_steps(self) -> int:
-        """T: the most sampler steps the model allows."""
-        return int(self.pipeline.sde.T)
+        """T: the most sampler steps the model allows (1 for a one-pass restorer)."""
+        return 1 if self.pipeline.one_pass else int(self.pipeline.sde.T)
 
     @property
     def default_steps(self) -> int:
-        return int(self.pipeline.num_steps or self.pipeline.sde.T)
+        return 1 if self.pipeline.one_pass else int(self.pipeline.num_steps or self.pipeline.sde.T)
 
     def _clip_input(self, image: np.ndarray) -> torch.Tensor | None:
         """The DA-CLIP input of one image, as ``scripts/restore.py`` makes it; None without DA-CLIP."""
@@ -291,8 +291,7 @@ class AppRestorer:
                 setattr(pipeline, key, value)
             handle = None
             try:
-                calls, _ = _network_calls(pipeline, 1, height, width)
-                calls *= 8 if pipeline.self_ensemble else 1
+                calls, _ = network_calls(pipeline, 1, height, width)
                 if progress is not None:
                     done = [0]
 
@@ -300,7 +299,7 @@ class AppRestorer:
                         done[0] += 1
                         progress(min(done[0], calls), calls)
 
-                    handle = pipeline.unet.register_forward_hook(count)
+                    handle = pipeline.model.register_forward_hook(count)
                     progress(0, calls)
                 generator = torch.Generator(device=pipeline.device).manual_seed(int(seed))
                 restored = pipeline(lq, lq_clip, generator=generator)[0]  # (3, H, W)
@@ -317,10 +316,13 @@ class AppRestorer:
             )
         folder = Path(tempfile.mkdtemp(prefix="restored-", dir=self._output_root()))
         png = write_image(folder / f"{Path(path).stem}_restored.png", restored)
-        steps_used = int(settings["num_steps"])
+        how = (
+            "one pass"
+            if pipeline.one_pass
+            else f"{settings['sampler']}, {int(settings['num_steps'])} step(s)"
+        )
         status = (
-            f"restored {_display_name(path)} ({width}x{height}) with {settings['sampler']}, "
-            f"{steps_used} step(s), {calls} network evaluation(s)"
+            f"restored {_display_name(path)} ({width}x{height}) with {how}, {calls} network evaluation(s)"
             + (f", tiles of {tile_size}" if tile_size else "")
         )
         return {
@@ -338,7 +340,12 @@ class AppRestorer:
     def _settings(
         self, sampler: str, steps: int | float, order: int | str | None, grid: str, tile: int | None
     ) -> dict[str, Any]:
-        """The pipeline attributes of one request, checked."""
+        """The pipeline attributes of one request, checked (a one-pass restorer takes only the tiles)."""
+        if self.pipeline.one_pass:
+            settings: dict[str, Any] = dict(tile=tile)
+            if tile is not None:
+                settings["tile_overlap"] = min(self.pipeline.tile_overlap, tile // 4)
+            return settings
         try:
             steps = int(steps)
         except (TypeError, ValueError):
@@ -350,7 +357,7 @@ class AppRestorer:
             check_sampler_options(sampler, order, grid)
         except ValueError as err:
             raise AppInputError(str(err)) from None
-        settings: dict[str, Any] = dict(sampler=sampler, num_steps=steps, order=order, grid=grid, tile=tile)
+        settings = dict(sampler=sampler, num_steps=steps, order=order, grid=grid, tile=tile)
         if tile is not None:
             settings["tile_overlap"] = min(self.pipeline.tile_overlap, tile // 4)
         return settings
@@ -380,8 +387,9 @@ def build_app(
     vocabulary = ", ".join(pipeline.degradations)
     intro = (
         f"# {title}\n"
-        "Upload a photo: DA-CLIP says which degradation it sees, then the IR-SDE restores it. "
-        f"Degradations this model knows: {vocabulary}. "
+        "Upload a photo: DA-CLIP says which degradation it sees, then "
+        + ("the NAFNet restores it in one pass. " if pipeline.one_pass else "the IR-SDE restores it. ")
+        + f"Degradations this model knows: {vocabulary}. "
         f"Images over {_megapixels(max_pixels)} need a tile size."
     )
     if description:
@@ -398,7 +406,14 @@ def build_app(
                 )
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
                 label = gr.Label(label="Predicted degradation", num_top_classes=3, elem_id="degradation")
-                sampler = gr.Radio(samplers, value=pipeline.sampler, label="Sampler", elem_id="sampler")
+                sampling = not pipeline.one_pass  # a one-pass restorer has no sampler settings
+                sampler = gr.Radio(
+                    samplers,
+                    value=pipeline.sampler if sampling else samplers[0],
+                    label="Sampler",
+                    elem_id="sampler",
+                    visible=sampling,
+                )
                 steps = gr.Slider(
                     1,
                     restorer.total_steps,
@@ -406,6 +421,7 @@ def build_app(
                     step=1,
                     label=f"Steps (network evaluations, at most T = {restorer.total_steps})",
                     elem_id="steps",
+                    visible=sampling,
                 )
                 with gr.Row():
                     order = gr.Radio(
@@ -414,8 +430,15 @@ def build_app(
                         label="Order (mr, mr-sde)",
                         interactive=pipeline.sampler in higher,
                         elem_id="order",
+                        visible=sampling,
                     )
-                    grid = gr.Radio(list(GRIDS), value=pipeline.grid, label="Timestep grid", elem_id="grid")
+                    grid = gr.Radio(
+                        list(GRIDS),
+                        value=pipeline.grid,
+                        label="Timestep grid",
+                        elem_id="grid",
+                        visible=sampling,
+                    )
                 tile = gr.Radio(
                     list(TILE_CHOICES),
                     value="off" if pipeline.tile is None else str(pipeline.tile),

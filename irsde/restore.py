@@ -50,6 +50,7 @@ __all__ = [
     "NonFiniteOutputError",
     "ProgressReporter",
     "RestoreError",
+    "network_calls",
     "output_targets",
     "restore_images",
     "same_size_batches",
@@ -227,7 +228,7 @@ class ProgressReporter:
             self._write(self._line(), final=True)
 
 
-def _network_calls(pipeline: RestorationPipeline, batch: int, height: int, width: int) -> tuple[int, int]:
+def network_calls(pipeline: RestorationPipeline, batch: int, height: int, width: int) -> tuple[int, int]:
     """(network calls, sampler steps) for one batch, to put progress within an image in numbers."""
     steps = pipeline.nfe  # sampler steps (one for a one-pass restorer), x8 with the self-ensemble
     tile = pipeline.tile
@@ -501,7 +502,7 @@ def restore_images(
             )
             names = ", ".join(Path(item["path"]).name for _, item in batch)
             if reporter is not None:
-                calls, steps = _network_calls(pipeline, lq.shape[0], lq.shape[-2], lq.shape[-1])
+                calls, steps = network_calls(pipeline, lq.shape[0], lq.shape[-2], lq.shape[-1])
                 label = f"[{done + 1}/{len(targets)}] {names} ({lq.shape[-1]}x{lq.shape[-2]})"
                 reporter.start(label, calls, steps)
                 with _count_network_calls(pipeline.model, reporter.update):

@@ -29,9 +29,15 @@ def write_paired_set(root: Path, count: int = 2, size: int = 40, seed: int = 0) 
 
 
 def write_tiny_ir_checkpoint(
-    path: Path, *, daclip_checkpoint: str = "", context: bool = False, overrides: tuple[str, ...] = ()
+    path: Path,
+    *,
+    daclip_checkpoint: str = "",
+    context: bool = False,
+    overrides: tuple[str, ...] = (),
+    family: str = "irsde",
 ) -> Path:
-    """A stage-2 checkpoint in our format holding a tiny random U-Net (T = 5); ``overrides`` go to its config."""
+    """A stage-2 checkpoint in our format holding a tiny random U-Net (T = 5), or with ``family="nafnet"``
+    a tiny random NAFNet; ``overrides`` go to its config."""
     from irsde.pipeline import IR_CHECKPOINT_FORMAT
     from irsde.models import build_model
     from irsde.train import IRTrainConfig
@@ -40,8 +46,17 @@ def write_tiny_ir_checkpoint(
         f"daclip.checkpoint={daclip_checkpoint}",
         f"model.use_degra_context={str(context).lower()}",
         f"model.use_image_context={str(context).lower()}",
-        f"model.nf={16 if context else 8}",  # cross-attention needs widths that are multiples of 32
-        "model.ch_mult=[1, 2]",
+        *(
+            [f"model.nf={16 if context else 8}", "model.ch_mult=[1, 2]"]  # cross-attention: widths of 32k
+            if family == "irsde"
+            else [
+                "model.family=nafnet",
+                "model.width=8",
+                "model.enc_blocks=[1]",
+                "model.middle_blocks=1",
+                "model.dec_blocks=[1]",
+            ]  # fmt: skip
+        ),
         "model.context_dim=32",
         "sde.T=5",
         "data.train_root=",

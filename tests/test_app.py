@@ -166,6 +166,24 @@ def test_restorer_restores_with_the_chosen_settings_and_counts_network_calls(tin
     assert tiled["output"].shape == (40, 48, 3) and set(calls) == {3} and len(calls) == 4
 
 
+def test_a_one_pass_restorer_takes_only_the_tiles(tiny_daclip_checkpoint, tmp_path):
+    """A NAFNet checkpoint: one network evaluation per image (or per batch of tiles), sampler settings unused."""
+    path = write_tiny_ir_checkpoint(
+        tmp_path / "nafnet.pt", daclip_checkpoint=str(tiny_daclip_checkpoint), context=True, family="nafnet"
+    )
+    pipeline = RestorationPipeline.from_checkpoint(path, device="cpu")
+    restorer = AppRestorer(pipeline, output_dir=tmp_path / "out")
+    assert restorer.total_steps == restorer.default_steps == 1
+    upload = write_image(tmp_path / "photo.png", _photo(48, 40))
+    calls = []
+    result = restorer.restore(
+        upload, sampler="posterior", steps=1, tile="16", progress=lambda d, t: calls.append(t)
+    )
+    assert result["output"].shape == (40, 48, 3)
+    assert calls[-1] == 3  # 3x3 tiles of 16 px, 4 per network call
+    assert "with one pass, 3 network evaluation(s), tiles of 16" in result["status"]
+
+
 def test_restorer_refuses_bad_settings_and_large_untiled_images(tiny_pipeline, tmp_path):
     upload = write_image(tmp_path / "wide.png", _photo(48, 40))
     restorer = AppRestorer(tiny_pipeline, max_pixels=1000, output_dir=tmp_path / "out")
