@@ -74,7 +74,6 @@ from data.synthetic import SynthesisConfig, SyntheticCaptionDataset
 
 __all__ = [
     "ModelSection",
-    "SynthesisSection",
     "DataSection",
     "TrainSection",
     "DaCLIPTrainConfig",
@@ -119,20 +118,6 @@ class ModelSection:
 
 
 @dataclass
-class SynthesisSection(SynthesisConfig):
-    """``data.synthesis``: :class:`data.synthetic.SynthesisConfig` itself (same fields, same checks), whose
-    one-line ``ValueError`` (naming e.g. ``data.synthesis.probabilities.rainy``) becomes a ``ConfigError``."""
-
-    def validate(self, prefix: str = "data.synthesis") -> None:
-        try:
-            super().validate(prefix)
-        except ConfigError:
-            raise
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-
-
-@dataclass
 class DataSection:
     """Where stage-1 samples come from: caption CSVs (``filepath<TAB>title``, see :mod:`data.captions`)
     or, with ``source: synthetic``, clean photos degraded on the fly (:mod:`data.synthetic`)."""
@@ -150,7 +135,7 @@ class DataSection:
         help="source: synthetic: a folder of clean photos (recursive) or a CSV with 'filepath' and an "
         "optional 'title' column holding the clean caption",
     )
-    synthesis: SynthesisSection = field(default_factory=SynthesisSection)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     samples_per_epoch: int = spec(0, minimum=0, help="synthetic samples per epoch; 0 = one per clean photo")
     max_size: int = spec(
         0,

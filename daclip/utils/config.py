@@ -14,7 +14,9 @@ command line and builds the dataclass tree, failing with :class:`ConfigError`
   field, takes the section whose family the mapping names (the first option when it names none),
 * range and file checks declared in field metadata with :func:`spec`
   (``minimum``, ``maximum``, ``must_exist``), or raised from a dataclass's own
-  ``validate()`` method for checks that involve several fields.
+  ``validate()`` method for checks that involve several fields (a ``ValueError`` it raises counts as
+  a config error, so sections defined outside this package, e.g. ``data.synthetic.SynthesisConfig``,
+  check themselves).
 
 :func:`to_dict` gives the plain, YAML-safe dict that goes into run folders and
 checkpoints; :func:`from_dict` rebuilds the dataclass from it, so a saved config
@@ -272,7 +274,12 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as err:  # a section's own one-line check (e.g. data.synthetic.SynthesisConfig)
+            raise ConfigError(str(err)) from None
     return obj
 
 
