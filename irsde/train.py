@@ -37,6 +37,7 @@ from daclip.utils.lifecycle import RunContext, Stage, StepResult, run_training
 from daclip.utils.optim import cosine_warmup_lambda
 from daclip.utils.preflight import check_image_pairs
 from data import DEFAULT_DEGRADATIONS
+from data.synthetic import SynthesisConfig, synthetic_collate
 
 from .losses import PixelLoss, build_loss
 from .metrics import psnr
@@ -72,7 +73,29 @@ class SDESection:
 
 @dataclass
 class IRDataSection:
-    train_root: str = spec("", must_exist=True, help="<root>/<degradation>/{LQ,GT}/")
+    """Training pairs: written ones (``source: paired``, a folder per degradation) or clean photos
+    degraded on the fly (``source: synthetic``, :mod:`data.synthetic`: one to three degradations per
+    sample, drawn from the run seed and the sample's position in the run; nothing is written)."""
+
+    source: Literal["paired", "synthetic"] = spec(
+        "paired", help="paired: train_root's LQ/GT pairs; synthetic: clean_root's photos degraded on the fly"
+    )
+    train_root: str = spec("", must_exist=True, help="<root>/<degradation>/{LQ,GT}/ (source: paired)")
+    clean_root: str = spec(
+        "",
+        must_exist=True,
+        help="source: synthetic: a folder of clean photos (recursive) or a CSV (filepath)",
+    )
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    samples_per_epoch: int = spec(
+        0, minimum=0, help="source: synthetic: samples per epoch (0 = one per photo)"
+    )
+    degrade_at: Literal["image", "patch"] = spec(
+        "image", help="source: synthetic: degrade the whole photo then crop (image), or only the crop (patch)"
+    )
+    max_size: int = spec(
+        0, minimum=0, help="source: synthetic: downscale longer photo sides to this (0 = off)"
+    )
     val_root: str = spec("", must_exist=True)
     degradations: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADATIONS))
     patch_size: int = spec(256, minimum=16)
@@ -284,8 +307,10 @@ class IRStage(Stage):
 
     def setup(self, run: RunContext) -> None:
         cfg, device, info = self.cfg, run.device, run.info
-        if not cfg.data.train_root:
+        if cfg.data.source == "paired" and not cfg.data.train_root:
             raise ConfigError("data.train_root: required (a folder <root>/<degradation>/{LQ,GT}/)")
+        if cfg.data.source == "synthetic" and not cfg.data.clean_root:
+            raise ConfigError("data.clean_root: required with data.source: synthetic (clean photos)")
         self.run = run
         self.embedder = build_embedder(cfg.daclip, device)
         # The DA-CLIP weights, recorded in every checkpoint by absolute path and content (sha256).
@@ -311,6 +336,8 @@ class IRStage(Stage):
             pin_memory=device.type == "cuda",
             drop_last=True,
             persistent_workers=False,
+            # Synthetic items list their 1-3 degradations (lists of different lengths).
+            collate_fn=synthetic_collate if cfg.data.source == "synthetic" else None,
         )
 
     def build(self, run: RunContext, embedder: Any) -> None:
@@ -351,6 +378,7 @@ class IRStage(Stage):
     def _datasets(self) -> tuple[Any, Any, list[int]]:
         """Training pairs, and the validation pairs (headers checked now) with the subset validated."""
         from data.paired import PairedDataset  # datasets are only needed when training
+        from data.synthetic import SyntheticPairedDataset
 
         cfg = self.cfg
         clip_kwargs: dict[str, Any] = {}
@@ -359,15 +387,29 @@ class IRStage(Stage):
             clip_kwargs = dict(
                 clip_size=int(embedder.image_size), clip_mean=embedder.mean, clip_std=embedder.std
             )
-        train_set = PairedDataset(
-            cfg.data.train_root,
-            cfg.data.degradations,
-            mode="train",
-            patch_size=cfg.data.patch_size,
-            small_images=cfg.data.small_images,
-            clip_input=cfg.data.clip_input,
-            **clip_kwargs,
-        )
+        if cfg.data.source == "synthetic":
+            train_set: Any = SyntheticPairedDataset(
+                cfg.data.clean_root,
+                cfg.data.synthesis,
+                patch_size=cfg.data.patch_size,
+                small_images=cfg.data.small_images,
+                clip_input=cfg.data.clip_input,
+                degrade_at=cfg.data.degrade_at,
+                max_size=cfg.data.max_size or None,
+                length=cfg.data.samples_per_epoch or None,
+                seed=cfg.experiment.seed,
+                **clip_kwargs,
+            )
+        else:
+            train_set = PairedDataset(
+                cfg.data.train_root,
+                cfg.data.degradations,
+                mode="train",
+                patch_size=cfg.data.patch_size,
+                small_images=cfg.data.small_images,
+                clip_input=cfg.data.clip_input,
+                **clip_kwargs,
+            )
         if not (cfg.data.val_root and cfg.train.val_every):
             return train_set, None, []
         val_set = PairedDataset(cfg.data.val_root, cfg.data.degradations, mode="eval", **clip_kwargs)

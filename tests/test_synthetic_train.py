@@ -195,3 +195,62 @@ def test_bad_synthesis_tables_are_one_line_config_errors_naming_the_key(tmp_path
     )
     assert paper.data.source == "synthetic" and paper.model.clip_model == "ViT-L-14"
     assert DaCLIPTrainConfig().data.source == "csv"
+
+
+# ----------------------------------------------------------------------------- stage 2 on the fly
+
+
+def _ir_config(tmp_path: Path, photos: Path, *extra: str):
+    from irsde.train import IRTrainConfig
+
+    settings = [
+        f"experiment.root={tmp_path / 'runs'}",
+        "experiment.name=ir-synthetic",
+        "experiment.seed=5",
+        "data.source=synthetic",
+        "data.train_root=",
+        "data.val_root=",
+        f"data.clean_root={photos}",
+        "data.samples_per_epoch=6",
+        f"data.synthesis.types=[{', '.join(TYPES)}]",
+        "data.patch_size=16",
+        "model.nf=8",
+        "model.ch_mult=[1, 2]",
+        "train.batch_size=2",
+        "train.total_steps=6",
+        "train.save_every=3",
+        "train.val_every=0",
+        "train.log_every=1",
+        *extra,
+    ]
+    return load_config(IRTrainConfig, ROOT / "configs/universal_ir_tiny.yml", settings)
+
+
+def test_stage2_trains_on_the_fly_reproducibly_and_resumes_the_same_stream(tmp_path):
+    from irsde.train import loss_history, train
+
+    photos = clean_photos(tmp_path / "photos")
+    before = _files(photos)
+    first = train(_ir_config(tmp_path, photos), progress=False)
+    again = train(_ir_config(tmp_path, photos, "experiment.name=again"), progress=False)
+    assert _files(photos) == before  # nothing written next to the photos
+    losses = loss_history(first)
+    assert [s for s, _ in losses] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v) for _, v in losses)
+    assert losses == loss_history(again)  # the same seed draws the same degradations
+    other = train(_ir_config(tmp_path, photos, "experiment.name=other", "experiment.seed=6"), progress=False)
+    assert loss_history(other) != losses  # another seed, another stream
+
+    # Stopped after step 3 (mid-epoch: 3 batches per epoch of 6 samples) and resumed elsewhere.
+    saved = tmp_path / "saved" / "step_0000003.pt"
+    saved.parent.mkdir()
+    saved.write_bytes((first / "checkpoints" / "step_0000003.pt").read_bytes())
+    resumed = train(_ir_config(tmp_path, photos, "experiment.name=resumed", f"experiment.resume={saved}"))
+    assert [(s, pytest.approx(v, rel=1e-6)) for s, v in losses if s > 3] == loss_history(resumed)
+
+
+def test_stage2_synthetic_settings_are_one_line_errors(tmp_path):
+    photos = clean_photos(tmp_path / "photos", count=1)
+    with pytest.raises(ConfigError, match=r"data.synthesis.types: .*'foggy'"):
+        _ir_config(tmp_path, photos, "data.synthesis.types=[foggy]")
+    with pytest.raises(ConfigError, match=r"data.synthesis.probabilities.rainy"):
+        _ir_config(tmp_path, photos, "data.synthesis.probabilities={rainy: -1}")
