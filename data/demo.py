@@ -9,7 +9,8 @@ Layout (the paired layout per split, plus DA-CLIP caption CSVs)::
 
     <root>/train/<degradation>/{LQ,GT}/<photo>_<i>.png
     <root>/val/<degradation>/{LQ,GT}/<photo>_<i>.png
-    <root>/train.csv, <root>/val.csv
+    <root>/train.csv, <root>/val.csv             (LQ image, "<caption>: <degradation>")
+    <root>/train_clean.csv, <root>/val_clean.csv (GT crop, its caption: clean photos for data.synthetic)
     <root>/demo.json
 
 Training and validation crops come from different photographs. Captions are
@@ -19,6 +20,7 @@ approximate, like BLIP captions of crops would be).
 
 from __future__ import annotations
 
+import csv
 import os
 import zlib
 from collections.abc import Sequence
@@ -31,7 +33,7 @@ from PIL import Image
 from data import DEFAULT_DEGRADATIONS
 from data.captions import CaptionRow, write_caption_csv
 from data.degradations import DEGRADATIONS
-from data.io import read_image, write_image
+from data.io import atomic_open, read_image, write_image
 from data.paired import claim_output_root, finish_output_root
 
 __all__ = ["DemoPaths", "DEMO_PHOTOS", "DEMO_PARAMS", "skimage_photo_path", "build_demo_dataset"]
@@ -64,7 +66,7 @@ DEMO_PHOTOS: dict[str, tuple[str, str]] = {
 DEMO_PARAMS: dict[str, dict] = {"motion-blurry": {"kernel_size": (5, 13)}}
 
 _MANIFEST = "demo.json"
-_OUTPUTS = ("train", "val", "train.csv", "val.csv")
+_OUTPUTS = ("train", "val", "train.csv", "val.csv", "train_clean.csv", "val_clean.csv")
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,14 @@ def build_demo_dataset(
         "params": DEMO_PARAMS,
     }
     complete = claim_output_root(root, _MANIFEST, identity, _OUTPUTS, overwrite=overwrite)
-    if complete and paths.train_csv.is_file() and paths.val_csv.is_file():
+    clean_csvs = [root / f"{split}_clean.csv" for split in ("train", "val")]
+    if complete and all(p.is_file() for p in (paths.train_csv, paths.val_csv, *clean_csvs)):
         return paths
 
     photos = {name: read_image(skimage_photo_path(name)) for name in DEMO_PHOTOS}
     for split, count in (("train", n_train), ("val", n_val)):
         names = [name for name, (photo_split, _) in DEMO_PHOTOS.items() if photo_split == split]
-        rows = []
+        rows, clean = [], []
         for degradation in degradations:
             for i in range(count):
                 photo = names[i % len(names)]
@@ -161,6 +164,7 @@ def build_demo_dataset(
                 folder = root / split / degradation
                 lq_path, gt_path = folder / "LQ" / f"{stem}.png", folder / "GT" / f"{stem}.png"
                 rows.append(CaptionRow(str(lq_path), DEMO_PHOTOS[photo][1], degradation))
+                clean.append((gt_path.relative_to(root).as_posix(), DEMO_PHOTOS[photo][1]))
                 if lq_path.is_file() and gt_path.is_file():
                     continue  # finished by an interrupted earlier build
                 rng = np.random.default_rng([seed, zlib.crc32(f"{split}/{degradation}/{stem}".encode())])
@@ -169,5 +173,10 @@ def build_demo_dataset(
                 write_image(gt_path, gt)
                 write_image(lq_path, lq)
         write_caption_csv(root / f"{split}.csv", rows)
+        # The clean crops with their captions: the source of on-the-fly synthesis (data.synthetic).
+        with atomic_open(root / f"{split}_clean.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter="\t")
+            writer.writerow(["filepath", "title"])
+            writer.writerows(clean)
     finish_output_root(root, _MANIFEST, identity)
     return paths
