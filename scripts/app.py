@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.experiment import UserError, run_main  # noqa: E402
+from daclip.utils.experiment import UserError, int_at_least, run_main  # noqa: E402
 from irsde.app import (  # noqa: E402
     DEFAULT_MAX_PIXELS,
     build_app,
@@ -28,21 +27,6 @@ from irsde.app import (  # noqa: E402
     missing_checkpoint_message,
 )
 from irsde.pipeline import RestorationPipeline  # noqa: E402
-
-
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low`` (argparse reports anything else as a usage error)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,10 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
-    p.add_argument("--port", type=_at_least(1), default=7860)
+    p.add_argument("--port", type=int_at_least(1), default=7860)
     p.add_argument(
         "--max-pixels",
-        type=_at_least(1),
+        type=int_at_least(1),
         default=DEFAULT_MAX_PIXELS,
         help=f"largest image restored without tiling, in pixels (default {DEFAULT_MAX_PIXELS} = 2048x2048)",
     )

@@ -19,16 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.experiment import run_main  # noqa: E402
+from daclip.utils.experiment import int_at_least, run_main  # noqa: E402
 from irsde.demo import DemoSettings, run_demo  # noqa: E402
 from irsde.samplers import SAMPLERS  # noqa: E402
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="demo_data", help="where the demo dataset is built (reused if present)")
     p.add_argument("--experiments", default="experiments", help="where the demo folder is created")
-    p.add_argument("--daclip-epochs", type=_positive, default=defaults.daclip_epochs)
-    p.add_argument("--ir-steps", type=_positive, default=defaults.ir_steps)
+    p.add_argument("--daclip-epochs", type=int_at_least(1), default=defaults.daclip_epochs)
+    p.add_argument("--ir-steps", type=int_at_least(1), default=defaults.ir_steps)
     p.add_argument("--sampler", default=defaults.sampler, choices=list(SAMPLERS))
-    p.add_argument("--steps", type=_positive, default=defaults.sampling_steps, help="network evaluations")
+    p.add_argument(
+        "--steps", type=int_at_least(1), default=defaults.sampling_steps, help="network evaluations"
+    )
     p.add_argument(
         "--compare",
         nargs="?",

@@ -25,33 +25,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.classify import DEFAULT_THRESHOLD  # noqa: E402
 from daclip.utils.distributed import resolve_device  # noqa: E402
-from daclip.utils.experiment import run_main  # noqa: E402
+from daclip.utils.experiment import int_at_least, run_main  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
 from irsde.pipeline import RestorationPipeline  # noqa: E402
 from irsde.restore import CONTACT_SHEET_HEIGHT, output_targets, restore_images  # noqa: E402
 from irsde.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
-
-
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low`` (argparse reports anything else as a usage error)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _probability(text: str) -> float:
@@ -87,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--steps",
-        type=_at_least(1),
+        type=int_at_least(1),
         default=None,
         help="network evaluations (default: the checkpoint's validation setting with its sampler, else T)",
     )
@@ -95,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--grid", default="uniform", choices=list(GRIDS), help="timestep spacing for fewer than T steps"
     )
-    p.add_argument("--tile", type=_at_least(1), default=None, help="tile size for large images (e.g. 256)")
-    p.add_argument("--overlap", type=_at_least(0), default=64, help="tile overlap in pixels")
-    p.add_argument("--batch-size", type=_at_least(1), default=1, help="images (of equal size) per batch")
+    p.add_argument("--tile", type=int_at_least(1), default=None, help="tile size for large images (e.g. 256)")
+    p.add_argument("--overlap", type=int_at_least(0), default=64, help="tile overlap in pixels")
+    p.add_argument("--batch-size", type=int_at_least(1), default=1, help="images (of equal size) per batch")
     p.add_argument(
         "--degradations",
         nargs="+",
@@ -116,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--sheet-height",
-        type=_at_least(8),
+        type=int_at_least(8),
         default=CONTACT_SHEET_HEIGHT,
         help="contact sheet row height in pixels",
     )

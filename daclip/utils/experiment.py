@@ -52,6 +52,7 @@ __all__ = [
     "UserError",
     "USER_ERRORS",
     "run_main",
+    "int_at_least",
 ]
 
 Precision = Literal["fp32", "bf16"]
@@ -324,3 +325,19 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
     kwargs.setdefault("mininterval", 0.5 if tty else 30.0)
     kwargs.setdefault("dynamic_ncols", tty)
     return tqdm(iterable, file=stream, **kwargs)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type for the scripts: an integer >= ``low`` (anything else is argparse's usage error)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
