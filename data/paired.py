@@ -109,6 +109,33 @@ def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
     return np.pad(img, pad, mode=mode)
 
 
+def pair_tensors(
+    lq: np.ndarray,
+    gt: np.ndarray,
+    full_lq: np.ndarray,
+    augment: np.random.Generator | None,
+    *,
+    clip: tuple[int, Sequence[float], Sequence[float]],
+    clip_input: str,
+) -> dict[str, torch.Tensor]:
+    """``lq``, ``gt`` ``(3, P, P)`` and DA-CLIP's input ``lq_clip`` ``(3, S, S)`` of a (cropped) pair.
+
+    ``augment``: draw the same flips and transpose for LQ and GT from this generator (None: none).
+    ``clip_input``: DA-CLIP sees the crop (``patch``) or ``full_lq``, the whole LQ image (``image``).
+    ``clip``: (size, mean, std) of the CLIP transform. Shared by the written and the synthetic pairs.
+    """
+    if augment is not None:
+        hflip, vflip, transpose = (bool(b) for b in augment.integers(0, 2, size=3))
+        lq, gt = _augment([lq, gt], hflip, vflip, transpose)
+    clip_source = full_lq if clip_input == "image" else lq
+    size, mean, std = clip
+    return {
+        "lq": image_to_tensor(lq),  # (3, H, W)
+        "gt": image_to_tensor(gt),  # (3, H, W)
+        "lq_clip": clip_transform(clip_source, size, mean, std),  # (3, S, S)
+    }
+
+
 def _augment(images: list[np.ndarray], hflip: bool, vflip: bool, transpose: bool) -> list[np.ndarray]:
     """The same flips and 90-degree rotation (as a transpose, like BasicSR) on every image."""
     out = []
@@ -270,6 +297,9 @@ class PairedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | int]:
         return self.get_item(index)
 
+    def _clip_settings(self) -> tuple[int, Sequence[float], Sequence[float]]:
+        return self.clip_size, self.clip_mean, self.clip_std
+
     def get_item(
         self, index: int, seed: int | Sequence[int] | None = None
     ) -> dict[str, torch.Tensor | str | int]:
@@ -281,7 +311,7 @@ class PairedDataset(Dataset):
         if self.mode == "eval":
             pair = self.pairs[index]
             lq, gt = self._load(pair)
-            clip_source = lq
+            tensors = pair_tensors(lq, gt, lq, None, clip=self._clip_settings(), clip_input="patch")
         else:
             if not 0 <= index < self.length:
                 raise IndexError(f"index {index} out of range for a training epoch of {self.length}")
@@ -292,16 +322,12 @@ class PairedDataset(Dataset):
             pair = candidates[int(rng.integers(len(candidates)))]
             full_lq, full_gt = self._load(pair)
             lq, gt = self._crop(pair, full_lq, full_gt, rng)
-            if self.augment:
-                hflip, vflip, transpose = (bool(b) for b in rng.integers(0, 2, size=3))
-                lq, gt = _augment([lq, gt], hflip, vflip, transpose)
-            clip_source = full_lq if self.clip_input == "image" else lq
+            augment = rng if self.augment else None
+            tensors = pair_tensors(
+                lq, gt, full_lq, augment, clip=self._clip_settings(), clip_input=self.clip_input
+            )
         return {
-            "lq": image_to_tensor(lq),  # (3, H, W)
-            "gt": image_to_tensor(gt),  # (3, H, W)
-            "lq_clip": clip_transform(
-                clip_source, self.clip_size, self.clip_mean, self.clip_std
-            ),  # (3, S, S)
+            **tensors,
             "degradation": pair.degradation,
             "degradation_index": self.degradations.index(pair.degradation),
             "lq_path": str(pair.lq_path),

@@ -48,16 +48,16 @@ from data.degradations import (
     degrade_chain,
     parameter_names,
 )
-from data.io import image_to_tensor, is_image_file, read_image, write_image
+from data.io import is_image_file, read_image, write_image
 from data.paired import (
     MANIFEST_NAME,
-    _augment,
     _by_stem,
     _limit_size,
     _pad_to,
     claim_output_root,
     finish_output_root,
     pair_seed,
+    pair_tensors,
 )
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 
@@ -468,16 +468,10 @@ class SyntheticPairedDataset(_SyntheticBase):
         else:
             (gt,) = self._crop(image, [clean], crop)
             lq = full_lq = degrade_chain(gt, names, degrade, self._params)
-        if self.augment:
-            hflip, vflip, transpose = (bool(b) for b in crop.integers(0, 2, size=3))
-            lq, gt = _augment([lq, gt], hflip, vflip, transpose)
-        clip_source = full_lq if self.clip_input == "image" else lq
+        clip = (self.clip_size, self.clip_mean, self.clip_std)
+        augment = crop if self.augment else None
         return {
-            "lq": image_to_tensor(lq),  # (3, P, P)
-            "gt": image_to_tensor(gt),  # (3, P, P)
-            "lq_clip": clip_transform(
-                clip_source, self.clip_size, self.clip_mean, self.clip_std
-            ),  # (3, S, S)
+            **pair_tensors(lq, gt, full_lq, augment, clip=clip, clip_input=self.clip_input),
             **self._labels(names),
             "lq_path": str(image.path),
             "gt_path": str(image.path),

@@ -58,7 +58,7 @@ from torch.utils.checkpoint import checkpoint
 
 from daclip.utils.config import ConfigError, from_dict, spec
 
-from .unet import HEAD_DIM, CrossAttention
+from .unet import HEAD_DIM, CrossAttention, pad_to_multiple
 
 __all__ = [
     "NAFNET_PRESETS",
@@ -346,14 +346,7 @@ class NAFNet(nn.Module):
         return module(*args)
 
     def _pad(self, x: Tensor) -> Tensor:
-        """Pad right/bottom to a multiple of 2**depth: reflect, replicate when the image is too small."""
-        s = 2**self.depth
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (s - h % s) % s, (s - w % s) % s
-        if pad_h == 0 and pad_w == 0:
-            return x
-        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        return pad_to_multiple(x, 2**self.depth)
 
     def _check_emb(
         self, name: str, switch: str, emb: Tensor | None, batch: int, ndims: tuple[int, ...]

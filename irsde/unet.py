@@ -47,6 +47,7 @@ __all__ = [
     "SinusoidalEmbedding",
     "SpatialTransformer",
     "TransformerBlock",
+    "pad_to_multiple",
     "sinusoidal_embedding",
 ]
 
@@ -330,6 +331,17 @@ class SpatialTransformer(nn.Module):
         return self.proj_out(tokens) + x  # (B, C, H, W)
 
 
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad ``(B, C, H, W)`` right/bottom to multiples of ``multiple``: reflect, or replicate where the
+    image is smaller than the padding (the restorers crop their output back to ``H, W``)."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"ConditionalUNet: {name} must be a positive integer, got {value!r}")
@@ -551,14 +563,7 @@ class ConditionalUNet(nn.Module):
         return self.time_mlp(t)  # (B or 1, 4nf)
 
     def _pad(self, x: Tensor) -> Tensor:
-        """Reflect-pad right/bottom to a multiple of 2**depth (replicate where the image is too small)."""
-        s = 2**self.depth
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (s - h % s) % s, (s - w % s) % s
-        if pad_h == 0 and pad_w == 0:
-            return x
-        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        return pad_to_multiple(x, 2**self.depth)
 
     def forward(
         self,
