@@ -547,6 +547,12 @@ def shadowed(
 MaskType = Literal["free-form", "box", "mixed"]
 
 
+def _box(x0: float, y0: float, width: float, height: float) -> list[float]:
+    """PIL's inclusive rectangle of a ``width x height`` box at ``(x0, y0)``; a 1-pixel side stays valid
+    under rounding (``x0 + 1 - 1`` can fall below ``x0`` in floating point, which PIL rejects)."""
+    return [x0, y0, max(x0, x0 + width - 1), max(y0, y0 + height - 1)]
+
+
 def inpainting_mask(
     rng: np.random.Generator,
     height: int,
@@ -583,7 +589,7 @@ def inpainting_mask(
             bw = max(1.0, min(width, math.sqrt(area * aspect)))
             bh = max(1.0, min(height, area / bw))
             x0, y0 = rng.uniform(0, width - bw), rng.uniform(0, height - bh)
-            draw.rectangle([x0, y0, x0 + bw - 1, y0 + bh - 1], fill=255)
+            draw.rectangle(_box(x0, y0, bw, bh), fill=255)
         else:
             stroke = max(1, int(round(_draw(rng, stroke_width, "stroke_width") * short)))
             length = min(rng.uniform(0.5, 1.0) * remaining * total / stroke, 4.0 * short)

@@ -322,3 +322,16 @@ def test_chain_rejects_unknown_and_repeated_names_and_parameters():
     # Parameters reach their generator; parameters of types outside the chain are allowed.
     fixed = degrade_chain(img, ["hazy"], 0, params={"hazy": {"beta": 0.0}, "noisy": {"sigma": 5.0}})
     np.testing.assert_allclose(fixed, img, atol=1e-6)  # beta = 0: transmission 1, no haze
+
+
+def test_a_one_pixel_box_survives_floating_point_rounding():
+    """(x0 + 1) - 1 < x0 for some x0 (here 31.23783199163238): PIL rejected the box, crashing synthesis."""
+    from PIL import Image, ImageDraw
+
+    from data.degradations import _box
+
+    x0 = 31.23783199163238
+    assert (x0 + 1.0) - 1.0 < x0
+    box = _box(x0, 2.0, 1.0, 1.0)
+    assert box[2] >= box[0] and box[3] >= box[1]
+    ImageDraw.Draw(Image.new("L", (40, 8))).rectangle(box, fill=255)  # would raise without the guard
