@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from daclip.utils.experiment import UserError
 from daclip.zero_shot import ZeroShotClassifier, encode_names
 from data.transforms import clip_transform_batch
 
-__all__ = ["DaCLIPSection", "FrozenDaCLIP", "build_embedder", "load_frozen_daclip"]
+__all__ = ["DaCLIPSection", "FrozenDaCLIP", "add_daclip_arguments", "build_embedder", "load_frozen_daclip"]
 
 
 @dataclass
@@ -129,6 +130,19 @@ def load_frozen_daclip(
             raise UserError(f"{path} is {kind}, not a DA-CLIP checkpoint") from None
         raise
     return FrozenDaCLIP(model, source)
+
+
+def add_daclip_arguments(parser: Any) -> None:
+    """``--daclip``, ``--clip-model``, ``--model-config``: the DA-CLIP options of the restoring scripts."""
+    parser.add_argument(
+        "--daclip", default="", help="DA-CLIP weights (default: the one the checkpoint records)"
+    )
+    parser.add_argument(
+        "--clip-model", default="ViT-B-32", help="open_clip architecture of a released DA-CLIP file"
+    )
+    parser.add_argument(
+        "--model-config", default="", help="open_clip JSON of a custom architecture (with --clip-model)"
+    )
 
 
 def build_embedder(section: DaCLIPSection, device: str | torch.device = "cpu") -> FrozenDaCLIP | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
+from daclip.inference import add_daclip_arguments  # noqa: E402
 from daclip.utils.experiment import UserError, int_at_least, run_main  # noqa: E402
 from irsde.app import (  # noqa: E402
     DEFAULT_MAX_PIXELS,
@@ -36,13 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="our stage-2 checkpoint or universal-ir.pth (default: the newest demo run under --experiments)",
     )
-    p.add_argument("--daclip", default="", help="DA-CLIP weights (default: the one the checkpoint records)")
-    p.add_argument(
-        "--clip-model", default="ViT-B-32", help="open_clip architecture of a released DA-CLIP file"
-    )
-    p.add_argument(
-        "--model-config", default="", help="open_clip JSON of a custom architecture (with --clip-model)"
-    )
+    add_daclip_arguments(p)
     p.add_argument(
         "--experiments", default="experiments", help="where to look for the demo run without --checkpoint"
     )

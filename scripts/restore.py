@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.classify import DEFAULT_THRESHOLD  # noqa: E402
+from daclip.inference import add_daclip_arguments  # noqa: E402
 from daclip.utils.distributed import resolve_device  # noqa: E402
 from daclip.utils.experiment import int_at_least, run_main  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
@@ -56,13 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "-o", "--output", required=True, help="output folder, or an image file name (.png) for a single input"
     )
     p.add_argument("--checkpoint", required=True, help="our stage-2 checkpoint or universal-ir.pth")
-    p.add_argument("--daclip", default="", help="DA-CLIP weights (default: the one the checkpoint records)")
-    p.add_argument(
-        "--clip-model", default="ViT-B-32", help="open_clip architecture of a released DA-CLIP file"
-    )
-    p.add_argument(
-        "--model-config", default="", help="open_clip JSON of a custom architecture (with --clip-model)"
-    )
+    add_daclip_arguments(p)
     p.add_argument(
         "--sampler",
         default=None,
