@@ -1,4 +1,8 @@
-"""A frozen DA-CLIP for inference and for stage 2 (the restoration U-Net's conditioning).
+"""A frozen DA-CLIP for inference and for stage 2 (the restorers' conditioning).
+
+:class:`DaCLIPSection` names the weights (the ``daclip:`` config section, or the scripts' ``--daclip``,
+``--clip-model``, ``--model-config``: :func:`add_daclip_arguments`) and :func:`build_embedder` loads
+them; training and inference build the embedder the same way.
 
 >>> daclip = load_frozen_daclip("daclip_ViT-B-32.pt")            # released file, or our checkpoint
 >>> clip_images = daclip.preprocess(lq)                           # (B, 3, H, W) in [0, 1] -> CLIP input

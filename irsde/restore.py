@@ -1,6 +1,6 @@
 """Restoring a user's own images (``scripts/restore.py``): any size, folders, batching, tiles.
 
-Images of equal size are batched together; every image is padded inside the U-Net to its
+Images of equal size are batched together; every image is padded inside the restorer to its
 downsampling factor and cropped back, and with ``tile`` set the network sees bounded tiles
 (:class:`irsde.tiling.TiledModel`), so memory does not grow with the image. The predicted
 degradation (DA-CLIP zero-shot, top-3 with probabilities) is printed and saved to
