@@ -550,6 +550,17 @@ class MixedDataset:
     skipped: int
 
 
+def _csv_images(path: Path) -> dict[str, Path]:
+    """``{name: image}`` of a clean-image CSV, each named after its path relative to the CSV's folder."""
+    base = path.resolve().parent
+    images = {}
+    for image in _read_clean_csv(path):
+        resolved = image.path.resolve()
+        relative = resolved.relative_to(base) if resolved.is_relative_to(base) else Path(resolved.name)
+        images["_".join(relative.with_suffix("").parts)] = image.path
+    return images
+
+
 def make_mixed_dataset(
     source: str | os.PathLike,
     root: str | os.PathLike,
@@ -570,7 +581,10 @@ def make_mixed_dataset(
     an error unless ``overwrite`` (see :func:`data.paired.claim_output_root`).
 
     Args:
-        source: folder of clean photos (directly inside it, as ``make_paired_dataset``).
+        source: folder of clean photos (directly inside it, as ``make_paired_dataset``), or a CSV with a
+            ``filepath`` column (e.g. the demo's ``val_clean.csv``); its images are named after their
+            path relative to the CSV (``val/hazy/GT/a.png`` -> ``val_hazy_GT_a``), so equal stems in
+            different folders stay apart.
         combinations: sets of types, as name sequences or ``"a+b"`` strings; default CDD-11's eleven.
         params: keyword parameters per type, passed to its generator in every chain.
     """
@@ -594,7 +608,7 @@ def make_mixed_dataset(
         raise ValueError(f"max_size must be at least 8, got {max_size}")
     if source.resolve() == root.resolve() or root.resolve() in source.resolve().parents:
         raise ValueError(f"output folder {root} must not contain the source folder {source}")
-    images = _by_stem(source)
+    images = _by_stem(source) if source.is_dir() else _csv_images(source)
     if not images:
         raise ValueError(f"no images in {source}")
     identity = {

@@ -12,6 +12,7 @@ Examples::
 
     # A fixed test set of mixed degradations: CDD-11's eleven sets, or your own.
     python scripts/make_dataset.py --mixed --source photos/ --out datasets/mixed_test
+    python scripts/make_dataset.py --mixed --source demo_data/val_clean.csv --out demo_mixed   # a CSV
     python scripts/make_dataset.py --mixed --source photos/ --out datasets/mixed_test \\
         --combinations low-light+hazy,hazy+rainy
 
@@ -58,7 +59,9 @@ def parse_params(items: list[str]) -> dict[str, dict[str, object]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output dataset folder")
-    parser.add_argument("--source", type=Path, help="folder of clean images")
+    parser.add_argument(
+        "--source", type=Path, help="folder of clean images (--mixed: or a CSV with a filepath column)"
+    )
     parser.add_argument(
         "--demo", action="store_true", help="build the demo dataset instead (needs scikit-image)"
     )

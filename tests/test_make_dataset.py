@@ -242,3 +242,16 @@ def test_mixed_with_chosen_combinations_and_its_errors(tmp_path, clean_folder, c
         assert err.count("\n") == 1 and message in err, extra
     assert main(["--source", str(clean_folder), "--out", str(tmp_path / "o"), "--combinations", "hazy"]) == 2
     assert "--combinations needs --mixed" in capsys.readouterr().err
+
+
+def test_mixed_set_from_a_csv_keeps_equal_stems_in_different_folders_apart(tmp_path):
+    from data.synthetic import make_mixed_dataset
+
+    rng = np.random.default_rng(0)
+    for folder in ("a", "b"):
+        write_image(tmp_path / "clean" / folder / "same.png", rng.random((24, 24, 3)).astype(np.float32))
+    csv_path = tmp_path / "clean" / "list.csv"
+    csv_path.write_text("filepath\ta/same.png\nb/same.png\n".replace("\ta", "\na"))
+    mixed = make_mixed_dataset(csv_path, tmp_path / "mixed", [("hazy", "rainy")], seed=1)
+    names = sorted(p.name for p in (tmp_path / "mixed" / "hazy+rainy" / "LQ").iterdir())
+    assert names == ["a_same.png", "b_same.png"] and mixed.written == 2
