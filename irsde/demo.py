@@ -65,16 +65,19 @@ def _label_strip(text: str, width: int, height: int = 14) -> Tensor:
     return torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def _grid(rows: Sequence[tuple[str, Sequence[Path]]], out: Path, size: int = 128) -> None:
-    """Save a labelled grid: one row per degradation (name, PSNRs), columns LQ | restored | GT."""
-    tiles = [_label_strip("input (degraded)  |  restored  |  ground truth", 3 * size)]
+def _grid(
+    rows: Sequence[tuple[str, Sequence[Path]]], out: Path, columns: Sequence[str], size: int = 128
+) -> None:
+    """Save a labelled grid: one row per degradation (name, PSNRs), one column per image (``columns``)."""
+    width = len(columns) * size
+    tiles = [_label_strip("  |  ".join(columns), width)]
     for label, paths in rows:
         images = [torch.from_numpy(read_image(p)).permute(2, 0, 1) for p in paths]
         images = [
             torch.nn.functional.interpolate(i[None], size=(size, size), mode="bilinear")[0] for i in images
         ]
-        tiles.append(_label_strip(label, 3 * size))
-        tiles.append(torch.cat(images, dim=2))  # (3, size, 3 * size)
+        tiles.append(_label_strip(label, width))
+        tiles.append(torch.cat(images, dim=2))  # (3, size, len(columns) * size)
     write_image(out, torch.cat(tiles, dim=1))
 
 
@@ -87,6 +90,7 @@ class DemoSettings:
     sampler: str = "mr"
     sampling_steps: int | None = 1
     seed: int = 0
+    nafnet: bool = True  # also NAFNet + DA-CLIP (one network evaluation per image), at the same budget
 
 
 def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings) -> Path:
@@ -222,11 +226,21 @@ def run_demo(
     results = _evaluate(ir_ckpt, data_root, demo_dir, settings, "test", degradations)
     timings["evaluation + restoring val images"] = time.time() - tick
 
+    nafnet = None
+    if settings.nafnet:
+        tick = time.time()
+        log(f"stage 2, second family: NAFNet + DA-CLIP, {settings.ir_steps} steps (one evaluation per image)")
+        nafnet_ckpt = _stage2(data_root, demo_dir, settings, daclip_ckpt, "nafnet-daclip")
+        nafnet = _evaluate(nafnet_ckpt, data_root, demo_dir, settings, "test-nafnet-daclip", degradations)
+        timings["NAFNet + DA-CLIP (training + evaluation)"] = time.time() - tick
+
     comparison = None
     if compare:
         tick = time.time()
-        compared = {"universal-ir": results}
+        compared = {"universal-ir": results, **({"nafnet-daclip": nafnet} if nafnet else {})}
         for name in COMPARISONS[compare]:
+            if name in compared:
+                continue  # trained above
             log(f"comparison: {RESTORERS[name][0]}, {settings.ir_steps} steps")
             checkpoint = _stage2(data_root, demo_dir, settings, daclip_ckpt, name)
             compared[name] = _evaluate(
@@ -236,25 +250,23 @@ def run_demo(
         (demo_dir / "comparison.md").write_text(comparison)
         timings[f"comparison ({', '.join(COMPARISONS[compare])}: training + evaluation)"] = time.time() - tick
 
-    restored_dir = Path(results["output"]) / "images"
+    restorers = [("IR-SDE + DA-CLIP", results)] + ([("NAFNet + DA-CLIP", nafnet)] if nafnet else [])
     rows = []
     for name in degradations:
         lq_files = sorted((data_root / "val" / name / "LQ").iterdir())
         if lq_files:
-            row = results["rows"].get(name, {})
-            label = (
-                f"{name}: {row.get('input_psnr', float('nan')):.1f} -> {row.get('psnr', float('nan')):.1f} dB"
-            )
+            nan = float("nan")
+            psnrs = " / ".join(f"{r['rows'].get(name, {}).get('psnr', nan):.1f}" for _, r in restorers)
+            label = f"{name}: {results['rows'].get(name, {}).get('input_psnr', nan):.1f} -> {psnrs} dB"
             stem = lq_files[0].stem
-            paths = [
-                lq_files[0],
-                restored_dir / name / f"{stem}.png",
-                data_root / "val" / name / "GT" / lq_files[0].name,
-            ]
-            rows.append((label, paths))
-    _grid(rows, demo_dir / "grid.png")
+            restored = [Path(r["output"]) / "images" / name / f"{stem}.png" for _, r in restorers]
+            rows.append((label, [lq_files[0], *restored, data_root / "val" / name / "GT" / lq_files[0].name]))
+    columns = ["input (degraded)", *(label for label, _ in restorers), "ground truth"]
+    _grid(rows, demo_dir / "grid.png", columns)
     timings["total"] = time.time() - started
-    report = _report(results, timings, daclip_ckpt.parents[1], ir_ckpt.parents[1], degradations, settings)
+    report = _report(
+        results, timings, daclip_ckpt.parents[1], ir_ckpt.parents[1], degradations, settings, nafnet
+    )
     if comparison is not None:
         report += "\n" + comparison
     (demo_dir / "report.md").write_text(report)
@@ -312,6 +324,37 @@ def format_comparison(results: dict[str, dict[str, Any]], settings: DemoSettings
     return "\n".join(lines)
 
 
+def _summary_row(label: str, results: dict[str, Any]) -> str:
+    """One line of the restorers table: average PSNR, gain, types better, worst type, NFE, seconds."""
+    per_type = {n: r for n, r in results["rows"].items() if n != "average"}
+    average = results["rows"].get("average", {})
+    better = sum(r["psnr_gain"] > 0 for r in per_type.values())
+    worst = min(per_type, key=lambda n: per_type[n]["psnr_gain"]) if per_type else "-"
+    worst_gain = per_type[worst]["psnr_gain"] if per_type else float("nan")
+    return (
+        f"| {label} | {average.get('psnr', float('nan')):.2f} | {average.get('psnr_gain', float('nan')):+.2f} | "
+        f"{better} of {len(per_type)} | {worst} ({worst_gain:+.2f}) | {results['nfe']} | "
+        f"{average.get('seconds', float('nan')):.3f} |"
+    )
+
+
+def _nafnet_summary(results: dict[str, Any], nafnet: dict[str, Any]) -> list[str]:
+    """The two restorers side by side (the paper's diffusion model and its best-PSNR one-pass model)."""
+    return [
+        "## Two restorer families, the same DA-CLIP and budget",
+        "",
+        "The paper's IR-SDE (a diffusion model, sampled) and NAFNet + DA-CLIP (the best PSNR of the paper's",
+        "unified table, one network evaluation per image), both conditioned on the same tiny DA-CLIP and",
+        "trained on the same data with the same patch, batch, learning rate and steps:",
+        "",
+        "| restorer | PSNR | vs input | better than input on | worst type | NFE | seconds / image |",
+        "|---|---|---|---|---|---|---|",
+        _summary_row("IR-SDE + DA-CLIP", results),
+        _summary_row("NAFNet + DA-CLIP", nafnet),
+        "",
+    ]
+
+
 def _report(
     results: dict[str, Any],
     timings: dict[str, float],
@@ -319,6 +362,7 @@ def _report(
     ir_run: Path,
     degradations: Sequence[str],
     settings: DemoSettings,
+    nafnet: dict[str, Any] | None = None,
 ) -> str:
     rows = results["rows"]
     accuracy = rows.get("average", {}).get("accuracy")
@@ -352,6 +396,7 @@ def _report(
         f"{results['nfe']} network evaluation(s) per image (x0 clamping {'on' if results['clamp_x0'] else 'off'}); "
         f"{settings.ir_steps} training steps.",
         "",
+        *(_nafnet_summary(results, nafnet) if nafnet is not None else []),
         "## Restoration, per degradation (validation images)",
         "",
         "`input_*` scores the degraded input itself; `psnr_gain` = output − input. PSNR/SSIM on the",
@@ -360,6 +405,7 @@ def _report(
         "",
         format_markdown(results),
         "",
+        *(["### NAFNet + DA-CLIP", "", format_markdown(nafnet), ""] if nafnet is not None else []),
         "## Degradation classification (DA-CLIP zero-shot, validation images)",
         "",
         f"Accuracy over {len(degradations)} types: "
@@ -369,8 +415,15 @@ def _report(
         "",
         f"- stage 1 (DA-CLIP): `{daclip_run}`",
         f"- stage 2 (IR-SDE): `{ir_run}`",
-        f"- evaluation: `{results['output']}`",
-        "- image grid (rows: degradations with input -> output PSNR; columns: LQ | restored | GT): `grid.png`",
+        *(
+            [f"- stage 2 (NAFNet + DA-CLIP): `{Path(nafnet['config']['model']['checkpoint']).parents[1]}`"]
+            if nafnet
+            else []
+        ),
+        f"- evaluation: `{results['output']}`" + (f", `{nafnet['output']}`" if nafnet else ""),
+        "- image grid (rows: degradations with input -> output PSNR; columns: LQ | "
+        + ("IR-SDE + DA-CLIP | NAFNet + DA-CLIP" if nafnet else "restored")
+        + " | GT): `grid.png`",
         "",
         "## Time (seconds)",
         "",

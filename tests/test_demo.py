@@ -33,8 +33,11 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
     assert summary is not None
     worse = "The output is worse than the input for:" in report
     assert worse or "It is nowhere worse than the input." in report
-    grid = read_image(demo_dir / "grid.png")
-    assert grid.shape == (14 + (14 + 128) * len(DEFAULT_DEGRADATIONS), 3 * 128, 3)
+    grid = read_image(demo_dir / "grid.png")  # LQ | IR-SDE + DA-CLIP | NAFNet + DA-CLIP | GT
+    assert grid.shape == (14 + (14 + 128) * len(DEFAULT_DEGRADATIONS), 4 * 128, 3)
+    # The second family, at the same budget, side by side with the IR-SDE in the report.
+    assert "| NAFNet + DA-CLIP |" in report and "### NAFNet + DA-CLIP" in report
+    assert re.search(r"\| IR-SDE \+ DA-CLIP \| [\d.]+ \| [+-][\d.]+ \| \d+ of 10 \| .* \| 1 \|", report)
     assert (demo_dir / "daclip" / "checkpoints" / "daclip_final.pt").is_file()
     assert (demo_dir / "universal-ir" / "checkpoints" / "latest.pt").is_file()
     comparison = (demo_dir / "comparison.md").read_text()
@@ -50,6 +53,7 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
         )
     for name in ("plain-ir", "nafnet", "nafnet-degra", "nafnet-daclip"):
         assert (demo_dir / name / "checkpoints" / "latest.pt").is_file()
+    assert not (demo_dir / "nafnet-daclip_1").exists()  # the demo's NAFNet + DA-CLIP is reused, not retrained
 
 
 def test_demo_validation_photos_are_colour_and_unseen():
