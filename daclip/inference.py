@@ -15,18 +15,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from daclip.model import DaCLIP
-from daclip.pretrained import ClipSource, Tokenizer, load_daclip, make_tokenizer
 from daclip.utils.checkpoint import checkpoint_kind
 from daclip.utils.config import spec
 from daclip.utils.experiment import UserError
-from daclip.zero_shot import ZeroShotClassifier, encode_names
 from data.transforms import clip_transform_batch
+
+if TYPE_CHECKING:  # open_clip takes seconds to import: loaded when a DA-CLIP is, not with this module
+    from daclip.model import DaCLIP
+    from daclip.pretrained import ClipSource, Tokenizer
+    from daclip.zero_shot import ZeroShotClassifier
 
 __all__ = ["DaCLIPSection", "FrozenDaCLIP", "add_daclip_arguments", "build_embedder", "load_frozen_daclip"]
 
@@ -59,6 +61,8 @@ class FrozenDaCLIP(nn.Module):
             param.requires_grad_(False)
         self.model.eval()
         self.source = source
+        from daclip.pretrained import make_tokenizer
+
         self.tokenizer = tokenizer or make_tokenizer(source)
         self.image_size: int = source.image_size
         self.mean: tuple[float, ...] = tuple(source.mean)
@@ -105,6 +109,8 @@ class FrozenDaCLIP(nn.Module):
         key = tuple(degradations)
         cached = self._classifiers.get(key)
         if cached is None or cached.name_features.device != self.device:
+            from daclip.zero_shot import ZeroShotClassifier, encode_names
+
             features = encode_names(self.model.encode_text, self.tokenizer, key, self.device)
             cached = self._classifiers[key] = ZeroShotClassifier(features, key).to(self.device)
         return cached
@@ -126,6 +132,8 @@ def load_frozen_daclip(
 
     A checkpoint of another kind of this project (a restoration model) is one line saying so.
     """
+    from daclip.pretrained import load_daclip
+
     try:
         model, source = load_daclip(path, clip_model=clip_model, model_config=model_config, device=device)
     except ValueError:
