@@ -539,10 +539,7 @@ class DaCLIPStage(Stage):
     checkpoint_prefix = "epoch_"
 
     def __init__(self, cfg: DaCLIPTrainConfig) -> None:
-        self.cfg = cfg
-        train = cfg.train
-        self.log_every, self.keep_last = train.log_every, train.keep_last
-        self.max_nonfinite_steps = train.max_nonfinite_steps
+        super().__init__(cfg)
 
     def setup(self, run: RunContext) -> None:
         cfg, info, device = self.cfg, run.info, run.device

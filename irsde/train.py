@@ -298,10 +298,8 @@ class IRStage(Stage):
     checkpoint_prefix = "step_"
 
     def __init__(self, cfg: IRTrainConfig) -> None:
-        self.cfg = cfg
-        train = cfg.train
-        self.total_steps, self.log_every, self.keep_last = train.total_steps, train.log_every, train.keep_last
-        self.max_nonfinite_steps = train.max_nonfinite_steps
+        super().__init__(cfg)
+        self.total_steps = cfg.train.total_steps
 
     # -- setup: everything that can fail on the user's inputs, before the run folder exists
 

@@ -35,7 +35,8 @@ class ToyStage(Stage):
     checkpoint_prefix = "step_"
 
     def __init__(self, cfg: ToyConfig, *, log_every: int = 100, save_every: int = 5000, nan_at=()) -> None:
-        self.cfg, self.total_steps, self.log_every, self.save_every = cfg, cfg.total_steps, log_every, save_every
+        super().__init__(cfg)
+        self.total_steps, self.log_every, self.save_every = cfg.total_steps, log_every, save_every
         self.nan_at = set(nan_at)
         self.closed = False
         self.seen: list[int] = []
@@ -85,7 +86,9 @@ class ToyStage(Stage):
 
 def _cfg(tmp_path: Path, **experiment: Any) -> ToyConfig:
     total = experiment.pop("total_steps", 10_000)
-    return ToyConfig(ExperimentConfig(name="toy", root=str(tmp_path / "runs"), device="cpu", **experiment), total)
+    return ToyConfig(
+        ExperimentConfig(name="toy", root=str(tmp_path / "runs"), device="cpu", **experiment), total
+    )
 
 
 def _logged(log: str) -> dict[int, float]:

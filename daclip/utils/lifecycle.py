@@ -116,6 +116,14 @@ class Stage:
     nonfinite_option: str = "train.max_nonfinite_steps"
     total_steps: int = 0
 
+    def __init__(self, cfg: Any) -> None:
+        """Keep the config; the logging, pruning and non-finite settings every ``train:`` section has."""
+        self.cfg = cfg
+        train = getattr(cfg, "train", None)
+        self.log_every = int(getattr(train, "log_every", self.log_every))
+        self.keep_last = int(getattr(train, "keep_last", self.keep_last))
+        self.max_nonfinite_steps = int(getattr(train, "max_nonfinite_steps", self.max_nonfinite_steps))
+
     def setup(self, run: RunContext) -> None:
         """Build model, data and optimiser on ``run.device``; fail here on bad inputs (no folder yet)."""
         raise NotImplementedError
@@ -241,7 +249,9 @@ def _open_run(stage: Stage, run: RunContext, resume_dir: Path | None) -> None:
     elif run.experiment.resume == "auto":
         log.info("nothing to resume for %r: a new run", run.experiment.name)
     if resume_dir is None and run.run_dir.name != run.experiment.name:
-        log.info("%s exists; this run writes to %s", Path(run.experiment.root) / run.experiment.name, run.run_dir)
+        log.info(
+            "%s exists; this run writes to %s", Path(run.experiment.root) / run.experiment.name, run.run_dir
+        )
     for note in run.notes:
         log.warning(note)
 
