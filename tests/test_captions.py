@@ -365,5 +365,9 @@ def test_make_captions_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsy
     argv = ["--root", str(tmp_path), "--out", str(tmp_path / "c.csv"), "--device", "cuda"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: --device: 'cuda' requested") and "no CUDA device" in err
+    assert (
+        err.count("\n") == 1
+        and err.startswith("error: --device: 'cuda' requested")
+        and "no CUDA device" in err
+    )
     assert not (tmp_path / "c.csv").exists()

@@ -390,12 +390,22 @@ def test_restore_script_defaults_to_the_checkpoints_validation_sampler(tmp_path,
 
     monkeypatch.setattr(irsde.pipeline, "sample", recording_sample)
     one_step = write_tiny_ir_checkpoint(
-        tmp_path / "mr1.pt", overrides=("train.val_sampler=mr", "train.val_steps=1", "model.prediction=residual")
+        tmp_path / "mr1.pt",
+        overrides=("train.val_sampler=mr", "train.val_steps=1", "model.prediction=residual"),
     )
     paper = write_tiny_ir_checkpoint(tmp_path / "paper.pt")  # val_sampler posterior, val_steps None (T = 5)
 
     def run(checkpoint, name, *extra):
-        argv = ["-i", tmp_path / "in.png", "-o", tmp_path / name, "--checkpoint", checkpoint, "--device", "cpu"]
+        argv = [
+            "-i",
+            tmp_path / "in.png",
+            "-o",
+            tmp_path / name,
+            "--checkpoint",
+            checkpoint,
+            "--device",
+            "cpu",
+        ]
         assert restore.main([str(a) for a in [*argv, *extra]]) == 0
 
     run(one_step, "a.png")
