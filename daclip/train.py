@@ -59,6 +59,7 @@ from daclip.utils.config import ConfigError, spec, to_dict
 from daclip.utils.distributed import (
     DistInfo,
     barrier,
+    finite_on_all_ranks,
     get_world_size,
     is_distributed,
     main_rank_call,
@@ -375,11 +376,8 @@ def train_step(
             model.logit_scale,
         )
     optimizer.zero_grad(set_to_none=True)
-    finite = torch.isfinite(losses.total.detach()).float()
-    if is_distributed():  # every rank takes (or skips) the step together
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     total = losses.total.detach()
-    if bool(finite):
+    if finite_on_all_ranks(total):  # every rank takes (or skips) the step together
         losses.total.backward()
         sync_gradients(model.controller.parameters(), [model.logit_scale])
         optimizer.step()

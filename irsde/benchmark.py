@@ -125,7 +125,7 @@ def benchmark_training(
     run = RunContext(cfg, cfg.experiment, DistInfo(0, 0, 1, device, True, False))
     embedder = build_embedder(cfg.daclip, device) or _RandomEmbedder(cfg.model.context_dim, device)
     stage.build(run, embedder)
-    stage.unet.train()
+    stage.net.train()
     batch, size = cfg.train.batch_size, cfg.data.patch_size
     gt = torch.rand(batch, 3, size, size, device=device)
     lq = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
@@ -153,7 +153,7 @@ def benchmark_training(
         "batch_size": batch,
         "patch_size": size,
         "steps_timed": steps,
-        "parameters": sum(p.numel() for p in stage.unet.parameters()),
+        "parameters": sum(p.numel() for p in stage.net.parameters()),
         "daclip": "timed" if cfg.daclip.checkpoint else "random embeddings (DA-CLIP not timed)",
     }
 

@@ -31,6 +31,7 @@ from data import DEFAULT_DEGRADATIONS
 from data.io import write_image
 
 from .metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
+from .models import family_of
 from .pipeline import RestorationPipeline
 from .samplers import GridName, SamplerName, SamplerSpec, check_sampler_options, make_timesteps
 
@@ -282,7 +283,7 @@ def evaluate(
         "config": to_dict(cfg),
         "checkpoint_source": pipeline.loaded.source,
         "prediction": pipeline.prediction,
-        "family": "irsde" if not pipeline.one_pass else (pipeline.loaded.config or {})["model"]["family"],
+        "family": family_of(pipeline.model),
         "sampler": "one-pass" if pipeline.one_pass else cfg.sampling.sampler,
         "nfe": (
             1

@@ -19,14 +19,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from daclip.utils.config import from_dict
 
 from .nafnet import NAFNet, NAFNetConfig
 from .unet import ConditionalUNet, UNetConfig
 
-__all__ = ["FAMILIES", "ModelConfig", "build_model", "is_one_pass", "model_config_from_mapping"]
+__all__ = [
+    "FAMILIES",
+    "ModelConfig",
+    "build_model",
+    "daclip_kwargs",
+    "family_of",
+    "is_one_pass",
+    "model_config_from_mapping",
+    "uses_daclip",
+]
 
 #: The config section of a stage-2 model, one dataclass per family (told apart by ``family``).
 ModelConfig = UNetConfig | NAFNetConfig
@@ -44,10 +53,31 @@ def build_model(config: ModelConfig) -> nn.Module:
     return network.from_config(config)  # type: ignore[attr-defined]
 
 
-def is_one_pass(config: ModelConfig | nn.Module) -> bool:
+def family_of(model: ModelConfig | nn.Module) -> str:
+    """The family of a model section or a restorer network (a network without one: the U-Net)."""
+    return getattr(getattr(model, "config", model), "family", "irsde")
+
+
+def is_one_pass(model: ModelConfig | nn.Module) -> bool:
     """Whether the restorer is a one-pass network (no diffusion sampling)."""
-    family = getattr(getattr(config, "config", config), "family", "irsde")
-    return family != "irsde"
+    return family_of(model) != "irsde"
+
+
+def uses_daclip(model: ModelConfig | nn.Module) -> bool:
+    """Whether a model section or a restorer network is conditioned on DA-CLIP embeddings."""
+    return bool(getattr(model, "use_degra_context", False) or getattr(model, "use_image_context", False))
+
+
+def daclip_kwargs(
+    model: ModelConfig | nn.Module, content_emb: Tensor, degra_emb: Tensor
+) -> dict[str, Tensor]:
+    """The restorer's keyword arguments from DA-CLIP's ``(B, D)`` embeddings: those its switches take."""
+    kwargs: dict[str, Tensor] = {}
+    if getattr(model, "use_degra_context", False):
+        kwargs["degra_emb"] = degra_emb.float()
+    if getattr(model, "use_image_context", False):
+        kwargs["content_emb"] = content_emb.float()
+    return kwargs
 
 
 def model_config_from_mapping(data: Mapping[str, Any]) -> ModelConfig:

@@ -28,7 +28,7 @@ from data import DEFAULT_DEGRADATIONS
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
 
 from .convert import load_official_unet
-from .models import build_model, is_one_pass, model_config_from_mapping
+from .models import build_model, daclip_kwargs, is_one_pass, model_config_from_mapping, uses_daclip
 from .samplers import GridName, SamplerName, check_sampler_options, sample
 from .sde import IRSDE, PredictionType
 from .tiling import TiledModel
@@ -104,10 +104,7 @@ class RestorationPipeline:
         tile_batch_size: int = 4,
         self_ensemble: bool = False,
     ) -> None:
-        needs_context = bool(
-            getattr(model, "use_degra_context", False) or getattr(model, "use_image_context", False)
-        )
-        if needs_context and embedder is None:
+        if uses_daclip(model) and embedder is None:
             raise ValueError("this restorer is conditioned on DA-CLIP embeddings: give a DA-CLIP checkpoint")
         self.one_pass = sde is None
         if not self.one_pass:
@@ -178,11 +175,6 @@ class RestorationPipeline:
         return pipeline
 
     @property
-    def unet(self) -> nn.Module:
-        """The restorer network (the name from before there were other families than the U-Net)."""
-        return self.model
-
-    @property
     def nfe(self) -> int:
         """Network evaluations per image (one per sampler step, one for a one-pass restorer; x8 with
         the self-ensemble)."""
@@ -230,12 +222,7 @@ class RestorationPipeline:
         if lq_clip is None:
             lq_clip = self.clip_inputs(lq)
         content_emb, degra_emb = self.embedder(lq_clip.to(self.device))  # (B, D) each
-        kwargs: dict[str, Tensor] = {}
-        if getattr(self.model, "use_degra_context", False):
-            kwargs["degra_emb"] = degra_emb.float()
-        if getattr(self.model, "use_image_context", False):
-            kwargs["content_emb"] = content_emb.float()
-        return kwargs
+        return daclip_kwargs(self.model, content_emb, degra_emb)
 
     def model_fn(self, context: Mapping[str, Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """``(x_t, mu, t) -> network output`` with the embeddings bound (and tiled if configured).
@@ -311,16 +298,9 @@ class LoadedRestorer:
     path: str = ""  # the file this was loaded from
 
     @property
-    def unet(self) -> nn.Module:
-        """The restorer network (the name from before there were other families than the U-Net)."""
-        return self.model
-
-    @property
     def needs_daclip(self) -> bool:
         """Whether the network is conditioned on DA-CLIP embeddings."""
-        return bool(
-            getattr(self.model, "use_degra_context", False) or getattr(self.model, "use_image_context", False)
-        )
+        return uses_daclip(self.model)
 
     def degradations(self) -> tuple[str, ...]:
         """The degradation names the model was trained on (our checkpoints), else the paper's ten."""

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from daclip.inference import DaCLIPSection, build_embedder
 from daclip.utils.checkpoint import file_fingerprint, require_format
 from daclip.utils.config import ConfigError, spec
-from daclip.utils.distributed import is_distributed
+from daclip.utils.distributed import finite_on_all_ranks
 from daclip.utils.experiment import ExperimentConfig, UserError, autocast
 from daclip.utils.lifecycle import RunContext, Stage, StepResult, run_training
 from daclip.utils.optim import cosine_warmup_lambda
@@ -41,7 +41,7 @@ from data.synthetic import SynthesisConfig, synthetic_collate
 
 from .losses import PixelLoss, build_loss
 from .metrics import psnr
-from .models import ModelConfig, build_model, is_one_pass
+from .models import ModelConfig, build_model, daclip_kwargs, is_one_pass, uses_daclip
 from .pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from .pipeline import RestorationPipeline
 from .samplers import make_timesteps
@@ -175,8 +175,7 @@ class IRTrainConfig:
                 "train.loss_kind: psnr is for one-pass restorers (model.family: nafnet); the IR-SDE losses "
                 "take l1 or l2"
             )
-        uses_context = self.model.use_degra_context or self.model.use_image_context
-        if uses_context and not self.daclip.checkpoint:
+        if uses_daclip(self.model) and not self.daclip.checkpoint:
             raise ConfigError(
                 "daclip.checkpoint: required when model.use_degra_context or model.use_image_context is on "
                 "(set both to false for the plain IR-SDE baseline)"
@@ -348,12 +347,12 @@ class IRStage(Stage):
         self.run, self.embedder = run, embedder
         self.sde = IRSDE(cfg.sde.max_sigma, cfg.sde.T, cfg.sde.schedule, cfg.sde.eps).to(device)
         self.one_pass = is_one_pass(cfg.model)
-        self.unet = build_model(cfg.model).to(device)  # the restorer network, of any family
-        self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
-        self.model: nn.Module = self.unet
+        self.net = build_model(cfg.model).to(device)  # the restorer network, of any family
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.model: nn.Module = self.net
         if info.distributed:
             self.model = nn.parallel.DistributedDataParallel(
-                self.unet, device_ids=[device.index] if device.type == "cuda" else None
+                self.net, device_ids=[device.index] if device.type == "cuda" else None
             )
         if self.one_pass:
             self.loss_fn: nn.Module = PixelLoss(cfg.train.loss_kind)
@@ -361,7 +360,7 @@ class IRStage(Stage):
             self.loss_fn = build_loss(cfg.train.loss, self.sde, cfg.train.loss_kind, cfg.model.prediction)
         train = cfg.train
         self.optimizer = torch.optim.AdamW(
-            self.unet.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
+            self.net.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -434,7 +433,7 @@ class IRStage(Stage):
                 f"({recorded.get('path')}, sha256 {str(recorded.get('sha256'))[:12]}...)"
             )
         try:
-            self.unet.load_state_dict(state["model"])
+            self.net.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
         except RuntimeError as err:  # another architecture: one line, not the full key listing
             detail = " ".join(str(err).split())[:300]
@@ -444,7 +443,7 @@ class IRStage(Stage):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "model": self.unet.state_dict(),
+            "model": self.net.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -479,12 +478,7 @@ class IRStage(Stage):
             return {}
         with torch.no_grad(), autocast(self.run.device, self.cfg.train.precision):
             content_emb, degra_emb = self.embedder(batch["lq_clip"])  # (B, D) each
-        context: dict[str, Tensor] = {}
-        if self.cfg.model.use_degra_context:
-            context["degra_emb"] = degra_emb.float()
-        if self.cfg.model.use_image_context:
-            context["content_emb"] = content_emb.float()
-        return context
+        return daclip_kwargs(self.cfg.model, content_emb, degra_emb)
 
     def train_step(self, batch: dict[str, Any], step: int) -> StepResult:
         cfg, device = self.cfg, self.run.device
@@ -513,15 +507,15 @@ class IRStage(Stage):
         non-finite loss."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
-        finite = _all_finite(loss)
+        finite = finite_on_all_ranks(loss)
         if finite:
             loss.backward()
             if cfg.train.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.train.grad_clip)
+                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
         self.scheduler.step()
         if step % cfg.train.ema_every == 0:
-            update_ema(self.ema, self.unet, cfg.train.ema_decay)
+            update_ema(self.ema, self.net, cfg.train.ema_decay)
         return StepResult({"loss": loss.detach()}, finite)
 
     def log_scalars(self) -> dict[str, float]:
@@ -546,14 +540,6 @@ class IRStage(Stage):
         if run.writer is not None:
             run.writer.add_image("val/lq_output_gt", _image_grid(rows), step)
         run.logger.info("step %d  validation PSNR %.2f dB", step, metrics.get("average", float("nan")))
-
-
-def _all_finite(loss: Tensor) -> bool:
-    """Whether the loss is finite on every rank (all ranks then take, or skip, the update together)."""
-    finite = torch.isfinite(loss.detach()).float()
-    if is_distributed():
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    return bool(finite.item())
 
 
 def train(cfg: IRTrainConfig, argv: Sequence[str] | None = None, *, progress: bool = True) -> Path:

@@ -38,8 +38,8 @@ def write_tiny_ir_checkpoint(
 ) -> Path:
     """A stage-2 checkpoint in our format holding a tiny random U-Net (T = 5), or with ``family="nafnet"``
     a tiny random NAFNet; ``overrides`` go to its config."""
-    from irsde.pipeline import IR_CHECKPOINT_FORMAT
     from irsde.models import build_model
+    from irsde.pipeline import IR_CHECKPOINT_FORMAT
     from irsde.train import IRTrainConfig
 
     settings = [

@@ -219,7 +219,7 @@ def test_nan_restoration_is_a_readable_error_and_nothing_is_written(tiny_daclip_
     )
     pipeline = RestorationPipeline.from_checkpoint(path, device="cpu")
     with torch.no_grad():
-        for param in pipeline.unet.parameters():
+        for param in pipeline.model.parameters():
             param.fill_(float("nan"))
     upload = write_image(tmp_path / "photo.png", _photo(24, 16))
     restorer = AppRestorer(pipeline, output_dir=tmp_path / "out")

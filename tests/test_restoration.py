@@ -95,8 +95,8 @@ def test_self_ensemble_averages_the_eight_orientations():
 def test_tiled_unet_with_one_tile_is_exact(tmp_path):
     loaded = load_restoration_checkpoint(write_tiny_ir_checkpoint(tmp_path / "ir.pt"))
     lq = torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(0))
-    plain = RestorationPipeline(loaded.unet, loaded.sde)(lq, generator=torch.Generator().manual_seed(3))
-    tiled = RestorationPipeline(loaded.unet, loaded.sde, tile=64, tile_overlap=16)(
+    plain = RestorationPipeline(loaded.model, loaded.sde)(lq, generator=torch.Generator().manual_seed(3))
+    tiled = RestorationPipeline(loaded.model, loaded.sde, tile=64, tile_overlap=16)(
         lq, generator=torch.Generator().manual_seed(3)
     )
     assert plain.shape == lq.shape and torch.equal(plain, tiled)
@@ -472,7 +472,7 @@ def test_restore_progress_within_an_image_at_a_bounded_rate(tmp_path):
     write_image(tmp_path / "in" / "big.png", np.random.default_rng(0).random((40, 56, 3)).astype(np.float32))
     pipeline = RestorationPipeline(LocalNet(), IRSDE(T=6), tile=16, tile_overlap=4, tile_batch_size=2)
     calls = []
-    pipeline.unet.register_forward_hook(lambda *_: calls.append(1))  # each network call takes 1 s
+    pipeline.model.register_forward_hook(lambda *_: calls.append(1))  # each network call takes 1 s
     stream = io.StringIO()  # not a terminal: whole lines
     reporter = ProgressReporter(stream, interval=5.0, clock=lambda: float(len(calls)))
     records = restore_images(pipeline, LQImageDataset(tmp_path / "in"), tmp_path / "out", progress=reporter)

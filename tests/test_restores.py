@@ -89,7 +89,7 @@ def test_short_training_beats_the_input_on_a_brightness_drop(darkened, tmp_path,
     )
     run = train(cfg)
     loaded = load_restoration_checkpoint(run / "checkpoints" / "latest.pt")
-    assert loaded.unet.prediction == prediction  # recorded in the checkpoint, not repeated by the user
+    assert loaded.model.prediction == prediction  # recorded in the checkpoint, not repeated by the user
     from data.paired import PairedDataset
 
     val = PairedDataset(darkened / "val", ["low-light"], mode="eval")
@@ -97,7 +97,7 @@ def test_short_training_beats_the_input_on_a_brightness_drop(darkened, tmp_path,
     gt = torch.stack([val[i]["gt"] for i in range(len(val))])
     input_psnr = psnr(lq, gt).mean().item()
     for sampler, steps in (("mr", 1), ("mr", 4), ("posterior", 4)):
-        pipeline = RestorationPipeline(loaded.unet, loaded.sde, sampler=sampler, num_steps=steps)
+        pipeline = RestorationPipeline(loaded.model, loaded.sde, sampler=sampler, num_steps=steps)
         out = pipeline(lq, generator=torch.Generator().manual_seed(0))
         gain = psnr(out, gt).mean().item() - input_psnr
         assert gain > 3.0, f"{prediction}, {sampler} at {steps} NFE: PSNR gain only {gain:.2f} dB"

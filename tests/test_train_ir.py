@@ -16,9 +16,9 @@ from daclip.utils.config import ConfigError, load_config
 from daclip.utils.experiment import NonFiniteLossError
 from data.io import write_image
 from irsde.losses import MaximumLikelihoodLoss
+from irsde.models import build_model
 from irsde.pipeline import load_restoration_checkpoint
 from irsde.sde import IRSDE
-from irsde.models import build_model
 from irsde.train import IRTrainConfig, loss_history, train
 
 DEGRADATIONS = ["noisy", "low-light"]
@@ -122,7 +122,7 @@ def test_loss_falls_and_checkpoint_rebuilds(paired_root, tmp_path):
     assert any((run_dir / "tensorboard").iterdir())
 
     loaded = load_restoration_checkpoint(run_dir / "checkpoints" / "latest.pt", use_ema=False)
-    for key, value in loaded.unet.state_dict().items():
+    for key, value in loaded.model.state_dict().items():
         assert torch.equal(value, state["model"][key])
     assert loaded.sde.T == 10 and loaded.source == "ours"
 

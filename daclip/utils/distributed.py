@@ -25,6 +25,7 @@ __all__ = [
     "barrier",
     "all_gather_with_grad",
     "all_reduce_mean",
+    "finite_on_all_ranks",
     "main_rank_call",
 ]
 
@@ -127,6 +128,14 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     out = x.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / get_world_size()
+
+
+def finite_on_all_ranks(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every rank: all ranks then take, or skip, an update together."""
+    finite = torch.isfinite(loss.detach()).float()
+    if is_distributed():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 def main_rank_call(fn, *args, is_main: bool, **kwargs):
