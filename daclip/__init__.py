@@ -1,6 +1,6 @@
 """DA-CLIP: a degradation-aware CLIP built by controlling a frozen open_clip model.
 
-Also home of the small experiment plumbing both training stages share
-(:mod:`daclip.utils`): typed YAML configs, seeding, devices, distributed
-setup, checkpoint I/O and run folders.
+Also home of the framework core every part of the project uses (:mod:`daclip.engine`): typed YAML
+configs, the run lifecycle both training stages share, run folders, seeding, distributed setup,
+checkpoint I/O and the scripts' error handling.
 """

@@ -27,10 +27,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader, Dataset
 
+from daclip.engine.distributed import get_world_size, is_distributed
+from daclip.engine.runtime import autocast
 from daclip.inference import FrozenDaCLIP
 from daclip.model import DaCLIP
-from daclip.utils.distributed import get_world_size, is_distributed
-from daclip.utils.experiment import autocast
 from daclip.zero_shot import ZeroShotClassifier
 from data.captions import read_caption_csv
 from data.degradations import COMBINATION_SEPARATOR

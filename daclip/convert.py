@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from daclip.utils.checkpoint import strip_prefix
+from daclip.engine.checkpoint import strip_prefix
 
 __all__ = [
     "is_official_state_dict",

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from daclip.utils.checkpoint import checkpoint_kind
-from daclip.utils.config import spec
-from daclip.utils.experiment import UserError
+from daclip.engine.checkpoint import checkpoint_kind
+from daclip.engine.config import spec
+from daclip.engine.errors import UserError
 from data.transforms import clip_transform_batch
 
 if TYPE_CHECKING:  # open_clip takes seconds to import: loaded when a DA-CLIP is, not with this module

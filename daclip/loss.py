@@ -14,7 +14,7 @@ it by cross-entropy of the degradation embedding against the embedded names of t
 configured degradation list (a K-way classifier), which has no such negatives.
 
 Data parallel: every rank gathers the features of the whole global batch
-(:func:`daclip.utils.distributed.all_gather_with_grad`: other ranks' shards are
+(:func:`daclip.engine.distributed.all_gather_with_grad`: other ranks' shards are
 constants, the local shard carries the gradient) and computes the *global-batch*
 loss, identical on every rank. Each rank's backward then yields, for the controller,
 the gradient that flows through its own shard, and the **sum** over ranks of these is
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from daclip.utils.distributed import all_gather_with_grad
+from daclip.engine.distributed import all_gather_with_grad
 
 __all__ = ["DegradationLoss", "clip_loss", "class_aware_degradation_loss", "DaCLIPLossOutput", "DaCLIPLoss"]
 

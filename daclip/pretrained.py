@@ -38,8 +38,8 @@ from daclip.convert import (
     load_state_dict_strict,
     official_state_dict_from_checkpoint,
 )
+from daclip.engine.checkpoint import load_checkpoint
 from daclip.model import DaCLIP, check_vision_tower
-from daclip.utils.checkpoint import load_checkpoint
 from data.net import reachable
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 

@@ -33,7 +33,7 @@ sample's ``degradation_index``; validation still classifies over the single name
 
 A NaN/Inf loss skips its update; more than ``train.max_nonfinite_steps`` of them in a row
 stop training with one line naming the step, and weights that are not finite are never
-written. Resuming follows :func:`daclip.utils.experiment.plan_resume` (the rule stage 2 uses).
+written. Resuming follows :func:`daclip.engine.run_folder.plan_resume` (the rule stage 2 uses).
 """
 
 from __future__ import annotations
@@ -51,12 +51,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from daclip.classify import DEFAULT_THRESHOLD, MultiLabelReport, confusion_matrices, multilabel_probabilities
-from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
-from daclip.model import DaCLIP
-from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
-from daclip.utils.checkpoint import require_format, save_checkpoint
-from daclip.utils.config import ConfigError, spec, to_dict
-from daclip.utils.distributed import (
+from daclip.engine.checkpoint import require_format, save_checkpoint
+from daclip.engine.config import ConfigError, spec, to_dict
+from daclip.engine.distributed import (
     DistInfo,
     barrier,
     finite_on_all_ranks,
@@ -64,10 +61,15 @@ from daclip.utils.distributed import (
     is_distributed,
     main_rank_call,
 )
-from daclip.utils.experiment import ExperimentConfig, UserError, autocast, seed_everything
-from daclip.utils.lifecycle import RunContext, Stage, StepResult, run_training
-from daclip.utils.optim import cosine_warmup_lambda
-from daclip.utils.preflight import check_images
+from daclip.engine.errors import UserError
+from daclip.engine.lifecycle import RunContext, Stage, StepResult, run_training
+from daclip.engine.optim import cosine_warmup_lambda
+from daclip.engine.preflight import check_images
+from daclip.engine.run_folder import ExperimentConfig
+from daclip.engine.runtime import autocast, seed_everything
+from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
+from daclip.model import DaCLIP
+from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
 from daclip.zero_shot import ZeroShotClassifier, encode_names
 from data import DEFAULT_DEGRADATIONS
 from data.captions import CaptionDataset
@@ -525,7 +527,7 @@ def _validation_loader(dataset, batch_size: int, info: DistInfo, workers: int) -
 
 
 class DaCLIPStage(Stage):
-    """Stage 1 for :func:`daclip.utils.lifecycle.run_training`: the controller, its loss, its validation.
+    """Stage 1 for :func:`daclip.engine.lifecycle.run_training`: the controller, its loss, its validation.
 
     Epochs are a stage-1 notion: a step count is ``epoch * steps_per_epoch + batch``, checkpoints
     (``latest.pt`` every epoch, ``epoch_<n>.pt`` every ``save_every_epochs``) and validation come at

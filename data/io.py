@@ -181,7 +181,7 @@ def atomic_open(
     """Open a fresh temporary file next to ``path`` for writing; on success rename it to ``path``.
 
     The one atomic writer of the project (images, CSVs, dataset manifests and, through
-    :func:`daclip.utils.checkpoint.save_checkpoint`, checkpoints). An interrupted or failed write
+    :func:`daclip.engine.checkpoint.save_checkpoint`, checkpoints). An interrupted or failed write
     never leaves a truncated file under the final name, nor touches a file already there, and the
     temporary file is removed. The file gets the normal mode of a new file (``0o666`` less the
     umask; ``tempfile.mkstemp`` would give ``0o600``). ``mode`` is ``"wb"`` or ``"w"`` (then

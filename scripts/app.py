@@ -19,15 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
+from daclip.engine.cli import int_at_least, run_main  # noqa: E402
+from daclip.engine.errors import UserError  # noqa: E402
 from daclip.inference import add_daclip_arguments  # noqa: E402
-from daclip.utils.experiment import UserError, int_at_least, run_main  # noqa: E402
-from irsde.app import (  # noqa: E402
+from irsde.apps.app import (  # noqa: E402
     DEFAULT_MAX_PIXELS,
     build_app,
     find_demo_checkpoint,
     missing_checkpoint_message,
 )
-from irsde.pipeline import RestorationPipeline  # noqa: E402
+from irsde.inference.pipeline import RestorationPipeline  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.config import add_config_arguments, load_config  # noqa: E402
-from daclip.utils.distributed import resolve_device  # noqa: E402
-from daclip.utils.experiment import run_main  # noqa: E402
-from irsde.benchmark import SamplerSpec, benchmark_samplers, run_benchmark  # noqa: E402
-from irsde.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
-from irsde.train import IRTrainConfig  # noqa: E402
+from daclip.engine.cli import run_main  # noqa: E402
+from daclip.engine.config import add_config_arguments, load_config  # noqa: E402
+from daclip.engine.distributed import resolve_device  # noqa: E402
+from irsde.apps.benchmark import SamplerSpec, benchmark_samplers, run_benchmark  # noqa: E402
+from irsde.diffusion.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
+from irsde.training.stage import IRTrainConfig  # noqa: E402
 
 
 def _sampler_specs(text: str) -> list[SamplerSpec]:

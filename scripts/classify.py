@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.experiment import run_main  # noqa: E402
+from daclip.engine.cli import run_main  # noqa: E402
 from data import DEFAULT_DEGRADATIONS  # noqa: E402
 
 
@@ -81,9 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             labelled_images,
             save_confusion_png,
         )
+        from daclip.engine.distributed import resolve_device
+        from daclip.engine.run_folder import create_run_dir
         from daclip.inference import load_frozen_daclip
-        from daclip.utils.distributed import resolve_device
-        from daclip.utils.experiment import create_run_dir
 
         if not args.inputs and not args.labelled:
             raise ValueError("nothing to do: give images/folders to classify and/or --labelled")
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def multi_label(daclip, names: list[str], threshold: float) -> int:
         from daclip.classify import classify_paths_multilabel, evaluate_multilabel, mixed_labelled_images
-        from daclip.utils.experiment import create_run_dir
+        from daclip.engine.run_folder import create_run_dir
 
         if args.inputs:
             results = classify_paths_multilabel(daclip, args.inputs, names, threshold, args.batch_size)

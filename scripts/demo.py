@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.experiment import int_at_least, run_main  # noqa: E402
-from irsde.demo import DemoSettings, run_demo  # noqa: E402
-from irsde.samplers import SAMPLERS  # noqa: E402
+from daclip.engine.cli import int_at_least, run_main  # noqa: E402
+from irsde.apps.demo import DemoSettings, run_demo  # noqa: E402
+from irsde.diffusion.samplers import SAMPLERS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.experiment import run_main
+from daclip.engine.cli import run_main
 from data import DEFAULT_DEGRADATIONS
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from daclip.utils.distributed import resolve_device
+        from daclip.engine.distributed import resolve_device
         from data.captioning import DEFAULT_BLIP, BlipCaptioner, caption_paired_dataset
 
         model = args.model or DEFAULT_BLIP

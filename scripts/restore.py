@@ -30,13 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.classify import DEFAULT_THRESHOLD  # noqa: E402
+from daclip.engine.cli import int_at_least, run_main  # noqa: E402
+from daclip.engine.distributed import resolve_device  # noqa: E402
 from daclip.inference import add_daclip_arguments  # noqa: E402
-from daclip.utils.distributed import resolve_device  # noqa: E402
-from daclip.utils.experiment import int_at_least, run_main  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
-from irsde.pipeline import RestorationPipeline  # noqa: E402
-from irsde.restore import CONTACT_SHEET_HEIGHT, output_targets, restore_images  # noqa: E402
-from irsde.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
+from irsde.diffusion.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
+from irsde.inference.pipeline import RestorationPipeline  # noqa: E402
+from irsde.inference.restore import CONTACT_SHEET_HEIGHT, output_targets, restore_images  # noqa: E402
 
 
 def _probability(text: str) -> float:

@@ -22,14 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.config import (  # noqa: E402
+from daclip.engine.cli import run_main  # noqa: E402
+from daclip.engine.config import (  # noqa: E402
     ConfigError,  # noqa: E402
     add_config_arguments,
     config_from_args,
 )
-from daclip.utils.experiment import run_main  # noqa: E402
-from irsde.evaluate import TestConfig, evaluate, sweep_samplers  # noqa: E402
-from irsde.samplers import SamplerSpec  # noqa: E402
+from irsde.diffusion.samplers import SamplerSpec  # noqa: E402
+from irsde.evaluation.evaluate import TestConfig, evaluate, sweep_samplers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

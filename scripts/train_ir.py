@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.utils.config import add_config_arguments, config_from_args  # noqa: E402
-from daclip.utils.experiment import run_main  # noqa: E402
-from irsde.train import IRTrainConfig, train  # noqa: E402
+from daclip.engine.cli import run_main  # noqa: E402
+from daclip.engine.config import add_config_arguments, config_from_args  # noqa: E402
+from irsde.training.stage import IRTrainConfig, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

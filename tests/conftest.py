@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from daclip.utils.checkpoint import save_checkpoint
-from daclip.utils.config import load_config, to_dict
+from daclip.engine.checkpoint import save_checkpoint
+from daclip.engine.config import load_config, to_dict
 from data.io import write_image
 
 TEST_DEGRADATIONS = ["noisy", "low-light"]
@@ -38,9 +38,9 @@ def write_tiny_ir_checkpoint(
 ) -> Path:
     """A stage-2 checkpoint in our format holding a tiny random U-Net (T = 5), or with ``family="nafnet"``
     a tiny random NAFNet; ``overrides`` go to its config."""
-    from irsde.models import build_model
-    from irsde.pipeline import IR_CHECKPOINT_FORMAT
-    from irsde.train import IRTrainConfig
+    from irsde.inference.pipeline import IR_CHECKPOINT_FORMAT
+    from irsde.models.families import build_model
+    from irsde.training.stage import IRTrainConfig
 
     settings = [
         f"daclip.checkpoint={daclip_checkpoint}",

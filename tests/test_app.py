@@ -1,4 +1,4 @@
-"""The web app (scripts/app.py, irsde/app.py): its plain functions, its command line, and the page in a real
+"""The web app (scripts/app.py, irsde/apps/app.py): its plain functions, its command line, and the page in a real
 browser (headless Chromium driven by selenium through the system chromedriver).
 
 The browser test serves a tiny random model; ``APP_SCREENSHOT=path`` also writes its screenshot of the
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from data.io import write_image
-from irsde.app import (
+from irsde.apps.app import (
     DEFAULT_MAX_PIXELS,
     AppInputError,
     AppRestorer,
@@ -34,8 +34,8 @@ from irsde.app import (
     missing_checkpoint_message,
     parse_tile,
 )
-from irsde.pipeline import RestorationPipeline
-from irsde.restore import NonFiniteOutputError
+from irsde.inference.pipeline import RestorationPipeline
+from irsde.inference.restore import NonFiniteOutputError
 from tests.conftest import write_tiny_ir_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,7 +302,7 @@ def test_page_restores_an_upload_in_a_real_browser(browser, tiny_pipeline, tmp_p
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from irsde.app import build_app
+    from irsde.apps.app import build_app
 
     pipeline = tiny_pipeline
     if os.environ.get("APP_CHECKPOINT"):  # the README's screenshot: a trained model

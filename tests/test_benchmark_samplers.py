@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import irsde.benchmark as benchmark
-from irsde.samplers import make_timesteps
-from irsde.sde import IRSDE
+import irsde.apps.benchmark as benchmark
+from irsde.diffusion.samplers import make_timesteps
+from irsde.diffusion.sde import IRSDE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "universal_ir_tiny.yml"

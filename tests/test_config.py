@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from daclip.utils.config import (
+from daclip.engine.config import (
     ConfigError,
     apply_overrides,
     from_dict,

@@ -180,7 +180,7 @@ def test_corrupt_local_pretrained_file_is_one_line_naming_it(tmp_path) -> None:
     import collections
     import pickle
 
-    from daclip.utils.experiment import run_main
+    from daclip.engine.cli import run_main
 
     clip, _ = build_clip(TINY_NAME, "", TINY_CONFIG)
     torch.save(clip.state_dict(), tmp_path / "good.bin")

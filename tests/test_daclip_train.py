@@ -17,6 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import daclip.pretrained
+from daclip.engine.checkpoint import load_checkpoint
+from daclip.engine.config import ConfigError, load_config
+from daclip.engine.errors import UserError
+from daclip.engine.runtime import NonFiniteLossError
 from daclip.inference import load_frozen_daclip
 from daclip.loss import DaCLIPLoss
 from daclip.pretrained import make_tokenizer
@@ -28,9 +32,6 @@ from daclip.train import (
     train_daclip,
     train_step,
 )
-from daclip.utils.checkpoint import load_checkpoint
-from daclip.utils.config import ConfigError, load_config
-from daclip.utils.experiment import NonFiniteLossError, UserError
 from daclip.zero_shot import encode_names
 from data.captions import CaptionDataset, CaptionRow, write_caption_csv
 from data.io import ImageReadError, write_image

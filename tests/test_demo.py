@@ -9,7 +9,7 @@ from pathlib import Path
 from data import DEFAULT_DEGRADATIONS
 from data.demo import DEMO_PHOTOS
 from data.io import read_image
-from irsde.demo import DemoSettings, run_demo
+from irsde.apps.demo import DemoSettings, run_demo
 
 
 def test_demo_writes_report_grid_and_comparison(tmp_path):
@@ -87,7 +87,7 @@ def test_the_demo_finds_its_configs_after_a_non_editable_install(tmp_path):
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     probe = (
-        "import yaml; from irsde.demo import config_path; p = config_path('universal_ir_tiny.yml'); "
+        "import yaml; from irsde.apps.demo import config_path; p = config_path('universal_ir_tiny.yml'); "
         "assert yaml.safe_load(p.read_text())['model']; print(p); "
         "print(config_path('open_clip/ViT-Tiny-16.json').is_file())"
     )

@@ -1,4 +1,4 @@
-"""The run lifecycle both stages share (daclip.utils.lifecycle), driven by a toy stage.
+"""The run lifecycle both stages share (daclip.engine.lifecycle), driven by a toy stage.
 
 The toy stage's loss at step ``s`` is ``s`` (a known sequence), so the logged window means can be
 checked exactly; it has one parameter, an optimizer and a per-rank state, so checkpoints and resume
@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import torch
 
-from daclip.utils.checkpoint import load_checkpoint
-from daclip.utils.experiment import ExperimentConfig, NonFiniteLossError
-from daclip.utils.lifecycle import RunContext, Stage, StepResult, run_training
+from daclip.engine.checkpoint import load_checkpoint
+from daclip.engine.lifecycle import RunContext, Stage, StepResult, run_training
+from daclip.engine.run_folder import ExperimentConfig
+from daclip.engine.runtime import NonFiniteLossError
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Tests for irsde.metrics: closed forms, an independent SSIM reference, offline LPIPS/FID behaviour."""
+"""Tests for irsde.evaluation.metrics: closed forms, an independent SSIM reference, offline LPIPS/FID behaviour."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from irsde.metrics import (
+from irsde.evaluation.metrics import (
     FIDMetric,
     LPIPSMetric,
     MetricUnavailable,

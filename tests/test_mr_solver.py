@@ -17,8 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from irsde.pipeline import RestorationPipeline
-from irsde.samplers import (
+from irsde.diffusion.samplers import (
     GRIDS,
     MRSDESolver,
     PosteriorSampler,
@@ -27,7 +26,8 @@ from irsde.samplers import (
     make_timesteps,
     sample,
 )
-from irsde.sde import IRSDE, PREDICTIONS
+from irsde.diffusion.sde import IRSDE, PREDICTIONS
+from irsde.inference.pipeline import RestorationPipeline
 from tests.test_parametrisation import Oracle, T, _pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,8 +304,8 @@ def test_pipeline_passes_the_sampler_order_and_grid():
 
 
 def test_sampling_config_accepts_mr_sde_and_the_grid():
-    from daclip.utils.config import ConfigError
-    from irsde.evaluate import SamplingSection
+    from daclip.engine.config import ConfigError
+    from irsde.evaluation.evaluate import SamplingSection
 
     section = SamplingSection(sampler="mr-sde", order=1, grid="logsnr")
     section.validate()
@@ -314,8 +314,8 @@ def test_sampling_config_accepts_mr_sde_and_the_grid():
 
 
 def test_test_config_loads_the_sampler_order_and_grid(tmp_path):
-    from daclip.utils.config import ConfigError, load_config
-    from irsde.evaluate import TestConfig
+    from daclip.engine.config import ConfigError, load_config
+    from irsde.evaluation.evaluate import TestConfig
     from tests.conftest import write_tiny_ir_checkpoint
 
     checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
@@ -335,7 +335,7 @@ def test_test_config_loads_the_sampler_order_and_grid(tmp_path):
 def test_restore_script_takes_the_sampler_order_and_grid(tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    import irsde.pipeline
+    import irsde.inference.pipeline
     from data.io import write_image
     from tests.conftest import write_tiny_ir_checkpoint
 
@@ -345,7 +345,7 @@ def test_restore_script_takes_the_sampler_order_and_grid(tmp_path, monkeypatch, 
     checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")  # T = 5
     write_image(tmp_path / "in.png", np.full((12, 16, 3), 0.5, dtype=np.float32))
     seen, options = [], []
-    real_sample = irsde.pipeline.sample
+    real_sample = irsde.inference.pipeline.sample
 
     def recording_sample(model_fn, *args, **kwargs):
         options.append((args[2], kwargs["order"], kwargs["grid"]))
@@ -356,7 +356,7 @@ def test_restore_script_takes_the_sampler_order_and_grid(tmp_path, monkeypatch, 
 
         return real_sample(counted, *args, **kwargs)
 
-    monkeypatch.setattr(irsde.pipeline, "sample", recording_sample)
+    monkeypatch.setattr(irsde.inference.pipeline, "sample", recording_sample)
     common = ["-i", tmp_path / "in.png", "--checkpoint", checkpoint, "--device", "cpu", "--steps", "3"]
     argv = [*common, "-o", tmp_path / "out.png", "--sampler", "mr-sde", "--order", "1", "--grid", "logsnr"]
     assert restore.main([str(a) for a in argv]) == 0
@@ -373,7 +373,7 @@ def test_restore_script_takes_the_sampler_order_and_grid(tmp_path, monkeypatch, 
 def test_restore_script_defaults_to_the_checkpoints_validation_sampler(tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    import irsde.pipeline
+    import irsde.inference.pipeline
     from data.io import write_image
     from tests.conftest import write_tiny_ir_checkpoint
 
@@ -382,13 +382,13 @@ def test_restore_script_defaults_to_the_checkpoints_validation_sampler(tmp_path,
     spec.loader.exec_module(restore)
     write_image(tmp_path / "in.png", np.full((12, 16, 3), 0.5, dtype=np.float32))
     calls = []
-    real_sample = irsde.pipeline.sample
+    real_sample = irsde.inference.pipeline.sample
 
     def recording_sample(model_fn, mu, sde, sampler, num_steps, **kwargs):
         calls.append((sampler, len(make_timesteps(sde.T, num_steps))))
         return real_sample(model_fn, mu, sde, sampler, num_steps, **kwargs)
 
-    monkeypatch.setattr(irsde.pipeline, "sample", recording_sample)
+    monkeypatch.setattr(irsde.inference.pipeline, "sample", recording_sample)
     one_step = write_tiny_ir_checkpoint(
         tmp_path / "mr1.pt",
         overrides=("train.val_sampler=mr", "train.val_steps=1", "model.prediction=residual"),

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from daclip.utils.config import ConfigError, from_dict
-from irsde.nafnet import NAFNET_PRESETS, LayerNorm2d, NAFNet, NAFNetConfig
+from daclip.engine.config import ConfigError, from_dict
+from irsde.models.nafnet import NAFNET_PRESETS, LayerNorm2d, NAFNet, NAFNetConfig
 
 CTX = 24  # a small embedding width keeps the tests fast
 SWITCHES = [(False, False), (True, False), (False, True), (True, True)]
@@ -142,7 +142,7 @@ def test_config_round_trip_rebuilds_the_same_model() -> None:
     saved = dataclasses.asdict(model.config)
     rebuilt = NAFNet(NAFNetConfig(**saved)).eval()
     rebuilt.load_state_dict(model.state_dict(), strict=True)
-    via_dict = NAFNet.from_config(saved).eval()  # through daclip.utils.config.from_dict
+    via_dict = NAFNet.from_config(saved).eval()  # through daclip.engine.config.from_dict
     via_dict.load_state_dict(model.state_dict(), strict=True)
     lq, de, ce = _inputs()
     with torch.no_grad():

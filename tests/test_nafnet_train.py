@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from daclip.utils.checkpoint import load_checkpoint
-from daclip.utils.config import ConfigError, load_config
+from daclip.engine.checkpoint import load_checkpoint
+from daclip.engine.config import ConfigError, load_config
 from data.io import read_image, write_image
-from irsde.losses import PixelLoss
-from irsde.metrics import psnr
-from irsde.nafnet import NAFNet
-from irsde.pipeline import RestorationPipeline, load_restoration_checkpoint
-from irsde.train import IRTrainConfig, train
+from irsde.evaluation.metrics import psnr
+from irsde.inference.pipeline import RestorationPipeline, load_restoration_checkpoint
+from irsde.models.nafnet import NAFNet
+from irsde.training.losses import PixelLoss
+from irsde.training.stage import IRTrainConfig, train
 from tests.conftest import TEST_DEGRADATIONS, write_paired_set
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from irsde.losses import MaximumLikelihoodLoss
-from irsde.metrics import psnr
-from irsde.samplers import sample
-from irsde.sde import IRSDE
-from irsde.unet import ConditionalUNet
+from irsde.diffusion.samplers import sample
+from irsde.diffusion.sde import IRSDE
+from irsde.evaluation.metrics import psnr
+from irsde.models.unet import ConditionalUNet
+from irsde.training.losses import MaximumLikelihoodLoss
 
 
 def _pair(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

@@ -249,7 +249,7 @@ def test_lq_image_dataset_folder_and_file(tmp_path):
 @pytest.mark.parametrize("workers", [0, 1, 2])
 def test_errors_in_dataloader_workers_name_the_file(tmp_path, capsys, workers):
     """A corrupt image or an LQ/GT size mismatch read in a worker process is still one line naming the file."""
-    from daclip.utils.experiment import run_main
+    from daclip.engine.cli import run_main
     from data.io import ImageReadError
 
     _write_pair(tmp_path, "noisy", "a", _gt(8, 8, 0))

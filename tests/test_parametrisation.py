@@ -13,11 +13,19 @@ import math
 import pytest
 import torch
 
-from irsde.losses import DataMatchingLoss, NoiseMatchingLoss, build_loss, default_loss
-from irsde.pipeline import RestorationPipeline, default_clamp_x0
-from irsde.samplers import GRIDS, SAMPLERS, MRSolver, PosteriorSampler, build_sampler, make_timesteps, sample
-from irsde.sde import IRSDE, PREDICTIONS
-from irsde.unet import ConditionalUNet
+from irsde.diffusion.samplers import (
+    GRIDS,
+    SAMPLERS,
+    MRSolver,
+    PosteriorSampler,
+    build_sampler,
+    make_timesteps,
+    sample,
+)
+from irsde.diffusion.sde import IRSDE, PREDICTIONS
+from irsde.inference.pipeline import RestorationPipeline, default_clamp_x0
+from irsde.models.unet import ConditionalUNet
+from irsde.training.losses import DataMatchingLoss, NoiseMatchingLoss, build_loss, default_loss
 
 T = 20
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from daclip.utils.checkpoint import (
+from daclip.engine.checkpoint import (
     NonFiniteWeightsError,
     file_fingerprint,
     get_rng_state,
@@ -29,20 +29,19 @@ from daclip.utils.checkpoint import (
     strip_prefix,
     unwrap_state_dict,
 )
-from daclip.utils.config import ConfigError
-from daclip.utils.experiment import (
-    NonFiniteGuard,
-    NonFiniteLossError,
-    UserError,
+from daclip.engine.cli import run_main
+from daclip.engine.config import ConfigError
+from daclip.engine.errors import UserError
+from daclip.engine.preflight import check_image_pairs, check_images, image_size
+from daclip.engine.run_folder import (
     create_run_dir,
     find_resume_checkpoint,
     open_run_dir,
     plan_resume,
     run_dir_of_checkpoint,
-    run_main,
     write_run_info,
 )
-from daclip.utils.preflight import check_image_pairs, check_images, image_size
+from daclip.engine.runtime import NonFiniteGuard, NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,7 +189,7 @@ def test_a_real_failed_write_reports_the_os_error(tmp_path):
     script = f"""
 import resource, signal, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
-from daclip.utils.checkpoint import CheckpointWriteError, save_checkpoint, load_checkpoint
+from daclip.engine.checkpoint import CheckpointWriteError, save_checkpoint, load_checkpoint
 save_checkpoint({str(tmp_path / "latest.pt")!r}, {{"model": {{"w": torch.ones(10)}}, "step": 1}})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
@@ -267,7 +266,7 @@ def _fake_run(root, name, *, checkpoint: bool, mtime: int | None = None):
 
 
 def test_auto_resume_finds_the_newest_checkpoint_of_the_name(tmp_path):
-    from daclip.utils.experiment import ExperimentConfig
+    from daclip.engine.run_folder import ExperimentConfig
 
     _fake_run(tmp_path, "exp", checkpoint=False)  # a start that died before its first checkpoint
     older = _fake_run(tmp_path, "exp_1", checkpoint=True, mtime=1_000_000_000_000_000_000)
@@ -368,9 +367,19 @@ def test_the_inference_path_imports_no_training_module():
     import subprocess
     import sys
 
+    import daclip.engine.lifecycle
+    import daclip.train
+    import irsde.training.losses
+    import irsde.training.stage
+
+    training = [
+        m.__name__
+        for m in (irsde.training.stage, irsde.training.losses, daclip.train, daclip.engine.lifecycle)
+    ]
     probe = (
-        "import sys; import irsde.pipeline, irsde.evaluate, irsde.restore, scripts.restore, scripts.test; "
-        "print(sorted(m for m in sys.modules if m in ('irsde.train', 'daclip.train', 'daclip.utils.lifecycle')))"
+        "import sys; import irsde.inference.pipeline, irsde.evaluation.evaluate, irsde.inference.restore, "
+        "scripts.restore, scripts.test; "
+        f"print(sorted(m for m in sys.modules if m in {training!r} or m == 'irsde.training'))"
     )
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(

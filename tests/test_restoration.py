@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from daclip.utils.config import load_config
+from daclip.engine.config import load_config
 from data.io import read_image, write_image
-from irsde.evaluate import TestConfig, evaluate
-from irsde.metrics import FIDMetric, LPIPSMetric
-from irsde.pipeline import RestorationPipeline, load_restoration_checkpoint
-from irsde.sde import IRSDE
+from irsde.diffusion.sde import IRSDE
+from irsde.evaluation.evaluate import TestConfig, evaluate
+from irsde.evaluation.metrics import FIDMetric, LPIPSMetric
+from irsde.inference.pipeline import RestorationPipeline, load_restoration_checkpoint
 from tests.conftest import TEST_DEGRADATIONS, write_paired_set, write_tiny_ir_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,8 +279,8 @@ def test_benchmark_reports_json(tmp_path, capsys):
     ]
     assert _script("benchmark").main(args) == 0
     result = json.loads(result_path.read_text())
-    from irsde.models import build_model
-    from irsde.train import IRTrainConfig
+    from irsde.models.families import build_model
+    from irsde.training.stage import IRTrainConfig
 
     cfg = load_config(
         IRTrainConfig, ROOT / "configs" / "universal_ir_tiny.yml", ["data.train_root=", "data.val_root="]
@@ -304,7 +304,7 @@ def _restore_args(checkpoint, *extra):
 
 def _nan_checkpoint(source: Path, target: Path) -> Path:
     """``source`` with NaN weights, written with plain torch.save (our writer refuses NaN weights)."""
-    from daclip.utils.checkpoint import load_checkpoint
+    from daclip.engine.checkpoint import load_checkpoint
 
     obj = load_checkpoint(source)
     for key in ("model", "ema"):
@@ -357,7 +357,7 @@ def test_restore_with_non_finite_weights_is_an_error_naming_the_image(
     assert not (out / "predictions.csv").exists() or "nan" not in (out / "predictions.csv").read_text()
     # The restore itself names the image (whatever the checkpoint loader checks first).
     from data.paired import LQImageDataset
-    from irsde.restore import NonFiniteOutputError, restore_images
+    from irsde.inference.restore import NonFiniteOutputError, restore_images
 
     net = LocalNet()
     with torch.no_grad():
@@ -414,7 +414,7 @@ def test_restore_output_file_batch_size_and_input_checks(tmp_path, capsys):
         with pytest.raises(SystemExit) as caught:
             _restore(["-i", inputs, "-o", tmp_path / "o", *_restore_args(checkpoint), *bad])
         assert caught.value.code == 2 and "must be >=" in capsys.readouterr().err
-    from irsde.restore import restore_images
+    from irsde.inference.restore import restore_images
 
     pipeline = RestorationPipeline(LocalNet(), IRSDE(T=3))
     with pytest.raises(ValueError, match="batch size must be an integer >= 1"):
@@ -467,7 +467,7 @@ def test_restore_progress_within_an_image_at_a_bounded_rate(tmp_path):
     import io
 
     from data.paired import LQImageDataset
-    from irsde.restore import ProgressReporter, restore_images
+    from irsde.inference.restore import ProgressReporter, restore_images
 
     write_image(tmp_path / "in" / "big.png", np.random.default_rng(0).random((40, 56, 3)).astype(np.float32))
     pipeline = RestorationPipeline(LocalNet(), IRSDE(T=6), tile=16, tile_overlap=4, tile_batch_size=2)
@@ -492,8 +492,8 @@ def test_benchmark_restore_peak_memory_is_its_own_not_the_process_peak():
     """An earlier, larger allocation (as the training benchmark makes) does not count for the restore."""
     import resource
 
-    from irsde.benchmark import benchmark_restoration
-    from irsde.train import IRTrainConfig
+    from irsde.apps.benchmark import benchmark_restoration
+    from irsde.training.stage import IRTrainConfig
 
     cfg = load_config(
         IRTrainConfig,
@@ -511,7 +511,7 @@ def test_benchmark_restore_peak_memory_is_its_own_not_the_process_peak():
 
 
 def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path, capsys):
-    from daclip.utils.checkpoint import load_checkpoint, save_checkpoint
+    from daclip.engine.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
     obj = load_checkpoint(checkpoint)
@@ -587,7 +587,7 @@ def test_restore_writes_multilabel_predictions_and_a_contact_sheet(tmp_path, tin
 def test_contact_sheet_after_a_failed_image_and_over_several_sheets(tmp_path, capsys):
     from PIL import Image
 
-    from irsde.restore import write_contact_sheets
+    from irsde.inference.restore import write_contact_sheets
 
     inputs = tmp_path / "photos"
     for name in ("a.png", "c.png"):

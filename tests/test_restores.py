@@ -1,7 +1,7 @@
 """The restorer must restore: a short stage-2 run on a trivially learnable degradation beats its input.
 
 The degradation is a fixed brightness drop (LQ = 0.5·GT) on smooth images the test writes. The run goes
-through the real trainer (``irsde.train.train``), the checkpoint is reloaded the way ``test.py`` and
+through the real trainer (``irsde.training.stage.train``), the checkpoint is reloaded the way ``test.py`` and
 ``restore.py`` load it (the parametrisation comes from the file), and held-out images are restored with
 the deterministic solver and with the paper's posterior sampler.
 """
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from daclip.utils.config import load_config
+from daclip.engine.config import load_config
 from data.io import write_image
-from irsde.metrics import psnr
-from irsde.pipeline import RestorationPipeline, load_restoration_checkpoint
-from irsde.train import IRTrainConfig, train
+from irsde.evaluation.metrics import psnr
+from irsde.inference.pipeline import RestorationPipeline, load_restoration_checkpoint
+from irsde.training.stage import IRTrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_short_training_beats_the_input_on_a_brightness_drop(darkened, tmp_path,
 
 
 def test_timestep_grid_trains_only_where_the_sampler_evaluates(darkened, tmp_path, monkeypatch):
-    from irsde.unet import ConditionalUNet
+    from irsde.models.unet import ConditionalUNet
 
     seen: list[int] = []
     original = ConditionalUNet.forward

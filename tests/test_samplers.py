@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from irsde.samplers import (
+from irsde.diffusion.samplers import (
     SAMPLERS,
     EulerMaruyamaSampler,
     ODESampler,
@@ -17,7 +17,7 @@ from irsde.samplers import (
     make_timesteps,
     sample,
 )
-from irsde.sde import IRSDE
+from irsde.diffusion.sde import IRSDE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "irsde.pt"
 

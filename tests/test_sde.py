@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from irsde.losses import LOSSES, MaximumLikelihoodLoss, NoiseMatchingLoss, build_loss
-from irsde.sde import IRSDE
+from irsde.diffusion.sde import IRSDE
+from irsde.training.losses import LOSSES, MaximumLikelihoodLoss, NoiseMatchingLoss, build_loss
 
 FIXTURE = Path(__file__).parent / "fixtures" / "irsde.pt"
 SCHEDULES = ("cosine", "linear", "constant")

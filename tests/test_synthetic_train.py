@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from daclip.engine.checkpoint import load_checkpoint
+from daclip.engine.config import ConfigError, load_config
 from daclip.pretrained import make_tokenizer
 from daclip.train import (
     CaptionCollate,
@@ -17,8 +19,6 @@ from daclip.train import (
     EpochKeySampler,
     train_daclip,
 )
-from daclip.utils.checkpoint import load_checkpoint
-from daclip.utils.config import ConfigError, load_config
 from data.captions import CaptionRow, write_caption_csv
 from data.io import write_image
 from data.synthetic import SynthesisConfig, SyntheticCaptionDataset
@@ -201,7 +201,7 @@ def test_bad_synthesis_tables_are_one_line_config_errors_naming_the_key(tmp_path
 
 
 def _ir_config(tmp_path: Path, photos: Path, *extra: str):
-    from irsde.train import IRTrainConfig
+    from irsde.training.stage import IRTrainConfig
 
     settings = [
         f"experiment.root={tmp_path / 'runs'}",
@@ -227,7 +227,7 @@ def _ir_config(tmp_path: Path, photos: Path, *extra: str):
 
 
 def test_stage2_trains_on_the_fly_reproducibly_and_resumes_the_same_stream(tmp_path):
-    from irsde.train import loss_history, train
+    from irsde.training.stage import loss_history, train
 
     photos = clean_photos(tmp_path / "photos")
     before = _files(photos)

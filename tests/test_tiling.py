@@ -1,4 +1,4 @@
-"""Tests for irsde.tiling: exact coverage, blending weights, equivalence with untiled inference."""
+"""Tests for irsde.inference.tiling: exact coverage, blending weights, equivalence with untiled inference."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from irsde.tiling import TiledModel, blend_window, tile_starts, tiled_apply, weight_sum
+from irsde.inference.tiling import TiledModel, blend_window, tile_starts, tiled_apply, weight_sum
 
 
 @pytest.mark.parametrize("tile, overlap", [(32, 16), (32, 0), (16, 5), (7, 6)])

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from daclip.utils.checkpoint import NonFiniteWeightsError, load_checkpoint
-from daclip.utils.config import ConfigError, load_config
-from daclip.utils.experiment import NonFiniteLossError
+from daclip.engine.checkpoint import NonFiniteWeightsError, load_checkpoint
+from daclip.engine.config import ConfigError, load_config
+from daclip.engine.runtime import NonFiniteLossError
 from data.io import write_image
-from irsde.losses import MaximumLikelihoodLoss
-from irsde.models import build_model
-from irsde.pipeline import load_restoration_checkpoint
-from irsde.sde import IRSDE
-from irsde.train import IRTrainConfig, loss_history, train
+from irsde.diffusion.sde import IRSDE
+from irsde.inference.pipeline import load_restoration_checkpoint
+from irsde.models.families import build_model
+from irsde.training.losses import MaximumLikelihoodLoss
+from irsde.training.stage import IRTrainConfig, loss_history, train
 
 DEGRADATIONS = ["noisy", "low-light"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,13 +233,13 @@ def test_a_nan_loss_stops_training_naming_the_step(paired_root, tmp_path):
 
 def test_non_finite_weights_are_never_written(paired_root, tmp_path, monkeypatch):
     """A finite loss with weights gone NaN (here the EMA): the save refuses, naming file and tensor."""
-    import irsde.train
+    import irsde.training.stage
 
     def nan_ema(ema, model, decay):
         with torch.no_grad():
             next(ema.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(irsde.train, "update_ema", nan_ema)
+    monkeypatch.setattr(irsde.training.stage, "update_ema", nan_ema)
     cfg = _config(paired_root, tmp_path, "train.total_steps=2", "train.save_every=1", "train.val_every=0")
     with pytest.raises(NonFiniteWeightsError, match=r"not writing checkpoint .*step_0000001\.pt: ema\["):
         train(cfg)
@@ -247,9 +247,9 @@ def test_non_finite_weights_are_never_written(paired_root, tmp_path, monkeypatch
 
 
 def test_skipped_nonfinite_steps_make_no_update(paired_root, tmp_path, monkeypatch):
-    import irsde.train
+    import irsde.training.stage
 
-    real_build_loss = irsde.train.build_loss
+    real_build_loss = irsde.training.stage.build_loss
     calls = {"n": 0}
 
     def nan_at_second_step(*args, **kwargs):
@@ -262,7 +262,7 @@ def test_skipped_nonfinite_steps_make_no_update(paired_root, tmp_path, monkeypat
 
         return wrapped
 
-    monkeypatch.setattr(irsde.train, "build_loss", nan_at_second_step)
+    monkeypatch.setattr(irsde.training.stage, "build_loss", nan_at_second_step)
     common = ["train.total_steps=3", "train.save_every=1", "train.val_every=0"]
     run = train(_config(paired_root, tmp_path, *common, "train.max_nonfinite_steps=1"))
     assert "step 2: the loss is nan; update skipped" in (run / "train.log").read_text()
@@ -297,7 +297,7 @@ def test_explicit_resume_continues_in_the_checkpoints_run_never_a_third_one(pair
 
 
 def test_auto_resume_finds_the_newest_run_of_the_name(paired_root, tmp_path, monkeypatch):
-    import daclip.utils.lifecycle
+    import daclip.engine.lifecycle
 
     (tmp_path / "tiny").mkdir()  # a start killed before its first checkpoint
     (tmp_path / "tiny" / "config.yaml").write_text("killed: true\n")
@@ -312,7 +312,7 @@ def test_auto_resume_finds_the_newest_run_of_the_name(paired_root, tmp_path, mon
             self.now += 1.0
             return self.now
 
-    monkeypatch.setattr(daclip.utils.lifecycle, "time", Clock())
+    monkeypatch.setattr(daclip.engine.lifecycle, "time", Clock())
     again = train(_config(paired_root, tmp_path, *common, "train.total_steps=6", "train.log_every=6"))
     assert again == first and not (tmp_path / "tiny_2").exists()
     log = (first / "train.log").read_text()
@@ -404,8 +404,8 @@ def test_the_daclip_weights_are_recorded_by_absolute_path_and_content(
     import hashlib
     import shutil
 
-    from daclip.utils.experiment import UserError
-    from irsde.evaluate import TestConfig, evaluate
+    from daclip.engine.errors import UserError
+    from irsde.evaluation.evaluate import TestConfig, evaluate
 
     weights = tmp_path / "weights" / "daclip.pt"
     weights.parent.mkdir()

@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from irsde.convert import convert_official_state_dict, infer_unet_config, load_official_unet
-from irsde.unet import UNET_PRESETS, ChannelLayerNorm, ConditionalUNet, SpatialTransformer, TransformerBlock
+from irsde.models.convert import convert_official_state_dict, infer_unet_config, load_official_unet
+from irsde.models.unet import (
+    UNET_PRESETS,
+    ChannelLayerNorm,
+    ConditionalUNet,
+    SpatialTransformer,
+    TransformerBlock,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ATOL = 1e-4

@@ -5,7 +5,7 @@ A sampler holds no model and is not an ``nn.Module``: ``set_timesteps(n)`` choos
 timestep, and ``init_noise(mu)`` draws x_T. :func:`sample` runs the whole loop.
 
 Parametrisations: ``prediction`` says what the network outputs (``noise``, ``x0`` or ``residual`` = x_0 − μ,
-see :data:`irsde.sde.PredictionType`); every sampler turns the output into x̂_0 and ε̂ with the identities
+see :data:`irsde.diffusion.sde.PredictionType`); every sampler turns the output into x̂_0 and ε̂ with the identities
 x̂_0 − μ = (y_t − σ̄_t·ε̂)/α_t, y_t = x_t − μ. With ``clamp_x0`` the x̂_0 is clamped to the data range [0, 1]
 before it is used, and ε̂ is recomputed from the clamped x̂_0, so every step (posterior, Euler, solver)
 sees one consistent prediction. The paper's setting (``noise``, no clamp) takes the official formulas
@@ -35,7 +35,7 @@ from typing import Literal, cast, get_args
 import torch
 from torch import Tensor
 
-from irsde.sde import IRSDE, PredictionType, Timestep
+from irsde.diffusion.sde import IRSDE, PredictionType, Timestep
 
 __all__ = [
     "DATA_RANGE",

@@ -3,7 +3,7 @@
 For each degradation of a paired test set (``<root>/<degradation>/{LQ,GT}/``) every LQ image is
 restored, saved, and scored: PSNR and SSIM on RGB and on the BT.601 Y channel (on the 8-bit
 result, ``crop_border`` pixels removed from each side — the official evaluation removes 4, see
-:mod:`irsde.metrics`), LPIPS (AlexNet), FID over the set, seconds per image, and the accuracy of
+:mod:`irsde.evaluation.metrics`), LPIPS (AlexNet), FID over the set, seconds per image, and the accuracy of
 DA-CLIP's zero-shot degradation prediction. Averages over degradations come last. A metric whose
 weights are not available is reported as unavailable with a one-line reason; the rest still runs.
 Results go to ``results.md`` (table), ``results.csv`` and ``results.json`` in the output folder.
@@ -23,17 +23,16 @@ from typing import Any
 
 import torch
 
-from daclip.utils.config import ConfigError, spec, to_dict
-from daclip.utils.distributed import resolve_device
-from daclip.utils.experiment import create_run_dir
-from daclip.utils.experiment import progress_bar as make_progress_bar
+from daclip.engine.cli import progress_bar as make_progress_bar
+from daclip.engine.config import ConfigError, spec, to_dict
+from daclip.engine.distributed import resolve_device
+from daclip.engine.run_folder import create_run_dir
 from data import DEFAULT_DEGRADATIONS
 from data.io import write_image
-
-from .metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
-from .models import family_of
-from .pipeline import RestorationPipeline
-from .samplers import GridName, SamplerName, SamplerSpec, check_sampler_options, make_timesteps
+from irsde.diffusion.samplers import GridName, SamplerName, SamplerSpec, check_sampler_options, make_timesteps
+from irsde.evaluation.metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
+from irsde.inference.pipeline import RestorationPipeline
+from irsde.models.families import family_of
 
 __all__ = ["TestConfig", "evaluate", "format_markdown", "format_sweep", "sweep_samplers", "METRIC_COLUMNS"]
 

@@ -2,10 +2,10 @@
 
 :class:`RestorationPipeline` is what validation, ``scripts/test.py``, ``scripts/restore.py``,
 ``scripts/benchmark.py``, the demo and the web app call; :meth:`RestorationPipeline.from_checkpoint`
-loads any checkpoint of ours (every family of :mod:`irsde.models`) or the released
+loads any checkpoint of ours (every family of :mod:`irsde.models.families`) or the released
 ``universal-ir.pth``. It embeds the LQ image once with DA-CLIP (the embeddings are global per image),
 then runs the reverse process of an IR-SDE restorer, or the one pass of a one-pass restorer (NAFNet);
-with ``tile`` set, every network call runs on overlapping tiles (:class:`irsde.tiling.TiledModel`)
+with ``tile`` set, every network call runs on overlapping tiles (:class:`irsde.inference.tiling.TiledModel`)
 while the sampler steps the whole image, so memory stays bounded on large images and the noise stays
 consistent across tiles. Nothing here imports a training module.
 """
@@ -20,20 +20,25 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from daclip.engine.checkpoint import file_fingerprint, load_checkpoint
+from daclip.engine.distributed import resolve_device
+from daclip.engine.errors import UserError
 from daclip.inference import DaCLIPSection, build_embedder
-from daclip.utils.checkpoint import file_fingerprint, load_checkpoint
-from daclip.utils.distributed import resolve_device
-from daclip.utils.experiment import UserError
 from data import DEFAULT_DEGRADATIONS
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
+from irsde.diffusion.samplers import GridName, SamplerName, check_sampler_options, sample
+from irsde.diffusion.sde import IRSDE, PredictionType
+from irsde.inference.tiling import TiledModel
+from irsde.models.convert import load_official_unet
+from irsde.models.families import (
+    build_model,
+    daclip_kwargs,
+    is_one_pass,
+    model_config_from_mapping,
+    uses_daclip,
+)
 
-from .convert import load_official_unet
-from .models import build_model, daclip_kwargs, is_one_pass, model_config_from_mapping, uses_daclip
-from .samplers import GridName, SamplerName, check_sampler_options, sample
-from .sde import IRSDE, PredictionType
-from .tiling import TiledModel
-
-#: Marks our stage-2 checkpoints (written by :func:`irsde.train.train`).
+#: Marks our stage-2 checkpoints (written by :func:`irsde.training.stage.train`).
 IR_CHECKPOINT_FORMAT = "daclip-uir/irsde-v1"
 
 __all__ = [
@@ -82,7 +87,7 @@ class RestorationPipeline:
             predictions.
         order: order of the ``mr`` and ``mr-sde`` solvers (1 or 2; None: 2).
         grid: timestep spacing for fewer than T steps, ``uniform`` or ``logsnr`` (see
-            :func:`irsde.samplers.make_timesteps`).
+            :func:`irsde.diffusion.samplers.make_timesteps`).
         tile, tile_overlap, tile_batch_size: tiled network calls for large images (None: whole image).
         self_ensemble: average the restorations of the image's eight flips/transposes (each undone);
             8x the network evaluations, less variance in the output.
@@ -355,9 +360,9 @@ def load_restoration_checkpoint(
     """Rebuild the restorer (and the IR-SDE of a U-Net) from our stage-2 checkpoint or ``universal-ir.pth``.
 
     Our checkpoints carry their config (its ``model`` section: the family and its description, see
-    :mod:`irsde.models`), so the model is rebuilt from the file alone (EMA weights by default). A
+    :mod:`irsde.models.families`), so the model is rebuilt from the file alone (EMA weights by default). A
     released file is a bare U-Net state dict; its description is derived from the weights' shapes
-    (:func:`irsde.convert.infer_unet_config`) and it gets the paper's IR-SDE.
+    (:func:`irsde.models.convert.infer_unet_config`) and it gets the paper's IR-SDE.
     """
     obj = load_checkpoint(path, map_location=map_location)
     fmt = obj.get("format") if isinstance(obj, Mapping) else None

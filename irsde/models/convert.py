@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from daclip.utils.checkpoint import load_checkpoint
-from daclip.utils.checkpoint import unwrap_state_dict as _unwrap
-from irsde.unet import UNET_PRESETS, ConditionalUNet, UNetConfig
+from daclip.engine.checkpoint import load_checkpoint
+from daclip.engine.checkpoint import unwrap_state_dict as _unwrap
+from irsde.models.unet import UNET_PRESETS, ConditionalUNet, UNetConfig
 
 __all__ = [
     "convert_official_state_dict",
@@ -32,7 +32,7 @@ _SHOW = 5  # how many offending keys an error message lists
 
 
 def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The bare U-Net state dict inside ``obj`` (see :func:`daclip.utils.checkpoint.unwrap_state_dict`)."""
+    """The bare U-Net state dict inside ``obj`` (see :func:`daclip.engine.checkpoint.unwrap_state_dict`)."""
     return _unwrap(obj, what="U-Net state dict")
 
 

@@ -1,6 +1,6 @@
 """A web page to restore one's own photos (``scripts/app.py``): upload, see the degradation, restore, download.
 
-:func:`build_app` builds the Gradio page around a :class:`~irsde.pipeline.RestorationPipeline`; the work
+:func:`build_app` builds the Gradio page around a :class:`~irsde.inference.pipeline.RestorationPipeline`; the work
 is done by :class:`AppRestorer` and plain functions that need no browser (and no Gradio): reading and
 checking an upload (:func:`load_upload`), the pixel limit without tiling (:func:`check_size`), the
 readable message of any failure (:func:`error_message`) and finding the newest demo checkpoint
@@ -33,10 +33,9 @@ from PIL import Image
 
 from data.io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, read_image, write_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
-
-from .pipeline import RestorationPipeline
-from .restore import NonFiniteOutputError, network_calls
-from .samplers import GRIDS, HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options
+from irsde.diffusion.samplers import GRIDS, HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options
+from irsde.inference.pipeline import RestorationPipeline
+from irsde.inference.restore import NonFiniteOutputError, network_calls
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -58,7 +57,7 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 2048 * 2048
 #: The tile sizes offered in the page ("off": the whole image in one network call).
 TILE_CHOICES: tuple[str, ...] = ("off", "128", "256", "512")
-#: Where the demo (``scripts/demo.py``, :func:`irsde.demo.run_demo`) leaves its restorer, under the
+#: Where the demo (``scripts/demo.py``, :func:`irsde.apps.demo.run_demo`) leaves its restorer, under the
 #: experiments folder: ``demo[_N]/universal-ir[_N]/checkpoints/latest.pt``.
 DEMO_CHECKPOINT_GLOB = "demo*/universal-ir*/checkpoints/latest.pt"
 #: Height of the input and output images in the page, in CSS pixels.

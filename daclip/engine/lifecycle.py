@@ -6,7 +6,7 @@ optimisation step on a batch (:meth:`Stage.train_step`), what its checkpoints ho
 validates, and its validation. Everything else happens here, once, in this order:
 
 1. **Setup**: join torchrun, resolve the device, plan the resume
-   (:func:`daclip.utils.experiment.plan_resume`), seed every rank, then ``stage.setup``. Everything
+   (:func:`daclip.engine.run_folder.plan_resume`), seed every rank, then ``stage.setup``. Everything
    that can fail on the user's inputs runs before any folder is written.
 2. **Resume**: the checkpoint's format is the stage's, the stage restores its weights and optimiser
    (:meth:`Stage.load_state_dict`); the step, every rank's RNG state and the stage's per-rank state
@@ -16,7 +16,7 @@ validates, and its validation. Everything else happens here, once, in this order
 4. **The step loop**: ``stage.train_step`` per batch. Losses are summed on the device and
    reduced over ranks, logged and written to TensorBoard every ``log_every`` steps only; the one host
    synchronisation per step left is the decision to skip a non-finite update
-   (:class:`~daclip.utils.experiment.NonFiniteGuard`). When :meth:`Stage.checkpoint_tag` names a
+   (:class:`~daclip.engine.runtime.NonFiniteGuard`). When :meth:`Stage.checkpoint_tag` names a
    checkpoint it is written atomically (``<tag>.pt``, the oldest pruned, and ``latest.pt``) *before*
    validating, so a failed validation loses nothing.
 5. **Cleanup** in ``finally``: the batch iterator (and its workers), the progress bar, TensorBoard,
@@ -40,19 +40,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .checkpoint import get_rng_state, load_checkpoint, prune_checkpoints, save_checkpoint, set_rng_state
-from .config import to_dict
-from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, main_rank_call
-from .experiment import (
-    ExperimentConfig,
-    NonFiniteGuard,
-    open_run_dir,
-    plan_resume,
-    progress_bar,
-    seed_everything,
-    setup_logger,
-    write_run_info,
+from daclip.engine.checkpoint import (
+    get_rng_state,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    set_rng_state,
 )
+from daclip.engine.cli import progress_bar
+from daclip.engine.config import to_dict
+from daclip.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed, main_rank_call
+from daclip.engine.run_folder import ExperimentConfig, open_run_dir, plan_resume, setup_logger, write_run_info
+from daclip.engine.runtime import NonFiniteGuard, seed_everything
 
 __all__ = ["RunContext", "Stage", "StepResult", "format_duration", "run_training"]
 

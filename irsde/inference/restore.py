@@ -2,7 +2,7 @@
 
 Images of equal size are batched together; every image is padded inside the restorer to its
 downsampling factor and cropped back, and with ``tile`` set the network sees bounded tiles
-(:class:`irsde.tiling.TiledModel`), so memory does not grow with the image. The predicted
+(:class:`irsde.inference.tiling.TiledModel`), so memory does not grow with the image. The predicted
 degradation (DA-CLIP zero-shot, top-3 with probabilities) is printed and saved to
 ``predictions.csv``; ``predictions.json`` holds every type's probability and the predicted *set* of
 degradations (multi-label: a type is present when its probability reaches the threshold, and the most
@@ -42,9 +42,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from daclip.classify import DEFAULT_THRESHOLD, multilabel_predictions
 from data.io import IMAGE_EXTENSIONS, ImageReadError, atomic_open, read_image, write_image
-
-from .pipeline import RestorationPipeline
-from .tiling import tile_starts
+from irsde.inference.pipeline import RestorationPipeline
+from irsde.inference.tiling import tile_starts
 
 __all__ = [
     "NonFiniteOutputError",

@@ -1,4 +1,4 @@
-"""Run folders, logging, seeding, precision and the scripts' error handling.
+"""Run folders: where a run lives, how a rerun or a resume finds its folder, and what it records there.
 
 A run lives in ``<root>/<name>/`` with ``config.yaml`` (the resolved config),
 ``command.txt`` (command line and git revision), ``train.log``,
@@ -15,52 +15,35 @@ never in some other run's folder.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import math
 import os
-import random
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 
-from .config import ConfigError, save_config, spec
+from daclip.engine.config import ConfigError, save_config, spec
 
 __all__ = [
+    "RUN_SUBDIRS",
     "ExperimentConfig",
-    "seed_everything",
     "create_run_dir",
     "run_dir_of_checkpoint",
     "find_resume_checkpoint",
     "plan_resume",
     "open_run_dir",
-    "NonFiniteLossError",
-    "NonFiniteGuard",
-    "write_run_info",
     "git_revision",
+    "write_run_info",
     "setup_logger",
-    "autocast",
-    "progress_bar",
-    "UserError",
-    "USER_ERRORS",
-    "run_main",
-    "int_at_least",
 ]
 
-Precision = Literal["fp32", "bf16"]
 RUN_SUBDIRS = ("checkpoints", "tensorboard")
-
-
-class UserError(Exception):
-    """A mistake on the user's side (bad input, missing weights) reported in one line."""
 
 
 @dataclasses.dataclass
@@ -82,14 +65,6 @@ class ExperimentConfig:
             raise ConfigError(f"experiment.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
         if self.resume and self.resume != "auto" and not Path(self.resume).is_file():
             raise ConfigError(f"experiment.resume: checkpoint not found: {self.resume}")
-
-
-def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed Python, NumPy and torch (all devices); each rank gets ``seed + rank``."""
-    seed = int(seed) + int(rank)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def create_run_dir(
@@ -169,40 +144,6 @@ def open_run_dir(experiment: ExperimentConfig, existing: Path | None) -> Path:
     return create_run_dir(experiment.root, experiment.name)
 
 
-class NonFiniteLossError(UserError):
-    """The training loss was NaN or Inf for more consecutive steps than allowed."""
-
-
-class NonFiniteGuard:
-    """Counts consecutive non-finite losses; past ``max_skipped`` of them, training stops.
-
-    ``check(loss, step)`` returns True for a finite loss (take the step) and False for a
-    non-finite one that may be skipped (no update); otherwise it raises
-    :class:`NonFiniteLossError` naming the step. ``option`` is the config key of ``max_skipped``.
-    """
-
-    def __init__(self, max_skipped: int = 0, option: str = "train.max_nonfinite_steps") -> None:
-        self.max_skipped = int(max_skipped)
-        self.option = option
-        self.consecutive = 0
-        self.skipped = 0
-
-    def check(self, loss: float, step: int) -> bool:
-        if math.isfinite(loss):
-            self.consecutive = 0
-            return True
-        self.consecutive += 1
-        if self.consecutive > self.max_skipped:
-            run = f" ({self.consecutive} steps in a row)" if self.consecutive > 1 else ""
-            raise NonFiniteLossError(
-                f"step {step}: the training loss is {loss}{run}; training stopped and no checkpoint of "
-                f"this step was written (lower train.lr, set train.grad_clip, or allow skipped steps with "
-                f"{self.option}={self.max_skipped + 1})"
-            )
-        self.skipped += 1
-        return False
-
-
 def git_revision(cwd: str | os.PathLike | None = None) -> str:
     """The current git commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
     cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
@@ -256,88 +197,3 @@ def setup_logger(
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: Precision = "fp32") -> Iterator[None]:
-    """bf16 autocast on CUDA when asked for; a no-op otherwise (CPU runs in float32)."""
-    if precision == "bf16" and device.type == "cuda":
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            yield
-    else:
-        yield
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError]
-    try:  # data does not depend on daclip, but scripts use both
-        from data.io import ImageReadError
-
-        types.append(ImageReadError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(types)
-
-
-USER_ERRORS = _user_error_types()
-
-
-def _close_progress_bars() -> None:
-    """Close the tqdm bars an exception left open (a training loop stopped by a user error)."""
-    module = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(module, "tqdm", None), "_instances", None) or ()):
-        with contextlib.suppress(Exception):
-            bar.close()
-
-
-def run_main(
-    main_fn: Callable[..., int | None], *args: Any, extra_errors: tuple[type[BaseException], ...] = ()
-) -> int:
-    """Run ``main_fn(*args)``; a user mistake ends with one line on stderr and exit code 2.
-
-    ``ValueError`` counts as a user mistake too (datasets and loaders raise it for
-    bad files and keys), but a ``KeyboardInterrupt`` or a genuine bug still shows
-    its traceback.
-    """
-    try:
-        code = main_fn(*args)
-    except USER_ERRORS + (ValueError,) + extra_errors as err:
-        _close_progress_bars()  # a bar the error left open would share the error's line
-        from data.io import original_error_message  # the message of an error from a DataLoader worker
-
-        text = original_error_message(str(err)).strip()
-        message = text.splitlines()[0] if text else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return int(code or 0)
-
-
-def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
-    """A tqdm bar whose refresh rate is bounded: every 0.5 s on a terminal, every 30 s otherwise.
-
-    Logs redirected to a file (CI, nohup, clusters) then grow by a line per 30 s, not per step.
-    Call ``set_postfix(..., refresh=False)`` on it so a postfix update does not force a redraw.
-    """
-    from tqdm import tqdm  # lazily: the library must import without tqdm
-
-    stream = kwargs.pop("file", sys.stderr)
-    tty = bool(getattr(stream, "isatty", lambda: False)())
-    kwargs.setdefault("mininterval", 0.5 if tty else 30.0)
-    kwargs.setdefault("dynamic_ncols", tty)
-    return tqdm(iterable, file=stream, **kwargs)
-
-
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type for the scripts: an integer >= ``low`` (anything else is argparse's usage error)."""
-    import argparse
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse

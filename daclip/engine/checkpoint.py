@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from daclip.engine.errors import UserError
 from data.io import atomic_open
-
-from .experiment import UserError
 
 __all__ = [
     "CheckpointWriteError",

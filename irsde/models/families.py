@@ -10,7 +10,7 @@ describes the network (stored in every checkpoint and rebuilt from it) and one m
       family: nafnet   # NAFNet (+ DA-CLIP): one network evaluation per image (NAFNetConfig)
       ...
 
-An ``irsde`` restorer is sampled (``irsde.samplers``); a ``nafnet`` restorer is a one-pass
+An ``irsde`` restorer is sampled (``irsde.diffusion.samplers``); a ``nafnet`` restorer is a one-pass
 regression network: ``restored = net(lq, degra_emb, content_emb)``.
 """
 
@@ -21,10 +21,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from daclip.utils.config import from_dict
-
-from .nafnet import NAFNet, NAFNetConfig
-from .unet import ConditionalUNet, UNetConfig
+from daclip.engine.config import from_dict
+from irsde.models.nafnet import NAFNet, NAFNetConfig
+from irsde.models.unet import ConditionalUNet, UNetConfig
 
 __all__ = [
     "FAMILIES",

@@ -3,7 +3,7 @@
 All losses share one call signature, ``loss(model_output, xt, x0, mu, t, noise=None)``, so a trainer can
 swap them through :func:`build_loss` without other changes. ``model_output`` is of the network's
 parametrisation (``prediction``: ``noise``, ``x0`` or ``residual``); each loss turns it into what it compares
-(ε̂, the reverse-step mean, or x̂_0) with the identities of :class:`irsde.sde.IRSDE`. All reduce like the
+(ε̂, the reverse-step mean, or x̂_0) with the identities of :class:`irsde.diffusion.sde.IRSDE`. All reduce like the
 official ``MatchingLoss`` (unweighted): the element-wise error is averaged per sample, then over the batch.
 
 Which to use: ``ml`` with ``noise`` is the paper's (and the released model's) objective. For the data
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from irsde.sde import IRSDE, PredictionType, Timestep
+from irsde.diffusion.sde import IRSDE, PredictionType, Timestep
 
 __all__ = [
     "LOSSES",

@@ -1,7 +1,7 @@
 """Throughput and memory measurements for a stage-2 config (``scripts/benchmark.py``).
 
 Training: images per second and peak memory of the training step itself
-(:meth:`irsde.train.IRStage.train_step`: forward, loss, backward, clipping, AdamW, scheduler, EMA)
+(:meth:`irsde.training.stage.IRStage.train_step`: forward, loss, backward, clipping, AdamW, scheduler, EMA)
 on a random batch of the configured batch and patch size. Restoration: seconds
 per image for the whole reverse process at a given size and number of steps. Samplers
 (:func:`benchmark_samplers`): the same restoration timed for several sampler × NFE × grid settings
@@ -21,16 +21,15 @@ from typing import Any
 
 import torch
 
+from daclip.engine.config import to_dict
+from daclip.engine.distributed import DistInfo
+from daclip.engine.lifecycle import RunContext
 from daclip.inference import build_embedder
-from daclip.utils.config import to_dict
-from daclip.utils.distributed import DistInfo
-from daclip.utils.lifecycle import RunContext
-
-from .models import build_model, is_one_pass
-from .pipeline import RestorationPipeline
-from .samplers import SAMPLERS, SamplerSpec, check_sampler_options, make_timesteps
-from .sde import IRSDE
-from .train import IRStage, IRTrainConfig
+from irsde.diffusion.samplers import SAMPLERS, SamplerSpec, check_sampler_options, make_timesteps
+from irsde.diffusion.sde import IRSDE
+from irsde.inference.pipeline import RestorationPipeline
+from irsde.models.families import build_model, is_one_pass
+from irsde.training.stage import IRStage, IRTrainConfig
 
 __all__ = [
     "SamplerSpec",
@@ -117,7 +116,7 @@ def benchmark_training(
 ) -> dict[str, Any]:
     """Images/s and peak memory of ``steps`` training steps after ``warmup`` untimed ones.
 
-    Each step is :meth:`irsde.train.IRStage.train_step`, the step training runs (DA-CLIP embedding,
+    Each step is :meth:`irsde.training.stage.IRStage.train_step`, the step training runs (DA-CLIP embedding,
     loss, backward, clipping, AdamW, scheduler, EMA), on one random batch of the configured size.
     """
     torch.manual_seed(0)

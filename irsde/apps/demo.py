@@ -20,13 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from daclip.utils.config import load_config
-from daclip.utils.experiment import create_run_dir
+from daclip.engine.config import load_config
+from daclip.engine.run_folder import create_run_dir
 from data import DEFAULT_DEGRADATIONS
 from data.io import read_image, write_image
-
-from .evaluate import TestConfig, evaluate, format_markdown
-from .train import IRTrainConfig, train
+from irsde.evaluation.evaluate import TestConfig, evaluate, format_markdown
+from irsde.training.stage import IRTrainConfig, train
 
 __all__ = ["DemoSettings", "format_comparison", "run_demo"]
 
@@ -277,7 +276,7 @@ def run_demo(
 
 def format_comparison(results: dict[str, dict[str, Any]], settings: DemoSettings) -> str:
     """Per-degradation PSNR of restorers trained at equal budget (``results``: :data:`RESTORERS` name ->
-    :func:`irsde.evaluate.evaluate` results), with the gain DA-CLIP brings to each family."""
+    :func:`irsde.evaluation.evaluate.evaluate` results), with the gain DA-CLIP brings to each family."""
     names = [n for n in RESTORERS if n in results]
     first = results[names[0]]
     lines = [

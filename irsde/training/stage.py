@@ -1,7 +1,7 @@
 """Stage 2: train the IR-SDE conditional U-Net on a frozen DA-CLIP (``scripts/train_ir.py``).
 
 The config is :class:`IRTrainConfig`; :class:`IRStage` supplies what stage 2 adds to the run
-lifecycle both stages share (:func:`daclip.utils.lifecycle.run_training`: setup, resume, run folder,
+lifecycle both stages share (:func:`daclip.engine.lifecycle.run_training`: setup, resume, run folder,
 logging every ``log_every`` steps, atomic checkpoints, cleanup). Each step: embed the LQ patches with
 the frozen DA-CLIP (no grad), draw ``t`` uniformly on 1..T and the forward noise, run the U-Net, and
 minimise the configured loss (the paper's maximum-likelihood loss for noise prediction: L1 between
@@ -28,25 +28,26 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
+from daclip.engine.checkpoint import file_fingerprint, require_format
+from daclip.engine.config import ConfigError, spec
+from daclip.engine.distributed import finite_on_all_ranks
+from daclip.engine.errors import UserError
+from daclip.engine.lifecycle import RunContext, Stage, StepResult, run_training
+from daclip.engine.optim import cosine_warmup_lambda
+from daclip.engine.preflight import check_image_pairs
+from daclip.engine.run_folder import ExperimentConfig
+from daclip.engine.runtime import autocast
 from daclip.inference import DaCLIPSection, build_embedder
-from daclip.utils.checkpoint import file_fingerprint, require_format
-from daclip.utils.config import ConfigError, spec
-from daclip.utils.distributed import finite_on_all_ranks
-from daclip.utils.experiment import ExperimentConfig, UserError, autocast
-from daclip.utils.lifecycle import RunContext, Stage, StepResult, run_training
-from daclip.utils.optim import cosine_warmup_lambda
-from daclip.utils.preflight import check_image_pairs
 from data import DEFAULT_DEGRADATIONS
 from data.synthetic import SynthesisConfig, synthetic_collate
-
-from .losses import PixelLoss, build_loss
-from .metrics import psnr
-from .models import ModelConfig, build_model, daclip_kwargs, is_one_pass, uses_daclip
-from .pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
-from .pipeline import RestorationPipeline
-from .samplers import make_timesteps
-from .sde import IRSDE
-from .unet import UNetConfig
+from irsde.diffusion.samplers import make_timesteps
+from irsde.diffusion.sde import IRSDE
+from irsde.evaluation.metrics import psnr
+from irsde.inference.pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from irsde.inference.pipeline import RestorationPipeline
+from irsde.models.families import ModelConfig, build_model, daclip_kwargs, is_one_pass, uses_daclip
+from irsde.models.unet import UNetConfig
+from irsde.training.losses import PixelLoss, build_loss
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -139,7 +140,7 @@ class IRTrainSection:
     timestep_grid: int | None = spec(
         None,
         minimum=1,
-        help="train only at the timesteps an N-step sampler visits (irsde.samplers.make_timesteps); "
+        help="train only at the timesteps an N-step sampler visits (irsde.diffusion.samplers.make_timesteps); "
         "None = uniform on 1..T (the paper)",
     )
     val_sampler: Literal["posterior", "sde", "ode", "mr", "mr-sde"] = "posterior"
@@ -158,7 +159,7 @@ class IRTrainConfig:
 
     experiment: ExperimentConfig = field(default_factory=lambda: ExperimentConfig(name="universal-ir"))
     daclip: DaCLIPSection = field(default_factory=DaCLIPSection)
-    model: ModelConfig = field(default_factory=UNetConfig)  # the family's section (irsde.models)
+    model: ModelConfig = field(default_factory=UNetConfig)  # the family's section (irsde.models.families)
     sde: SDESection = field(default_factory=SDESection)
     data: IRDataSection = field(default_factory=IRDataSection)
     train: IRTrainSection = field(default_factory=IRTrainSection)
@@ -290,7 +291,7 @@ _RESUME_KEYS = ("model", "ema", "optimizer", "scheduler", "step", "rng", "genera
 
 
 class IRStage(Stage):
-    """Stage 2 for :func:`daclip.utils.lifecycle.run_training`: the restorer, its loss, its validation."""
+    """Stage 2 for :func:`daclip.engine.lifecycle.run_training`: the restorer, its loss, its validation."""
 
     logger_name = "irsde"
     checkpoint_format = CHECKPOINT_FORMAT

@@ -32,22 +32,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from daclip.utils.config import spec
-
-from .sde import PREDICTIONS
+from daclip.engine.config import spec
+from irsde.diffusion.sde import PREDICTIONS
+from irsde.models.blocks import HEAD_DIM, CrossAttention, pad_to_multiple
 
 __all__ = [
     "UNET_PRESETS",
     "UNetConfig",
     "ChannelLayerNorm",
     "ConditionalUNet",
-    "CrossAttention",
     "LinearAttention",
     "ResBlock",
     "SinusoidalEmbedding",
     "SpatialTransformer",
     "TransformerBlock",
-    "pad_to_multiple",
     "sinusoidal_embedding",
 ]
 
@@ -58,7 +56,7 @@ class UNetConfig:
 
     The ``model:`` section of the stage-2 config; stored in every stage-2 checkpoint and rebuilt from
     it (:meth:`ConditionalUNet.from_config`); derived from released weights' shapes by
-    :func:`irsde.convert.infer_unet_config`; ``model.config`` gives it back.
+    :func:`irsde.models.convert.infer_unet_config`; ``model.config`` gives it back.
     """
 
     family: Literal["irsde"] = spec(
@@ -96,7 +94,6 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     "tiny": UNetConfig(nf=16, ch_mult=[1, 2, 2, 4], context_dim=512),
 }
 
-HEAD_DIM = 32  # channels per attention head, everywhere (official `num_head_channels`)
 FIRST_TRANSFORMER_LEVEL = 3  # levels >= 3 use a SpatialTransformer when image context is on (official rule)
 
 
@@ -231,34 +228,6 @@ class LinearAttention(nn.Module):
         return self.to_out(out.reshape(b, -1, h, w))  # (B, C, H, W)
 
 
-class CrossAttention(nn.Module):
-    """Multi-head attention of ``x`` on ``context`` (self-attention when ``context_dim`` is None)."""
-
-    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None) -> None:
-        super().__init__()
-        inner = heads * dim_head
-        context_dim = query_dim if context_dim is None else context_dim
-        self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        # Sequential keeps the official key `to_out.0` (its second item was a no-op Dropout(0)).
-        self.to_out = nn.Sequential(nn.Linear(inner, query_dim))
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        context = x if context is None else context
-        b, n, _ = x.shape
-        q = self.to_q(x).reshape(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, N, d)
-        k = (
-            self.to_k(context).reshape(b, context.shape[1], self.heads, -1).transpose(1, 2)
-        )  # (B, heads, M, d)
-        v = (
-            self.to_v(context).reshape(b, context.shape[1], self.heads, -1).transpose(1, 2)
-        )  # (B, heads, M, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, (B, heads, N, d)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, N, query_dim)
-
-
 class GEGLU(nn.Module):
     """``a * gelu(b)`` where ``[a | b] = Linear(x)`` (value half first, exact GELU)."""
 
@@ -329,17 +298,6 @@ class SpatialTransformer(nn.Module):
             tokens = block(tokens, context=context)  # (B, HW, inner)
         tokens = tokens.transpose(1, 2).reshape(b, -1, h, w)  # (B, inner, H, W)
         return self.proj_out(tokens) + x  # (B, C, H, W)
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad ``(B, C, H, W)`` right/bottom to multiples of ``multiple``: reflect, or replicate where the
-    image is smaller than the padding (the restorers crop their output back to ``H, W``)."""
-    h, w = x.shape[-2:]
-    pad_h, pad_w = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def _check_positive_int(name: str, value: Any) -> None:

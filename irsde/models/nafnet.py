@@ -1,15 +1,15 @@
 """NAFNet (Chen et al. 2022, "Simple Baselines for Image Restoration") with DA-CLIP conditioning.
 
 A one-step restorer: ``restored = NAFNet(cfg)(lq, degra_emb, content_emb)``, with the same two
-DA-CLIP paths as the conditional U-Net of :mod:`irsde.unet`:
+DA-CLIP paths as the conditional U-Net of :mod:`irsde.models.unet`:
 
 - **degradation** (``use_degra_context``): the degradation embedding [B, context_dim] goes through the
   prompt module (``prompt``, ``text_mlp``, ``prompt_mlp``: a learnable prompt weighted by the softmax
-  of an MLP of the embedding, as in :class:`irsde.unet.ConditionalUNet`) to a conditioning vector
+  of an MLP of the embedding, as in :class:`irsde.models.unet.ConditionalUNet`) to a conditioning vector
   [B, prompt_dim]; every NAF block maps it (SiLU, then a zero-initialised linear layer ``cond``) to a
   per-channel scale and shift of both of its normalised inputs: ``LN(x) * (1 + scale) + shift``.
 - **content** (``use_image_context``): the content embedding is one token (or [B, M, context_dim]
-  tokens) of a pre-norm cross-attention block (:class:`irsde.unet.CrossAttention`, output projection
+  tokens) of a pre-norm cross-attention block (:class:`irsde.models.blocks.CrossAttention`, output projection
   zero-initialised, residual) after the blocks of the ``cross_attn_levels`` lowest-resolution encoder
   levels, the matching decoder levels and the middle. With a single token the softmax is 1, so this
   is a content-dependent per-channel bias (the query weights get no gradient); it becomes a real
@@ -56,9 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from daclip.utils.config import ConfigError, from_dict, spec
-
-from .unet import HEAD_DIM, CrossAttention, pad_to_multiple
+from daclip.engine.config import ConfigError, from_dict, spec
+from irsde.models.blocks import HEAD_DIM, CrossAttention, pad_to_multiple
 
 __all__ = [
     "NAFNET_PRESETS",
@@ -77,7 +76,7 @@ class NAFNetConfig:
 
     KEY: ClassVar[str] = "model"  # where the section lives in a config file (error messages)
 
-    family: Literal["nafnet"] = spec("nafnet", help="the restorer family (see irsde.models)")
+    family: Literal["nafnet"] = spec("nafnet", help="the restorer family (see irsde.models.families)")
 
     in_nc: int = spec(3, minimum=1, help="image channels (the global residual needs out_nc == in_nc)")
     out_nc: int = spec(3, minimum=1)
@@ -121,7 +120,7 @@ class NAFNetConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` (one line, naming the key) on a bad or inconsistent value.
 
-        Repeats the type and range checks that :func:`daclip.utils.config.load_config` applies, so a
+        Repeats the type and range checks that :func:`daclip.engine.config.load_config` applies, so a
         config built directly in Python is checked too.
         """
         key = self.KEY
@@ -246,7 +245,7 @@ class NAFBlock(nn.Module):
 class ContentCrossAttention(nn.Module):
     """``x + CrossAttention(LN(x) as tokens, context)``, the output projection zero-initialised.
 
-    Heads of :data:`irsde.unet.HEAD_DIM` channels (one head below that width).
+    Heads of :data:`irsde.models.blocks.HEAD_DIM` channels (one head below that width).
     """
 
     def __init__(self, channels: int, context_dim: int) -> None:
@@ -292,7 +291,7 @@ class NAFNet(nn.Module):
 
         cond_dim = cfg.cond_dim if cfg.use_degra_context else None
         if cfg.use_degra_context:
-            # The prompt module of irsde.unet.ConditionalUNet (same names and shapes, cond_dim wide).
+            # The prompt module of irsde.models.unet.ConditionalUNet (same names and shapes, cond_dim wide).
             self.prompt = nn.Parameter(torch.rand(1, cond_dim))
             self.text_mlp = nn.Sequential(
                 nn.Linear(cfg.context_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)

@@ -1,1 +1,0 @@
-"""Experiment plumbing shared by both training stages (no model code here)."""

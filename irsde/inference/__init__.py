@@ -1,0 +1,1 @@
+"""Restoring images: the one restoration pipeline, tiling, and restoring files and folders."""
