@@ -18,3 +18,7 @@ DEFAULT_DEGRADATIONS: tuple[str, ...] = (
     "snowy",
     "uncompleted",
 )
+
+#: The name of "no degradation": the label of clean identity pairs in stage-2 training
+#: (``data.clean_fraction``) and, where a DA-CLIP is trained with it, a vocabulary entry.
+CLEAN = "clean"

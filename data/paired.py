@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
-from data import DEFAULT_DEGRADATIONS
+from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.captions import CaptionRow, write_caption_csv
 from data.degradations import DEGRADATIONS, DegradationFn, parameter_names
 from data.io import atomic_open, image_to_tensor, is_image_file, list_images, read_image, write_image
@@ -41,6 +41,7 @@ __all__ = [
     "SynthesizedDataset",
     "make_paired_dataset",
     "pair_seed",
+    "clean_labels",
 ]
 
 Mode = Literal["train", "eval"]
@@ -136,6 +137,12 @@ def pair_tensors(
     }
 
 
+def clean_labels(path: str | os.PathLike) -> dict[str, str | int]:
+    """The labels of a clean identity pair made from the clean image ``path``: no degradation
+    (:data:`data.CLEAN`, ``degradation_index`` -1), and that image as both LQ and GT path."""
+    return {"degradation": CLEAN, "degradation_index": -1, "lq_path": str(path), "gt_path": str(path)}
+
+
 def _augment(images: list[np.ndarray], hflip: bool, vflip: bool, transpose: bool) -> list[np.ndarray]:
     """The same flips and 90-degree rotation (as a transpose, like BasicSR) on every image."""
     out = []
@@ -174,6 +181,9 @@ class PairedDataset(Dataset):
             restoration network sees; the official code), or ``"image"``, the whole LQ image, as at
             test time, where the CLIP input is the whole image too. Eval mode always uses the image.
         length: training epoch length; default the total number of pairs.
+        clean_fraction: in training, the share of samples that are clean identity pairs: a pair drawn
+            as usual whose GT crop is both LQ and GT (DA-CLIP sees the clean image), labelled
+            :data:`CLEAN` with ``degradation_index`` -1. 0 (default) draws exactly what it always did.
         seed: base seed of the training sampler. In the main process the
             sampler's generator is seeded with it; in a DataLoader worker it is
             combined with the worker's torch seed, so workers draw different
@@ -200,6 +210,7 @@ class PairedDataset(Dataset):
         clip_input: ClipInput = "patch",
         length: int | None = None,
         seed: int = 0,
+        clean_fraction: float = 0.0,
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
@@ -211,6 +222,9 @@ class PairedDataset(Dataset):
             raise ValueError(f"patch_size must be positive or None, got {patch_size}")
         if length is not None and length < 1:
             raise ValueError(f"length must be positive or None, got {length}")
+        if not 0.0 <= clean_fraction < 1.0:
+            raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
+        self.clean_fraction = float(clean_fraction)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root not found: {self.root}")
@@ -316,16 +330,22 @@ class PairedDataset(Dataset):
             if not 0 <= index < self.length:
                 raise IndexError(f"index {index} out of range for a training epoch of {self.length}")
             rng = self._generator() if seed is None else np.random.default_rng(np.random.SeedSequence(seed))
+            # Drawn only when asked for, so clean_fraction = 0 keeps the random stream of earlier runs.
+            clean = self.clean_fraction > 0 and rng.random() < self.clean_fraction
             # Uniform over degradations first, then over that type's pairs.
             name = self.degradations[int(rng.integers(len(self.degradations)))]
             candidates = self.pairs_by_degradation[name]
             pair = candidates[int(rng.integers(len(candidates)))]
             full_lq, full_gt = self._load(pair)
+            if clean:  # an identity pair: the restorer must give the clean image back
+                full_lq = full_gt
             lq, gt = self._crop(pair, full_lq, full_gt, rng)
             augment = rng if self.augment else None
             tensors = pair_tensors(
                 lq, gt, full_lq, augment, clip=self._clip_settings(), clip_input=self.clip_input
             )
+            if clean:
+                return {**tensors, **clean_labels(pair.gt_path)}
         return {
             **tensors,
             "degradation": pair.degradation,

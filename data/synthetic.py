@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from data import DEFAULT_DEGRADATIONS
+from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.degradations import (
     CDD11_COMBINATIONS,
     CHAIN_ORDER,
@@ -366,9 +366,9 @@ class _SyntheticBase(Dataset):
         for name in names:
             multi_hot[self.types.index(name)] = 1.0
         return {
-            "degradation": combination_name(names),
+            "degradation": combination_name(names) if names else CLEAN,
             "degradations": list(names),
-            "degradation_index": self._combination_index[names],
+            "degradation_index": self._combination_index[names] if names else -1,
             "multi_hot": multi_hot,  # (K,) over self.types
         }
 
@@ -396,6 +396,8 @@ class SyntheticPairedDataset(_SyntheticBase):
             ``scripts/make_dataset.py --max-size``.
         length: epoch length; item ``i`` uses photo ``i % len(images)``. Default: one per photo.
         seed: the run seed used when ``get_item`` gets no key (``dataset[i]`` = draw key ``i``).
+        clean_fraction: the share of samples left clean (an identity pair, no degradation drawn),
+            labelled :data:`data.CLEAN` with ``degradation_index`` -1 and an all-zero ``multi_hot``.
         patch_size, small_images, augment, clip_size, clip_mean, clip_std, clip_input: as
             :class:`data.paired.PairedDataset`.
     """
@@ -417,6 +419,7 @@ class SyntheticPairedDataset(_SyntheticBase):
         length: int | None = None,
         seed: int = 0,
         config_key: str = "data.synthesis",
+        clean_fraction: float = 0.0,
     ) -> None:
         if clip_input not in ("patch", "image"):
             raise ValueError(f"clip_input must be 'patch' or 'image', got {clip_input!r}")
@@ -437,6 +440,9 @@ class SyntheticPairedDataset(_SyntheticBase):
         self.clip_std = tuple(clip_std)
         self.clip_input = clip_input
         self.degrade_at = degrade_at
+        if not 0.0 <= clean_fraction < 1.0:
+            raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
+        self.clean_fraction = float(clean_fraction)
 
     def _crop(
         self, image: CleanImage, arrays: list[np.ndarray], rng: np.random.Generator
@@ -461,8 +467,14 @@ class SyntheticPairedDataset(_SyntheticBase):
         """Sample ``index`` with draw key ``seed = (run_seed, draw_key)`` (default ``(self.seed, index)``)."""
         pick, degrade, crop = self._generators(index, seed)
         image, names = self._sample(index, pick)
+        # Drawn after the types, so clean_fraction = 0 keeps the random stream of earlier runs.
+        if self.clean_fraction > 0 and pick.random() < self.clean_fraction:
+            names = ()  # an identity pair: degrade_chain of no types is the clean image
         clean = self._read(image)
-        if self.degrade_at == "image":
+        if not names:
+            (gt,) = self._crop(image, [clean], crop)
+            lq, full_lq = gt, clean
+        elif self.degrade_at == "image":
             full_lq = degrade_chain(clean, names, degrade, self._params)
             lq, gt = self._crop(image, [full_lq, clean], crop)
         else:

@@ -271,3 +271,30 @@ def test_errors_in_dataloader_workers_name_the_file(tmp_path, capsys, workers):
     assert run_main(lambda: list(DataLoader(dataset, batch_size=1, num_workers=workers))) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: LQ and GT sizes differ: ") and "LQ/b.png is 8x6" in err, err
+
+
+def test_clean_fraction_makes_identity_pairs_that_daclip_sees_clean(tmp_path):
+    for i in range(3):
+        _write_pair(tmp_path, "noisy", f"n{i}", _gt(24, 20, i))
+        _write_pair(tmp_path, "hazy", f"h{i}", _gt(24, 20, 10 + i))
+    kwargs = dict(mode="train", patch_size=16, clip_size=16, clip_input="image", length=400)
+    dataset = PairedDataset(tmp_path, ["noisy", "hazy"], clean_fraction=0.3, **kwargs)
+    items = [dataset.get_item(i, seed=(0, i)) for i in range(400)]
+    clean = [item for item in items if item["degradation"] == "clean"]
+    assert 0.22 < len(clean) / len(items) < 0.38  # 0.3 +- 4 standard deviations of a binomial
+    for item in clean:
+        assert item["degradation_index"] == -1 and item["lq_path"] == item["gt_path"]
+        assert torch.equal(item["lq"], item["gt"])  # the restorer must give the input back
+        whole_gt = read_image(item["gt_path"])  # DA-CLIP sees the whole clean image, not an LQ one
+        torch.testing.assert_close(item["lq_clip"], clip_transform(whole_gt, 16))
+    for item in items:
+        if item["degradation"] != "clean":
+            _assert_paired(item)  # the other samples stay degraded pairs
+    # 0 keeps the random stream of runs made before the option existed
+    plain = PairedDataset(tmp_path, ["noisy", "hazy"], **kwargs)
+    zero = PairedDataset(tmp_path, ["noisy", "hazy"], clean_fraction=0.0, **kwargs)
+    for i in range(20):
+        a, b = plain.get_item(i, seed=(0, i)), zero.get_item(i, seed=(0, i))
+        assert a["lq_path"] == b["lq_path"] and torch.equal(a["lq"], b["lq"])
+    with pytest.raises(ValueError, match="clean_fraction"):
+        PairedDataset(tmp_path, ["noisy"], clean_fraction=1.0, **kwargs)

@@ -258,3 +258,23 @@ def test_caption_items_from_a_csv_carry_caption_text_and_multi_hot(tmp_path, pho
     with pytest.raises(ValueError, match="no 'filepath' column"):
         (tmp_path / "bad.csv").write_text("path,title\nx.png,a\n")
         find_clean_images(tmp_path / "bad.csv")
+
+
+def test_clean_fraction_leaves_samples_undegraded_and_keeps_the_stream_at_zero(photos):
+    config = SynthesisConfig(types=["noisy", "hazy"])
+    kwargs = dict(patch_size=12, clip_size=16, length=300, seed=3)
+    dataset = SyntheticPairedDataset(photos, config, clean_fraction=0.25, **kwargs)
+    items = [dataset[i] for i in range(300)]
+    clean = [item for item in items if item["degradation"] == "clean"]
+    assert 0.17 < len(clean) / len(items) < 0.33  # 0.25 +- 3.5 standard deviations
+    for item in clean:
+        assert torch.equal(item["lq"], item["gt"]) and item["degradations"] == []
+        assert item["degradation_index"] == -1 and item["multi_hot"].sum() == 0
+    assert all(not torch.equal(i["lq"], i["gt"]) for i in items if i["degradation"] != "clean")
+    batch = synthetic_collate(items[:8])  # clean and degraded samples batch together
+    assert batch["lq"].shape == (8, 3, 12, 12)
+    plain = SyntheticPairedDataset(photos, config, **kwargs)  # 0: the stream of earlier runs
+    for i in range(10):
+        assert torch.equal(
+            plain[i]["lq"], SyntheticPairedDataset(photos, config, clean_fraction=0.0, **kwargs)[i]["lq"]
+        )

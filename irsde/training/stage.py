@@ -105,6 +105,13 @@ class IRDataSection:
         "patch",
         help="DA-CLIP's training input: the crop (official) or the whole LQ image (as at test time)",
     )
+    clean_fraction: float = spec(
+        0.0,
+        minimum=0.0,
+        maximum=0.99,
+        help="share of training samples that are clean identity pairs (LQ = GT, DA-CLIP sees the clean "
+        "image): the restorer learns to leave clean input alone (0 = the paper: every sample degraded)",
+    )
     num_workers: int = spec(4, minimum=0)
     val_images_per_degradation: int = spec(2, minimum=0, help="validation subset size (0 = all)")
 
@@ -396,6 +403,7 @@ class IRStage(Stage):
                 max_size=cfg.data.max_size or None,
                 length=cfg.data.samples_per_epoch or None,
                 seed=cfg.experiment.seed,
+                clean_fraction=cfg.data.clean_fraction,
                 **clip_kwargs,
             )
         else:
@@ -406,6 +414,7 @@ class IRStage(Stage):
                 patch_size=cfg.data.patch_size,
                 small_images=cfg.data.small_images,
                 clip_input=cfg.data.clip_input,
+                clean_fraction=cfg.data.clean_fraction,
                 **clip_kwargs,
             )
         if not (cfg.data.val_root and cfg.train.val_every):
