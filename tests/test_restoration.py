@@ -536,7 +536,7 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path, ca
 def test_restore_writes_multilabel_predictions_and_a_contact_sheet(tmp_path, tiny_daclip_checkpoint, capsys):
     from PIL import Image
 
-    from daclip.classify import DEFAULT_THRESHOLD
+    from daclip.zero_shot import DEFAULT_THRESHOLD
 
     inputs = tmp_path / "photos"
     rng = np.random.default_rng(1)
