@@ -27,7 +27,7 @@ from daclip.engine.lifecycle import RunContext
 from daclip.inference import build_embedder
 from irsde.diffusion.samplers import SAMPLERS, SamplerSpec, check_sampler_options, make_timesteps
 from irsde.diffusion.sde import IRSDE
-from irsde.inference.pipeline import RestorationPipeline
+from irsde.inference.pipeline import LoadedRestorer, RestorationPipeline
 from irsde.models.families import build_model, is_one_pass
 from irsde.training.stage import IRStage, IRTrainConfig
 
@@ -199,7 +199,7 @@ def benchmark_restoration(
     device: torch.device,
     size: Size = 256,
     num_steps: int | None = None,
-    sampler: str = "posterior",
+    sampler: str | None = None,
     tile: int | None = None,
     repeats: int = 2,
     order: int | None = None,
@@ -207,8 +207,10 @@ def benchmark_restoration(
 ) -> dict[str, Any]:
     """Seconds per image (batch 1) for the whole reverse process at ``size`` (square, or (height, width)).
 
-    The peak memory is the restoration's own: the measurement is reset before the model is built,
-    so an earlier training benchmark in the same process does not count (see :func:`_reset_peak`).
+    ``sampler`` None samples as a checkpoint of ``cfg`` restores by default: with its validation sampler
+    (``train.val_sampler``, and ``train.val_steps`` unless ``num_steps`` is given). The peak memory is the
+    restoration's own: the measurement is reset before the model is built, so an earlier training
+    benchmark in the same process does not count (see :func:`_reset_peak`).
     """
     gc.collect()
     if device.type == "cuda":
@@ -216,6 +218,12 @@ def benchmark_restoration(
     memory_kind = _reset_peak(device)
     unet, sde, embedder, lq, clip = _restoration_inputs(cfg, device, size)
     one_pass = is_one_pass(cfg.model)
+    source = "--sampler"
+    if sampler is None:
+        loaded = LoadedRestorer(unet, None if one_pass else sde, to_dict(cfg), None, "ours")
+        sampler, recorded_steps = loaded.default_sampling()  # the rule restore.py and test.py follow
+        num_steps = recorded_steps if num_steps is None else num_steps
+        source = "the config's validation sampler: train.val_sampler / val_steps"
     pipeline = RestorationPipeline(
         unet,
         None if one_pass else sde,
@@ -234,6 +242,7 @@ def benchmark_restoration(
         "size": size if isinstance(size, int) else list(size),
         "num_steps": 1 if one_pass else num_steps or sde.T,
         "sampler": "one-pass" if one_pass else sampler,
+        "sampler_source": "a one-pass restorer" if one_pass else source,
         "grid": grid,
         "tile": tile,
     }

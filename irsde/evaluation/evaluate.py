@@ -53,6 +53,9 @@ METRIC_COLUMNS = (
     "seconds",
 )
 
+#: ``sampler_source`` of a sampler the config names (the report then adds nothing: the config says it).
+CONFIGURED_SAMPLER = "as configured (sampling.sampler)"
+
 
 @dataclass
 class TestModelSection:
@@ -76,12 +79,15 @@ class TestDataSection:
 
 @dataclass
 class SamplingSection:
-    sampler: SamplerName = spec(
-        "posterior",
-        help="posterior (the paper's), sde, ode, mr (deterministic exponential integrator of the ODE) "
-        "or mr-sde (exponential integrator of the reverse SDE)",
+    sampler: SamplerName | None = spec(
+        None,
+        help="None = the checkpoint's (its train.val_sampler; the released weights: posterior); posterior "
+        "(the paper's), sde, ode, mr (deterministic exponential integrator of the ODE) or mr-sde "
+        "(exponential integrator of the reverse SDE)",
     )
-    num_steps: int | None = spec(None, minimum=1, help="network evaluations; None = T")
+    num_steps: int | None = spec(
+        None, minimum=1, help="network evaluations; None = the checkpoint's (train.val_steps) or T"
+    )
     grid: GridName = spec(
         "uniform",
         help="timestep spacing for fewer than T steps: uniform in t (the default) or logsnr "
@@ -98,8 +104,14 @@ class SamplingSection:
     tile_batch_size: int = spec(4, minimum=1)
 
     def validate(self) -> None:
+        if self.sampler is None and self.order is not None:
+            # The checkpoint's validation ran at the default order; an order belongs to a chosen solver.
+            raise ConfigError(
+                "sampling.order: set sampling.sampler too (order applies to mr and mr-sde; a null sampler "
+                "takes the checkpoint's validation sampler at its default order)"
+            )
         try:
-            check_sampler_options(self.sampler, self.order, self.grid)
+            check_sampler_options(self.sampler or "posterior", self.order, self.grid)
         except ValueError as err:
             raise ConfigError(f"sampling.order: {err}") from None
 
@@ -159,7 +171,8 @@ def evaluate(
     """Run the evaluation; returns ``{"rows": {degradation: {metric: value}}, "unavailable": ..., "output": dir}``.
 
     ``lpips_metric`` / ``fid_factory`` override the metric networks (tests pass randomly initialised
-    ones; by default they are built from ``cfg.metrics``).
+    ones; by default they are built from ``cfg.metrics``). ``sampling.sampler`` None samples as the
+    checkpoint was validated in training (``results["sampler_source"]`` says which rule chose it).
     """
     pipeline = _build_pipeline(cfg)
     dataset = _build_dataset(cfg, pipeline)
@@ -167,6 +180,8 @@ def evaluate(
     out_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=("images",) if cfg.save_images else ())
     log(f"writing results to {out_dir}")
     sampling = _sampling_summary(cfg, pipeline)
+    if sampling["sampler"] != "one-pass":
+        log(f"sampler: {sampling['sampler']} at {sampling['nfe']} NFE, {sampling['sampler_source']}")
     generator = torch.Generator(device=pipeline.device).manual_seed(cfg.sampling.seed)
     scoring = _Scoring(cfg, pipeline, metrics, out_dir, generator)
     per_image, fid_values = _score_dataset(scoring, dataset, log, progress)
@@ -186,7 +201,7 @@ def evaluate(
 
 
 def _build_pipeline(cfg: TestConfig) -> RestorationPipeline:
-    """The restorer of ``model.checkpoint``, sampling as ``sampling`` says."""
+    """The restorer of ``model.checkpoint``, sampling as ``sampling`` says (a null sampler: the checkpoint's)."""
     return RestorationPipeline.from_checkpoint(
         cfg.model.checkpoint,
         daclip=cfg.model.daclip_checkpoint,
@@ -371,21 +386,31 @@ def _aggregate(
 
 
 def _sampling_summary(cfg: TestConfig, pipeline: RestorationPipeline) -> dict[str, Any]:
-    """How the images were sampled: the sampler, its network evaluations per image, the grid, clamping."""
+    """How the images were sampled, and which rule chose the sampler (``sampler_source``)."""
     if pipeline.one_pass:
-        sampler, steps = "one-pass", 1
+        sampler, steps, source = "one-pass", 1, "a one-pass restorer: one network evaluation"
     else:
-        sampler = cfg.sampling.sampler
-        steps = len(
-            make_timesteps(pipeline.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=pipeline.sde)
-        )
+        sampler, source = pipeline.sampler, _sampler_source(cfg, pipeline)
+        steps = len(make_timesteps(pipeline.sde.T, pipeline.num_steps, cfg.sampling.grid, sde=pipeline.sde))
     return {
         "sampler": sampler,
         "nfe": steps * (8 if cfg.sampling.self_ensemble else 1),
         "self_ensemble": cfg.sampling.self_ensemble,
         "grid": cfg.sampling.grid,
         "clamp_x0": pipeline.clamp_x0,
+        "sampler_source": source,
     }
+
+
+def _sampler_source(cfg: TestConfig, pipeline: RestorationPipeline) -> str:
+    """Why this sampler: the config's choice, or (``sampling.sampler`` null) the checkpoint's default."""
+    if cfg.sampling.sampler is not None:
+        return CONFIGURED_SAMPLER
+    if pipeline.loaded is None or pipeline.loaded.config is None:
+        source = "the paper's posterior sampler at T: the released weights record no validation sampler"
+    else:
+        source = "the checkpoint's validation sampler: train.val_sampler / val_steps"
+    return source + ("; steps from sampling.num_steps" if cfg.sampling.num_steps is not None else "")
 
 
 def sweep_samplers(
@@ -527,7 +552,8 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 
 def _sampling_note(results: dict[str, Any]) -> str:
-    """How the images were restored: the sampler (or one pass) and the network evaluations per image."""
+    """How the images were restored: the network evaluations per image, and the sampler (with why it was
+    chosen when the config did not name it)."""
     ensemble = bool(results.get("self_ensemble"))
     if results.get("sampler") == "one-pass":
         return (
@@ -536,8 +562,10 @@ def _sampling_note(results: dict[str, Any]) -> str:
         )
     if "sampler" not in results:
         return ""
+    source = results.get("sampler_source", CONFIGURED_SAMPLER)
+    why = "" if source == CONFIGURED_SAMPLER else f" ({source})"
     return (
-        f"Model output: {results['prediction']}; sampler: {results['sampler']}, "
+        f"Model output: {results['prediction']}; sampler: {results['sampler']}{why}, "
         f"{results['nfe']} network evaluation(s) per image ({results.get('grid', 'uniform')} timestep grid"
         + ("; self-ensemble of 8 flips/transposes" if ensemble else "")
         + f"), x0 clamping {'on' if results['clamp_x0'] else 'off'}."
