@@ -10,7 +10,8 @@ a caption CSV); :class:`ClassificationReport` formats them side by side and
 Images with several degradations (a mixed set from ``scripts/make_dataset.py --mixed``, folders
 named ``hazy+rainy``): :func:`evaluate_multilabel` keeps each image's per-type probabilities (the
 same softmax over the types) and calls a type present when its probability reaches a threshold or
-it is among the image's top ``k`` types, ``k`` being the number of true types;
+it is among the image's top ``k`` types, ``k`` being the number of true types
+(:func:`daclip.zero_shot.multilabel_predictions`, the rule restoring photos uses too);
 :class:`MultiLabelMetrics` gives per-type precision, recall and F1 and the exact-set accuracy.
 """
 
@@ -31,7 +32,7 @@ from daclip.engine.distributed import get_world_size, is_distributed
 from daclip.engine.runtime import autocast
 from daclip.inference import FrozenDaCLIP
 from daclip.model import DaCLIP
-from daclip.zero_shot import ZeroShotClassifier
+from daclip.zero_shot import DEFAULT_THRESHOLD, ZeroShotClassifier, multilabel_predictions
 from data.captions import read_caption_csv
 from data.degradations import COMBINATION_SEPARATOR
 from data.io import is_image_file, list_images, read_image
@@ -48,10 +49,8 @@ __all__ = [
     "evaluate_classification",
     "classify_paths",
     "save_confusion_png",
-    "DEFAULT_THRESHOLD",
     "MultiLabelImages",
     "mixed_labelled_images",
-    "multilabel_predictions",
     "MultiLabelMetrics",
     "multilabel_metrics",
     "multilabel_probabilities",
@@ -336,9 +335,6 @@ def save_confusion_png(
 
 # ----------------------------------------------------------------------------- several degradations per image
 
-#: Probability from which a type counts as present in multi-label classification.
-DEFAULT_THRESHOLD = 0.3
-
 
 class MultiLabelImages(Dataset):
     """Images with a set of degradations: items ``{image, labels (K,) float multi-hot, path}``."""
@@ -389,27 +385,6 @@ def mixed_labelled_images(
     if not items:
         raise ValueError(f"no <type+type>/LQ images in {root} for the degradations {list(names)}")
     return MultiLabelImages(items, len(names), image_size, mean, std)
-
-
-def multilabel_predictions(
-    probabilities: np.ndarray | torch.Tensor,
-    threshold: float = DEFAULT_THRESHOLD,
-    num_true: np.ndarray | Sequence[int] | None = None,
-) -> np.ndarray:
-    """``(N, K)`` bool: type ``j`` is present in image ``i`` when ``probabilities[i, j] >= threshold`` or it
-    is among the image's ``num_true[i]`` most probable types (the number of true types, when known;
-    1 otherwise, so every image names at least its best guess)."""
-    probs = np.asarray(probabilities, dtype=np.float64)
-    if probs.ndim != 2:
-        raise ValueError(f"expected (N, K) probabilities, got shape {probs.shape}")
-    counts = np.ones(len(probs), dtype=np.int64) if num_true is None else np.asarray(num_true, dtype=np.int64)
-    if counts.shape != (len(probs),):
-        raise ValueError(f"num_true: expected {len(probs)} counts, got shape {counts.shape}")
-    present = probs >= threshold
-    order = np.argsort(-probs, axis=1, kind="stable")  # best first; ties: the earlier type
-    for row, (ranked, k) in enumerate(zip(order, counts)):
-        present[row, ranked[:k]] = True
-    return present
 
 
 def _ratio(num: float, den: float) -> float:

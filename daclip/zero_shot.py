@@ -4,20 +4,27 @@ The classifier compares an L2-normalised image embedding (DA-CLIP's degradation
 embedding, or plain CLIP's image embedding for the paper's baseline) with the
 normalised text embeddings of the degradation names, and turns the scaled cosine
 similarities into probabilities with a softmax (scale 100, as the official test).
+
+Several degradations in one image: :func:`multilabel_predictions` reads a set of present types off
+those probabilities (the rule restoring photos and the multi-label report share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["encode_names", "ZeroShotClassifier"]
+__all__ = ["DEFAULT_THRESHOLD", "encode_names", "multilabel_predictions", "ZeroShotClassifier"]
 
 #: CLIP's usual zero-shot temperature (the trained logit scale saturates at ln 100).
 ZERO_SHOT_SCALE = 100.0
+
+#: Probability from which a type counts as present in multi-label classification.
+DEFAULT_THRESHOLD = 0.3
 
 
 @torch.no_grad()
@@ -68,3 +75,24 @@ class ZeroShotClassifier(nn.Module):
             [(self.names[i], float(p)) for p, i in zip(row_v.tolist(), row_i.tolist())]
             for row_v, row_i in zip(values, indices)
         ]
+
+
+def multilabel_predictions(
+    probabilities: np.ndarray | torch.Tensor,
+    threshold: float = DEFAULT_THRESHOLD,
+    num_true: np.ndarray | Sequence[int] | None = None,
+) -> np.ndarray:
+    """``(N, K)`` bool: type ``j`` is present in image ``i`` when ``probabilities[i, j] >= threshold`` or it
+    is among the image's ``num_true[i]`` most probable types (the number of true types, when known;
+    1 otherwise, so every image names at least its best guess)."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"expected (N, K) probabilities, got shape {probs.shape}")
+    counts = np.ones(len(probs), dtype=np.int64) if num_true is None else np.asarray(num_true, dtype=np.int64)
+    if counts.shape != (len(probs),):
+        raise ValueError(f"num_true: expected {len(probs)} counts, got shape {counts.shape}")
+    present = probs >= threshold
+    order = np.argsort(-probs, axis=1, kind="stable")  # best first; ties: the earlier type
+    for row, (ranked, k) in enumerate(zip(order, counts)):
+        present[row, ranked[:k]] = True
+    return present

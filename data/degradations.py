@@ -34,7 +34,7 @@ import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -733,6 +733,28 @@ def _resize(img: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
     return out[0].permute(1, 2, 0).numpy()
 
 
+class _WildRound(NamedTuple):
+    """The settings of one (blur -> resize -> noise) round of :func:`wild_degradation`."""
+
+    blur_sigma: tuple[float, float]
+    sinc_prob: float
+    resize_probs: tuple[float, float, float]
+    resize_range: tuple[float, float]
+    gaussian_noise_prob: float
+    noise_range: tuple[float, float]
+    poisson_scale_range: tuple[float, float]
+    gray_noise_prob: float
+
+    @classmethod
+    def of(cls, cfg: WildConfig, second: bool) -> _WildRound:
+        """The first round's settings of ``cfg``, or (``second``) the ``*2`` ones of the second round."""
+        suffix = "2" if second else ""
+        return cls(*(getattr(cfg, name + suffix) for name in cls._fields))
+
+
+_RESIZE_MODES = ("area", "bilinear", "bicubic")
+
+
 def wild_degradation(
     img: np.ndarray, rng: np.random.Generator, config: WildConfig | None = None
 ) -> np.ndarray:
@@ -754,75 +776,58 @@ def wild_degradation(
     img = _as_image(img)
     h, w = img.shape[:2]
     target = (max(4, round(h / cfg.scale)), max(4, round(w / cfg.scale)))
-    modes = ("area", "bilinear", "bicubic")
-    stages = (
-        (
-            cfg.blur_sigma,
-            cfg.sinc_prob,
-            cfg.resize_probs,
-            cfg.resize_range,
-            cfg.gaussian_noise_prob,
-            cfg.noise_range,
-            cfg.poisson_scale_range,
-            cfg.gray_noise_prob,
-        ),
-        (
-            cfg.blur_sigma2,
-            cfg.sinc_prob2,
-            cfg.resize_probs2,
-            cfg.resize_range2,
-            cfg.gaussian_noise_prob2,
-            cfg.noise_range2,
-            cfg.poisson_scale_range2,
-            cfg.gray_noise_prob2,
-        ),
-    )
+    out = _wild_round(img, rng, cfg, _WildRound.of(cfg, second=False), base=None)
+    out = jpeg_compressed(out, rng, quality=tuple(cfg.jpeg_range))
+    out = _wild_round(out, rng, cfg, _WildRound.of(cfg, second=True), base=target)
+    out = _wild_final(out, rng, cfg, target)
+    if out.shape[:2] != (h, w):
+        out = _resize(out, h, w, "bicubic")
+    return _finish(out)
+
+
+def _wild_round(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    cfg: WildConfig,
+    settings: _WildRound,
+    base: tuple[int, int] | None,
+) -> np.ndarray:
+    """One round: blur (always in the first round, ``base`` None; with ``second_blur_prob`` in the second),
+    a random resize of the current size (first round) or of ``base`` (the final target size), then
+    Gaussian or Poisson noise, colour or gray."""
     out = img
-    for stage, (
-        sigma_range,
-        sinc_prob,
-        resize_probs,
-        resize_range,
-        gauss_prob,
-        noise_range,
-        poisson_range,
-        gray_prob,
-    ) in enumerate(stages):
-        if stage == 0 or rng.random() < cfg.second_blur_prob:
-            out = np.clip(_filter2d(out, _random_blur_kernel(rng, cfg, sigma_range, sinc_prob)), 0, 1)
-        direction = int(rng.choice(3, p=np.asarray(resize_probs) / np.sum(resize_probs)))  # up, down, keep
-        factor = (rng.uniform(1.0, resize_range[1]), rng.uniform(resize_range[0], 1.0), 1.0)[direction]
-        # Stage 1 scales the current image; stage 2 scales relative to the final target size.
-        base = out.shape[:2] if stage == 0 else target
-        out = np.clip(
-            _resize(
-                out, max(4, int(base[0] * factor)), max(4, int(base[1] * factor)), modes[int(rng.integers(3))]
-            ),
-            0,
-            1,
-        )
-        gray = bool(rng.random() < gray_prob)
-        if rng.random() < gauss_prob:
-            out = noisy(out, rng, sigma=tuple(noise_range), gray=gray)
-        else:
-            out = noisy(out, rng, sigma=0.0, poisson=tuple(poisson_range), gray=gray)
-        if stage == 0:
-            out = jpeg_compressed(out, rng, quality=tuple(cfg.jpeg_range))
+    if base is None or rng.random() < cfg.second_blur_prob:
+        kernel = _random_blur_kernel(rng, cfg, settings.blur_sigma, settings.sinc_prob)
+        out = np.clip(_filter2d(out, kernel), 0, 1)
+    probs = np.asarray(settings.resize_probs) / np.sum(settings.resize_probs)
+    direction = int(rng.choice(3, p=probs))  # up, down, keep
+    low, high = settings.resize_range
+    factor = (rng.uniform(1.0, high), rng.uniform(low, 1.0), 1.0)[direction]
+    base = out.shape[:2] if base is None else base
+    size = (max(4, int(base[0] * factor)), max(4, int(base[1] * factor)))
+    out = np.clip(_resize(out, *size, _RESIZE_MODES[int(rng.integers(3))]), 0, 1)
+    gray = bool(rng.random() < settings.gray_noise_prob)
+    if rng.random() < settings.gaussian_noise_prob:
+        return noisy(out, rng, sigma=tuple(settings.noise_range), gray=gray)
+    return noisy(out, rng, sigma=0.0, poisson=tuple(settings.poisson_scale_range), gray=gray)
+
+
+def _wild_final(
+    img: np.ndarray, rng: np.random.Generator, cfg: WildConfig, target: tuple[int, int]
+) -> np.ndarray:
+    """Real-ESRGAN's last step: a resize to ``target`` with an optional sinc filter, and a JPEG, in random
+    order."""
 
     def resize_and_sinc(x: np.ndarray) -> np.ndarray:
-        x = np.clip(_resize(x, *target, modes[int(rng.integers(3))]), 0, 1)
+        x = np.clip(_resize(x, *target, _RESIZE_MODES[int(rng.integers(3))]), 0, 1)
         if rng.random() < cfg.final_sinc_prob:
             size = _odd(int(rng.integers(cfg.kernel_range[0], cfg.kernel_range[1] + 1)))
             x = np.clip(_filter2d(x, _sinc_kernel(size, rng.uniform(math.pi / 3, math.pi))), 0, 1)
         return x
 
     if rng.random() < 0.5:
-        out = jpeg_compressed(resize_and_sinc(out), rng, quality=tuple(cfg.jpeg_range2))
-    else:
-        out = resize_and_sinc(jpeg_compressed(out, rng, quality=tuple(cfg.jpeg_range2)))
-    if out.shape[:2] != (h, w):
-        out = _resize(out, h, w, "bicubic")
-    return _finish(out)
+        return jpeg_compressed(resize_and_sinc(img), rng, quality=tuple(cfg.jpeg_range2))
+    return resize_and_sinc(jpeg_compressed(img, rng, quality=tuple(cfg.jpeg_range2)))
 
 
 def _wild(img: np.ndarray, rng: np.random.Generator, **overrides) -> np.ndarray:

@@ -13,11 +13,12 @@ folder and a name.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -401,6 +402,7 @@ class LQImageDataset(Dataset):
 
 MANIFEST_NAME = "dataset.json"
 _SPLITS = ("train", "val")
+_OUTPUTS = (*_SPLITS, *(f"{split}.csv" for split in _SPLITS))  # what make_paired_dataset writes in root
 
 
 def _normalise(value: object) -> Any:
@@ -476,6 +478,12 @@ class SynthesizedDataset:
     written: int
     skipped: int
 
+    @classmethod
+    def at(cls, root: Path, has_val: bool, written: int, skipped: int) -> SynthesizedDataset:
+        """The folders and CSVs of a dataset written to ``root`` (``val`` ones only when ``has_val``)."""
+        val_root, val_csv = (root / "val", root / "val.csv") if has_val else (None, None)
+        return cls(root, root / "train", val_root, root / "train.csv", val_csv, written, skipped)
+
 
 def _split(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Deterministic split of clean images (each image goes to one split, with all its degradations)."""
@@ -519,41 +527,72 @@ def make_paired_dataset(
 ) -> SynthesizedDataset:
     """Synthesize a paired dataset from a folder of clean images.
 
-    Every clean image becomes the GT of one pair per degradation; the split into
-    train and val is by clean image (no image is in both). Writes::
-
-        <root>/train/<degradation>/{LQ,GT}/<stem>.png   (and the same under val/)
-        <root>/train.csv, <root>/val.csv                 (DA-CLIP caption CSVs of the LQ images)
-        <root>/dataset.json                              (what was built, for reruns)
+    Every clean image becomes the GT of one pair per degradation, split into train and val by clean image
+    (no image is in both). Writes ``<root>/{train,val}/<degradation>/{LQ,GT}/<stem>.png``, the DA-CLIP
+    caption CSVs of the LQ images ``<root>/{train,val}.csv`` and ``<root>/dataset.json`` (what was built).
 
     Args:
-        source: folder of clean images (any format :func:`data.io.read_image` reads).
-        root: output folder.
+        source: folder of clean images (any format :func:`data.io.read_image` reads); ``root``: the output.
         degradations: types to synthesize; each needs a generator.
-        val_fraction: share of clean images held out for validation (at least
-            one when positive and there are two images or more; 0 = no val split).
+        val_fraction: share of clean images held out for validation (at least one when positive and
+            there are two images or more; 0 = no val split).
         seed: seeds the split and, per (degradation, image), the generator.
-        captions: clean caption per image stem (see
-            :func:`data.captions.read_caption_table`); images without one get
-            ``default_caption``. A generic caption makes DA-CLIP's content loss
-            meaningless: replace them with ``scripts/make_captions.py`` (BLIP).
+        captions: clean caption per image stem (:func:`data.captions.read_caption_table`); the others get
+            ``default_caption``, useless to DA-CLIP's content loss: replace it (``scripts/make_captions.py``).
         max_size: downscale images whose longer side exceeds this (Lanczos).
         params: keyword parameters per degradation name, passed to its generator.
-        generators: name -> generator; default :data:`data.degradations.DEGRADATIONS`.
-            Pass your own mapping to add types without editing the package.
-        overwrite: replace a different dataset previously written to ``root``.
-        progress: show a progress bar (tqdm).
+        generators: name -> generator (default :data:`data.degradations.DEGRADATIONS`; your own adds types).
+        overwrite: replace a different dataset (or a non-empty folder not made here) in ``root``, else an
+            error. ``progress``: a progress bar (tqdm).
 
-    Reruns with the same arguments skip pairs already written (so an interrupted
-    run resumes); the CSVs of a finished dataset are kept (they may hold BLIP
-    captions by then), and only rewritten if missing. A different dataset already in
-    ``root``, or a non-empty ``root`` not made by this function, is an error
-    unless ``overwrite``.
+    Reruns skip finished pairs (an interrupted run resumes) and keep a finished dataset's CSVs (they may
+    hold BLIP captions by now).
     """
     source, root = Path(source), Path(root)
+    degradations, generators, params = _synthesis_plan(degradations, generators, params, val_fraction)
+    images = _clean_images(source, root, max_size)
+    captions = _captions_of(images, captions, source)
+    splits = dict(zip(_SPLITS, _split(sorted(images), val_fraction, seed)))
+    identity = {
+        "kind": "make_paired_dataset",
+        "source": str(source.resolve()),
+        "images": sorted(images),
+        "degradations": list(degradations),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "max_size": max_size,
+        "params": params,
+    }
+    already_complete = claim_output_root(root, MANIFEST_NAME, identity, _OUTPUTS, overwrite=overwrite)
+    jobs = [(name, images[name], root / split) for split, group in splits.items() for name in group]
+    make_lq = functools.partial(_generate_lq, generators, params, seed, images)
+    written, skipped = write_pairs(jobs, degradations, make_lq, max_size, progress)
+    _write_caption_csvs(root, splits, degradations, captions, default_caption, keep=already_complete)
+    finish_output_root(root, MANIFEST_NAME, identity)
+    return SynthesizedDataset.at(root, bool(splits["val"]), written, skipped)
+
+
+def _synthesis_plan(
+    degradations: Sequence[str],
+    generators: Mapping[str, DegradationFn] | None,
+    params: Mapping[str, Mapping[str, Any]] | None,
+    val_fraction: float,
+) -> tuple[tuple[str, ...], dict[str, DegradationFn], dict[str, dict[str, Any]]]:
+    """``(degradations, generators, params)`` as plain tuples and dicts, checked: every degradation has a
+    generator, every parameter is one of its generator's, and ``val_fraction`` is in [0, 1)."""
     generators = dict(DEGRADATIONS if generators is None else generators)
     params = {k: dict(v) for k, v in (params or {}).items()}
     degradations = tuple(degradations)
+    _check_generators(degradations, generators, params)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    return degradations, generators, params
+
+
+def _check_generators(
+    degradations: tuple[str, ...], generators: Mapping[str, DegradationFn], params: Mapping[str, Mapping]
+) -> None:
+    """ValueError unless every degradation has a generator and every parameter names one of its own."""
     if not degradations:
         raise ValueError("no degradations chosen")
     unknown = [d for d in degradations if d not in generators]
@@ -567,59 +606,85 @@ def make_paired_dataset(
         wrong = [] if valid is None else sorted(set(settings) - set(valid))
         if wrong:
             raise ValueError(f"unknown parameter(s) {wrong} for {name!r}; valid: {valid}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
+def check_output_folder(source: Path, root: Path, max_size: int | None) -> None:
+    """ValueError when ``max_size`` is too small or the output folder ``root`` contains ``source``."""
     if max_size is not None and max_size < 8:
         raise ValueError(f"max_size must be at least 8, got {max_size}")
     if source.resolve() == root.resolve() or root.resolve() in source.resolve().parents:
         raise ValueError(f"output folder {root} must not contain the source folder {source}")
+
+
+def _clean_images(source: Path, root: Path, max_size: int | None) -> dict[str, Path]:
+    """The clean images of the folder ``source`` by stem, after checking where they go."""
+    check_output_folder(source, root, max_size)
     images = _by_stem(source)  # sorted, unique stems; FileNotFoundError if missing
     if not images:
         raise ValueError(f"no images in {source}")
+    return images
+
+
+def _captions_of(
+    images: Mapping[str, Path], captions: Mapping[str, str] | None, source: Path
+) -> dict[str, str]:
+    """The given clean captions, checked to name images of ``source`` only."""
     captions = dict(captions or {})
     unmatched = sorted(set(captions) - set(images))
     if unmatched:
         raise ValueError(f"captions given for images not in {source}: {unmatched[:_SHOWN]}")
-    names = sorted(images)
-    train_names, val_names = _split(names, val_fraction, seed)
-    identity = {
-        "kind": "make_paired_dataset",
-        "source": str(source.resolve()),
-        "images": names,
-        "degradations": list(degradations),
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "max_size": max_size,
-        "params": params,
-    }
-    outputs = [*_SPLITS, *(f"{s}.csv" for s in _SPLITS)]
-    already_complete = claim_output_root(root, MANIFEST_NAME, identity, outputs, overwrite=overwrite)
+    return captions
 
-    jobs = [(split, name) for split, group in (("train", train_names), ("val", val_names)) for name in group]
+
+def _generate_lq(
+    generators: Mapping[str, DegradationFn],
+    params: Mapping[str, Mapping[str, Any]],
+    seed: int,
+    images: Mapping[str, Path],
+    clean: np.ndarray,
+    degradation: str,
+    name: str,
+) -> np.ndarray:
+    """The LQ image of one pair: its generator, seeded per (degradation, image) by :func:`pair_seed`."""
+    rng = np.random.default_rng(pair_seed(seed, degradation, name))
+    lq = generators[degradation](clean, rng, **params.get(degradation, {}))
+    if lq.shape != clean.shape:
+        raise ValueError(f"generator of {degradation!r} changed the image size for {images[name]}")
+    return lq
+
+
+#: Makes the LQ image of one pair: ``(clean image, label, image stem) -> LQ image``.
+PairMaker = Callable[[np.ndarray, str, str], np.ndarray]
+
+
+def write_pairs(
+    jobs: Sequence[tuple[str, Path, Path]],
+    labels: Sequence[str],
+    make_lq: PairMaker,
+    max_size: int | None,
+    progress: bool,
+) -> tuple[int, int]:
+    """Write ``<folder>/<label>/{GT,LQ}/<stem>.png`` for every job ``(stem, clean image, folder)`` and label.
+
+    Returns ``(written, skipped)``. A pair whose two files exist is skipped, so an interrupted run resumes;
+    a clean image is read (and downscaled to ``max_size``) only when one of its pairs is missing.
+    """
     bar = None
     if progress:
         from tqdm import tqdm  # optional at import time: the library must not need it
 
-        bar = tqdm(total=len(jobs) * len(degradations), desc="pairs", unit="pair")
+        bar = tqdm(total=len(jobs) * len(labels), desc="pairs", unit="pair")
     written = skipped = 0
-    rows: dict[str, list[CaptionRow]] = {"train": [], "val": []}
-    for split, name in jobs:
+    for stem, image_path, folder in jobs:
         clean = None  # read lazily: a fully finished image costs nothing on rerun
-        for degradation in degradations:
-            folder = root / split / degradation
-            lq_path, gt_path = folder / "LQ" / f"{name}.png", folder / "GT" / f"{name}.png"
-            rows[split].append(CaptionRow(str(lq_path), captions.get(name, default_caption), degradation))
+        for label in labels:
+            lq_path, gt_path = folder / label / "LQ" / f"{stem}.png", folder / label / "GT" / f"{stem}.png"
             if lq_path.is_file() and gt_path.is_file():
                 skipped += 1
             else:
                 if clean is None:
-                    clean = _limit_size(read_image(images[name]), max_size)
-                rng = np.random.default_rng(pair_seed(seed, degradation, name))
-                lq = generators[degradation](clean, rng, **params.get(degradation, {}))
-                if lq.shape != clean.shape:
-                    raise ValueError(
-                        f"generator of {degradation!r} changed the image size for {images[name]}"
-                    )
+                    clean = _limit_size(read_image(image_path), max_size)
+                lq = make_lq(clean, label, stem)
                 write_image(gt_path, clean)
                 write_image(lq_path, lq)  # last: its presence marks the pair finished
                 written += 1
@@ -627,18 +692,30 @@ def make_paired_dataset(
                 bar.update(1)
     if bar is not None:
         bar.close()
-    for split in _SPLITS:
+    return written, skipped
+
+
+def _write_caption_csvs(
+    root: Path,
+    splits: Mapping[str, Sequence[str]],
+    degradations: Sequence[str],
+    captions: Mapping[str, str],
+    default_caption: str,
+    *,
+    keep: bool,
+) -> None:
+    """``<root>/<split>.csv``: one caption row per LQ image; with ``keep`` an existing CSV is left alone
+    (a finished dataset's CSVs may hold BLIP captions by now, from ``make_captions``)."""
+    for split, names in splits.items():
+        rows = [
+            CaptionRow(
+                str(root / split / degradation / "LQ" / f"{name}.png"),
+                captions.get(name, default_caption),
+                degradation,
+            )
+            for name in names
+            for degradation in degradations
+        ]
         csv_path = root / f"{split}.csv"
-        # A finished dataset keeps its CSVs: they may hold BLIP captions by now (make_captions).
-        if rows[split] and (not already_complete or not csv_path.is_file()):
-            write_caption_csv(csv_path, rows[split])
-    finish_output_root(root, MANIFEST_NAME, identity)
-    return SynthesizedDataset(
-        root=root,
-        train_root=root / "train",
-        val_root=root / "val" if val_names else None,
-        train_csv=root / "train.csv",
-        val_csv=root / "val.csv" if val_names else None,
-        written=written,
-        skipped=skipped,
-    )
+        if rows and (not keep or not csv_path.is_file()):
+            write_caption_csv(csv_path, rows)

@@ -48,16 +48,18 @@ from data.degradations import (
     degrade_chain,
     parameter_names,
 )
-from data.io import is_image_file, read_image, write_image
+from data.io import is_image_file, read_image
 from data.paired import (
     MANIFEST_NAME,
     _by_stem,
     _limit_size,
     _pad_to,
+    check_output_folder,
     claim_output_root,
     finish_output_root,
     pair_seed,
     pair_tensors,
+    write_pairs,
 )
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 
@@ -573,6 +575,28 @@ def _csv_images(path: Path) -> dict[str, Path]:
     return images
 
 
+def _checked_combinations(
+    combinations: Sequence[Sequence[str] | str], params: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The combinations in canonical order and their names, checked: at least one, none twice, and every
+    parameter belongs to a type of some combination and to its generator."""
+    combos = [
+        canonical_order(c.split(COMBINATION_SEPARATOR) if isinstance(c, str) else c) for c in combinations
+    ]
+    if not combos:
+        raise ValueError("no combinations chosen")
+    names = [combination_name(c) for c in combos]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a combination is listed twice: {names}")
+    used = {n for c in combos for n in c}
+    extra = sorted(set(params) - used)
+    if extra:
+        raise ValueError(f"parameters given for degradation(s) {extra} that are in no combination")
+    probe = np.zeros((8, 8, 3), dtype=np.float32)
+    degrade_chain(probe, combos[0], 0, params)  # checks the parameter names before anything is written
+    return combos, names
+
+
 def make_mixed_dataset(
     source: str | os.PathLike,
     root: str | os.PathLike,
@@ -601,25 +625,9 @@ def make_mixed_dataset(
         params: keyword parameters per type, passed to its generator in every chain.
     """
     source, root = Path(source), Path(root)
-    combos = [
-        canonical_order(c.split(COMBINATION_SEPARATOR) if isinstance(c, str) else c) for c in combinations
-    ]
-    if not combos:
-        raise ValueError("no combinations chosen")
-    names = [combination_name(c) for c in combos]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a combination is listed twice: {names}")
     params = {k: dict(v) for k, v in (params or {}).items()}
-    used = {n for c in combos for n in c}
-    extra = sorted(set(params) - used)
-    if extra:
-        raise ValueError(f"parameters given for degradation(s) {extra} that are in no combination")
-    probe = np.zeros((8, 8, 3), dtype=np.float32)
-    degrade_chain(probe, combos[0], 0, params)  # checks the parameter names before anything is written
-    if max_size is not None and max_size < 8:
-        raise ValueError(f"max_size must be at least 8, got {max_size}")
-    if source.resolve() == root.resolve() or root.resolve() in source.resolve().parents:
-        raise ValueError(f"output folder {root} must not contain the source folder {source}")
+    combos, names = _checked_combinations(combinations, params)
+    check_output_folder(source, root, max_size)
     images = _by_stem(source) if source.is_dir() else _csv_images(source)
     if not images:
         raise ValueError(f"no images in {source}")
@@ -633,29 +641,13 @@ def make_mixed_dataset(
         "params": params,
     }
     complete = claim_output_root(root, MANIFEST_NAME, identity, names, overwrite=overwrite)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    chains = dict(zip(names, combos))
 
-        bar = tqdm(total=len(images) * len(combos), desc="pairs", unit="pair")
-    written = skipped = 0
-    for stem in sorted(images):
-        clean = None
-        for combo, name in zip(combos, names):
-            lq_path, gt_path = root / name / "LQ" / f"{stem}.png", root / name / "GT" / f"{stem}.png"
-            if lq_path.is_file() and gt_path.is_file():
-                skipped += 1
-            else:
-                if clean is None:
-                    clean = _limit_size(read_image(images[stem]), max_size)
-                lq = degrade_chain(clean, combo, np.random.default_rng(pair_seed(seed, name, stem)), params)
-                write_image(gt_path, clean)
-                write_image(lq_path, lq)  # last: its presence marks the pair finished
-                written += 1
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    def make_lq(clean: np.ndarray, name: str, stem: str) -> np.ndarray:
+        return degrade_chain(clean, chains[name], np.random.default_rng(pair_seed(seed, name, stem)), params)
+
+    jobs = [(stem, images[stem], root) for stem in sorted(images)]
+    written, skipped = write_pairs(jobs, names, make_lq, max_size, progress)
     if written or not complete:  # a finished set is left untouched
         finish_output_root(root, MANIFEST_NAME, identity)
     return MixedDataset(root, tuple(names), written, skipped)

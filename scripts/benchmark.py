@@ -4,6 +4,9 @@
 python scripts/benchmark.py -c configs/universal_ir.yml --size 256 --steps 100
 python scripts/benchmark.py -c configs/universal_ir_tiny.yml train.batch_size=4 data.patch_size=64
 
+Restoration is timed with the config's validation sampler (train.val_sampler / val_steps: the paper's
+posterior sampler at T for configs/universal_ir.yml, mr at 1 step for the demo's) unless --sampler is given.
+
 Samplers side by side (no training benchmark): one model, one image size, one JSON row per sampler
 spec NAME[:NFE[:ORDER]] (NFE defaults to T) and grid, each timed after a warm-up run:
 
@@ -36,14 +39,25 @@ def _sampler_specs(text: str) -> list[SamplerSpec]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, default="configs/universal_ir.yml")
     p.add_argument(
         "--size", type=int, nargs="+", default=[256], metavar="N", help="restoration image size: S, or H W"
     )
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: T)")
-    p.add_argument("--sampler", default="posterior", choices=list(SAMPLERS))
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: the config's train.val_steps without --sampler, else T)",
+    )
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=list(SAMPLERS),
+        help="default: the config's validation sampler (train.val_sampler; the paper's config: posterior)",
+    )
     p.add_argument("--order", type=int, default=None, choices=[1, 2], help="mr / mr-sde order (default: 2)")
     p.add_argument(
         "--grid",
@@ -63,19 +77,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed restorations per setting (after a warm-up)")
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--json", default="", help="also write the result to this file")
-    args = p.parse_args(argv)
+    return p
+
+
+def _checked_size(p: argparse.ArgumentParser, args: argparse.Namespace) -> int | tuple[int, int]:
+    """The image size (S or (H, W)), after checking the options that fit together (else exit code 2)."""
     if len(args.size) not in (1, 2):
         p.error(f"--size takes S or H W, got {len(args.size)} numbers")
-    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
     if args.samplers is None:
         if len(args.grid) != 1:
             p.error("several --grid values need --samplers")
+        if args.sampler is None and args.order is not None:
+            p.error("--order needs --sampler (mr or mr-sde)")
         try:
-            check_sampler_options(args.sampler, args.order, args.grid[0])
+            check_sampler_options(args.sampler or "posterior", args.order, args.grid[0])
         except ValueError as err:
             p.error(str(err))
+    return args.size[0] if len(args.size) == 1 else tuple(args.size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    size = _checked_size(p, args)
 
     def body() -> None:
         # Benchmarks need no dataset: the data roots may point anywhere.

@@ -7,7 +7,10 @@ Works with our stage-2 checkpoints and with the released pair:
     python scripts/test.py -c configs/test.yml model.checkpoint=pretrained/universal-ir.pth \\
         model.daclip_checkpoint=pretrained/daclip_ViT-B-32.pt data.root=datasets/universal/val
 
-Results (Markdown table, CSV, JSON) and restored images go to <output_root>/<name>/.
+Results (Markdown table, CSV, JSON) and restored images go to <output_root>/<name>/. Without
+sampling.sampler (configs/test.yml leaves it null) it samples as the checkpoint was validated in
+training (train.val_sampler / val_steps; the paper's posterior sampler at T for the released weights),
+and says which sampler it took and why.
 
 The quality-speed table of one model over several samplers (the first one is the reference):
     python scripts/test.py -c configs/test.yml --samplers posterior,posterior:10,mr:5,mr:10,mr:20

@@ -163,7 +163,8 @@ def test_classify_script_top3_and_side_by_side_report(tmp_path, capsys) -> None:
 
 
 def test_multilabel_predictions_and_metrics_on_a_hand_made_matrix() -> None:
-    from daclip.classify import multilabel_metrics, multilabel_predictions
+    from daclip.classify import multilabel_metrics
+    from daclip.zero_shot import multilabel_predictions
 
     names = ("hazy", "rainy", "low-light")
     probabilities = np.array(
@@ -206,6 +207,18 @@ def test_multilabel_predictions_and_metrics_on_a_hand_made_matrix() -> None:
     assert np.isnan(never.precision()[0]) and never.exact_accuracy() == 1.0
     with pytest.raises(ValueError, match="must both be"):
         multilabel_metrics(predicted, labels[:, :2], names)
+
+
+def test_restoring_photos_does_not_import_the_classification_report() -> None:
+    """The multi-label rule lives with zero-shot classification, so inference loads no report module."""
+    import subprocess
+    import sys
+
+    probe = "import sys, irsde.inference.restore; print('daclip.classify' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
+    assert out == "False"
 
 
 def test_classify_script_multi_label_report_on_a_mixed_set(tmp_path, capsys) -> None:

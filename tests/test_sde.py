@@ -343,6 +343,60 @@ def test_max_sigma_below_one_warns():
     assert sde.max_sigma == pytest.approx(0.5 / 255)
 
 
+def _ml_closed_form(sde: IRSDE, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(h = θ_t·dt, e^{−Θ_t·dt}, σ̄_t, λ) per sample ([B, 1, 1, 1]), from the schedule's θ alone."""
+    lam = sde.max_sigma
+    h = (sde.thetas[t] * sde.dt).view(-1, 1, 1, 1)
+    big_theta = torch.cumsum(sde.thetas, 0)[t] - sde.thetas[0]  # Θ_t, with Θ_0 = 0
+    alpha = torch.exp(-big_theta * sde.dt).view(-1, 1, 1, 1)
+    return h, alpha, lam * torch.sqrt(1 - alpha**2), lam
+
+
+def test_ml_loss_matches_its_closed_form_and_lands_on_the_posterior_mean():
+    """The maximum-likelihood loss written out by hand, with y = x_t − μ, h = θ_t·dt, λ = max_sigma.
+
+    Eliminating x_0 through the marginal (y = α_t(x_0 − μ) + σ̄_t·ε) turns the optimal posterior mean
+    (paper eq. 8) into μ + e^h·y − 2λ²·sinh(h)/σ̄_t·ε, and the loss's reverse step from ε̂ is the Euler step
+    μ + (1 + h)·y − 2λ²h/σ̄_t·ε̂ (σ_t² = 2λ²θ_t). So the step lands exactly on the posterior mean for
+    ε̂* = sinh(h)/h·ε − (e^h − 1 − h)·σ̄_t/(2λ²h)·y, where the L1 loss is 0, and ε̂* + δ costs exactly
+    2λ²h/σ̄_t·mean|δ|. The true noise itself is ε̂* only up to O(h): the step from it misses the posterior
+    mean by the Euler error (1 + h − e^h)·y − 2λ²(h − sinh h)/σ̄_t·ε, which the loss reports.
+    """
+    sde = IRSDE(dtype=torch.float64)
+    generator = torch.Generator().manual_seed(5)
+    x0, mu, noise = (torch.rand(4, 3, 6, 6, generator=generator, dtype=torch.float64) for _ in range(3))
+    noise = 2 * noise - 1
+    t = torch.tensor([1, 10, 60, 100])
+    xt = sde.add_noise(x0, mu, t, noise)
+    y = xt - mu
+    h, alpha, sigma_bar, lam = _ml_closed_form(sde, t)
+    loss = MaximumLikelihoodLoss(sde, "l1")
+
+    # The posterior mean in closed form, and at t = 1 (Θ_0 = 0) the known optimum x_0 itself.
+    posterior = mu + torch.exp(h) * y - 2 * lam**2 * torch.sinh(h) / sigma_bar * noise
+    torch.testing.assert_close(sde.posterior_mean(xt, x0, mu, t), posterior, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(posterior[0], x0[0], rtol=1e-12, atol=1e-12)
+
+    # At ε̂* the loss's reverse step is the posterior mean: loss 0 to float precision.
+    best = torch.sinh(h) / h * noise - (torch.exp(h) - 1 - h) * sigma_bar / (2 * lam**2 * h) * y
+    step = sde.reverse_sde_step_mean(xt, mu, t, sde.noise_to_score(best, t))
+    torch.testing.assert_close(step, posterior, rtol=1e-12, atol=1e-12)
+    assert loss(best, xt, x0, mu, t).item() < 1e-13
+
+    # A perturbation δ of ε̂* costs exactly 2λ²h/σ̄_t · mean|δ| per sample (then the batch mean).
+    delta = torch.randn(4, 3, 6, 6, generator=generator, dtype=torch.float64)
+    slope = (2 * lam**2 * h / sigma_bar).flatten()
+    expected = (slope * delta.abs().flatten(1).mean(1)).mean()
+    torch.testing.assert_close(loss(best + delta, xt, x0, mu, t), expected, rtol=1e-10, atol=1e-14)
+
+    # The true noise: the Euler error, not zero, and small against a wrong noise.
+    gap = (1 + h - torch.exp(h)) * y - 2 * lam**2 * (h - torch.sinh(h)) / sigma_bar * noise
+    torch.testing.assert_close(
+        loss(noise, xt, x0, mu, t), gap.abs().flatten(1).mean(1).mean(), rtol=1e-10, atol=1e-14
+    )
+    assert 0 < loss(noise, xt, x0, mu, t) < 0.1 * loss(noise + delta, xt, x0, mu, t)
+
+
 def test_losses_kinds_and_factory():
     sde = IRSDE(dtype=torch.float64)
     generator = torch.Generator().manual_seed(2)

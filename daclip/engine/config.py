@@ -145,6 +145,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         section = _family_section(tp, value, key)
         if section is not None:
             return _build(section, value, key)
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and typing.get_origin(options[0]) is Literal:
+            return _coerce(value, options[0], key)  # an optional choice: name the choices, "did you mean"
         errors = []
         for option in args:
             if option is type(None):

@@ -27,7 +27,7 @@ from daclip.engine.lifecycle import RunContext
 from daclip.inference import build_embedder
 from irsde.diffusion.samplers import SAMPLERS, SamplerSpec, check_sampler_options, make_timesteps
 from irsde.diffusion.sde import IRSDE
-from irsde.inference.pipeline import RestorationPipeline
+from irsde.inference.pipeline import LoadedRestorer, RestorationPipeline
 from irsde.models.families import build_model, is_one_pass
 from irsde.training.stage import IRStage, IRTrainConfig
 
@@ -199,7 +199,7 @@ def benchmark_restoration(
     device: torch.device,
     size: Size = 256,
     num_steps: int | None = None,
-    sampler: str = "posterior",
+    sampler: str | None = None,
     tile: int | None = None,
     repeats: int = 2,
     order: int | None = None,
@@ -207,8 +207,10 @@ def benchmark_restoration(
 ) -> dict[str, Any]:
     """Seconds per image (batch 1) for the whole reverse process at ``size`` (square, or (height, width)).
 
-    The peak memory is the restoration's own: the measurement is reset before the model is built,
-    so an earlier training benchmark in the same process does not count (see :func:`_reset_peak`).
+    ``sampler`` None samples as a checkpoint of ``cfg`` restores by default: with its validation sampler
+    (``train.val_sampler``, and ``train.val_steps`` unless ``num_steps`` is given). The peak memory is the
+    restoration's own: the measurement is reset before the model is built, so an earlier training
+    benchmark in the same process does not count (see :func:`_reset_peak`).
     """
     gc.collect()
     if device.type == "cuda":
@@ -216,6 +218,12 @@ def benchmark_restoration(
     memory_kind = _reset_peak(device)
     unet, sde, embedder, lq, clip = _restoration_inputs(cfg, device, size)
     one_pass = is_one_pass(cfg.model)
+    source = "--sampler"
+    if sampler is None:
+        loaded = LoadedRestorer(unet, None if one_pass else sde, to_dict(cfg), None, "ours")
+        sampler, recorded_steps = loaded.default_sampling()  # the rule restore.py and test.py follow
+        num_steps = recorded_steps if num_steps is None else num_steps
+        source = "the config's validation sampler: train.val_sampler / val_steps"
     pipeline = RestorationPipeline(
         unet,
         None if one_pass else sde,
@@ -234,6 +242,7 @@ def benchmark_restoration(
         "size": size if isinstance(size, int) else list(size),
         "num_steps": 1 if one_pass else num_steps or sde.T,
         "sampler": "one-pass" if one_pass else sampler,
+        "sampler_source": "a one-pass restorer" if one_pass else source,
         "grid": grid,
         "tile": tile,
     }
@@ -255,62 +264,15 @@ def benchmark_samplers(
     ...}), so rows of runs on different devices can be concatenated and compared. All specs are checked
     (names, orders, NFE within 1..T) before anything is timed.
     """
-    if is_one_pass(cfg.model):
-        raise ValueError(
-            f"model.family {cfg.model.family!r} is a one-pass restorer: it has no sampler to time "
-            "(time its restoration without --samplers)"
-        )
-    specs = [SamplerSpec.parse(s) if isinstance(s, str) else s for s in specs]
-    if not specs:
-        raise ValueError(
-            f"no sampler to time; give NAME[:NFE[:ORDER]] specs, NAME one of {', '.join(SAMPLERS)}"
-        )
-    height, width = _height_width(size)
-    for spec in specs:
-        for grid in grids:
-            check_sampler_options(spec.name, spec.order, grid)
-        make_timesteps(cfg.sde.T, spec.nfe)  # NFE within 1..T
-    unet, sde, embedder, lq, clip = _restoration_inputs(cfg, device, (height, width))
+    specs, (height, width) = _checked_specs(cfg, specs, grids, size)
+    inputs = _restoration_inputs(cfg, device, (height, width))
     device_name = device_description(device)
-    rows = []
-    for grid in grids:
-        for spec in specs:
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            memory_kind = _reset_peak(device)
-            pipeline = RestorationPipeline(
-                unet,
-                sde,
-                embedder,
-                sampler=spec.name,
-                num_steps=spec.nfe,
-                order=spec.order,
-                grid=grid,
-                tile=tile,  # type: ignore[arg-type]
-            )
-            seconds = _seconds_per_image(pipeline, lq, clip, device, repeats)
-            nfe = spec.nfe or sde.T
-            rows.append(
-                {
-                    "sampler": spec.name,
-                    "order": spec.effective_order,
-                    "nfe": nfe,
-                    "grid": grid,
-                    "seconds_per_image": seconds,
-                    "seconds_per_nfe": seconds / nfe,
-                    "device": device_name,
-                    "size": [height, width],
-                    "tile": tile,
-                    "prediction": pipeline.prediction,
-                    "clamp_x0": pipeline.clamp_x0,
-                    "runs_timed": repeats,
-                    "warmup_runs": 1,
-                    "peak_memory_mib": _peak_memory_mib(device),
-                    "peak_memory_kind": memory_kind,
-                    "torch": torch.__version__,
-                }
-            )
+    rows = [
+        _time_sampler(inputs, device, device_name, spec, grid, tile, repeats)
+        for grid in grids
+        for spec in specs
+    ]
+    unet, sde = inputs[:2]
     return {
         "device": device_name,
         "torch": torch.__version__,
@@ -320,6 +282,69 @@ def benchmark_samplers(
         "daclip": "timed" if cfg.daclip.checkpoint else "random embeddings (DA-CLIP not timed)",
         "rows": rows,
         "config": to_dict(cfg),
+    }
+
+
+def _checked_specs(
+    cfg: IRTrainConfig, specs: Sequence[SamplerSpec | str], grids: Sequence[str], size: Size
+) -> tuple[list[SamplerSpec], tuple[int, int]]:
+    """The parsed specs, each checked against every grid and ``cfg.sde.T``, and the image's (height, width);
+    ValueError naming the problem."""
+    if is_one_pass(cfg.model):
+        raise ValueError(
+            f"model.family {cfg.model.family!r} is a one-pass restorer: it has no sampler to time "
+            "(time its restoration without --samplers)"
+        )
+    parsed = [SamplerSpec.parse(s) if isinstance(s, str) else s for s in specs]
+    if not parsed:
+        raise ValueError(
+            f"no sampler to time; give NAME[:NFE[:ORDER]] specs, NAME one of {', '.join(SAMPLERS)}"
+        )
+    height_width = _height_width(size)
+    for spec in parsed:
+        for grid in grids:
+            check_sampler_options(spec.name, spec.order, grid)
+        make_timesteps(cfg.sde.T, spec.nfe)  # NFE within 1..T
+    return parsed, height_width
+
+
+def _time_sampler(
+    inputs: tuple[torch.nn.Module, IRSDE, Any, torch.Tensor, torch.Tensor],
+    device: torch.device,
+    device_name: str,
+    spec: SamplerSpec,
+    grid: str,
+    tile: int | None,
+    repeats: int,
+) -> dict[str, Any]:
+    """One row of :func:`benchmark_samplers`: seconds per image and peak memory of one sampler setting."""
+    unet, sde, embedder, lq, clip = inputs
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    memory_kind = _reset_peak(device)
+    pipeline = RestorationPipeline(
+        unet, sde, embedder, sampler=spec.name, num_steps=spec.nfe, order=spec.order, grid=grid, tile=tile
+    )
+    seconds = _seconds_per_image(pipeline, lq, clip, device, repeats)
+    nfe = spec.nfe or sde.T
+    return {
+        "sampler": spec.name,
+        "order": spec.effective_order,
+        "nfe": nfe,
+        "grid": grid,
+        "seconds_per_image": seconds,
+        "seconds_per_nfe": seconds / nfe,
+        "device": device_name,
+        "size": list(lq.shape[-2:]),
+        "tile": tile,
+        "prediction": pipeline.prediction,
+        "clamp_x0": pipeline.clamp_x0,
+        "runs_timed": repeats,
+        "warmup_runs": 1,
+        "peak_memory_mib": _peak_memory_mib(device),
+        "peak_memory_kind": memory_kind,
+        "torch": torch.__version__,
     }
 
 

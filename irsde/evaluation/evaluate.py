@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from irsde.diffusion.samplers import GridName, SamplerName, SamplerSpec, check_s
 from irsde.evaluation.metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.models.families import family_of
+
+if TYPE_CHECKING:
+    from data.paired import PairedDataset
 
 __all__ = ["TestConfig", "evaluate", "format_markdown", "format_sweep", "sweep_samplers", "METRIC_COLUMNS"]
 
@@ -49,6 +52,9 @@ METRIC_COLUMNS = (
     "accuracy",
     "seconds",
 )
+
+#: ``sampler_source`` of a sampler the config names (the report then adds nothing: the config says it).
+CONFIGURED_SAMPLER = "as configured (sampling.sampler)"
 
 
 @dataclass
@@ -73,12 +79,15 @@ class TestDataSection:
 
 @dataclass
 class SamplingSection:
-    sampler: SamplerName = spec(
-        "posterior",
-        help="posterior (the paper's), sde, ode, mr (deterministic exponential integrator of the ODE) "
-        "or mr-sde (exponential integrator of the reverse SDE)",
+    sampler: SamplerName | None = spec(
+        None,
+        help="None = the checkpoint's (its train.val_sampler; the released weights: posterior); posterior "
+        "(the paper's), sde, ode, mr (deterministic exponential integrator of the ODE) or mr-sde "
+        "(exponential integrator of the reverse SDE)",
     )
-    num_steps: int | None = spec(None, minimum=1, help="network evaluations; None = T")
+    num_steps: int | None = spec(
+        None, minimum=1, help="network evaluations; None = the checkpoint's (train.val_steps) or T"
+    )
     grid: GridName = spec(
         "uniform",
         help="timestep spacing for fewer than T steps: uniform in t (the default) or logsnr "
@@ -95,8 +104,14 @@ class SamplingSection:
     tile_batch_size: int = spec(4, minimum=1)
 
     def validate(self) -> None:
+        if self.sampler is None and self.order is not None:
+            # The checkpoint's validation ran at the default order; an order belongs to a chosen solver.
+            raise ConfigError(
+                "sampling.order: set sampling.sampler too (order applies to mr and mr-sde; a null sampler "
+                "takes the checkpoint's validation sampler at its default order)"
+            )
         try:
-            check_sampler_options(self.sampler, self.order, self.grid)
+            check_sampler_options(self.sampler or "posterior", self.order, self.grid)
         except ValueError as err:
             raise ConfigError(f"sampling.order: {err}") from None
 
@@ -156,11 +171,38 @@ def evaluate(
     """Run the evaluation; returns ``{"rows": {degradation: {metric: value}}, "unavailable": ..., "output": dir}``.
 
     ``lpips_metric`` / ``fid_factory`` override the metric networks (tests pass randomly initialised
-    ones; by default they are built from ``cfg.metrics``).
+    ones; by default they are built from ``cfg.metrics``). ``sampling.sampler`` None samples as the
+    checkpoint was validated in training (``results["sampler_source"]`` says which rule chose it).
     """
-    from data.paired import PairedDataset
+    pipeline = _build_pipeline(cfg)
+    dataset = _build_dataset(cfg, pipeline)
+    metrics = _build_metrics(cfg, pipeline, log, lpips_metric, fid_factory)
+    out_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=("images",) if cfg.save_images else ())
+    log(f"writing results to {out_dir}")
+    sampling = _sampling_summary(cfg, pipeline)
+    if sampling["sampler"] != "one-pass":
+        log(f"sampler: {sampling['sampler']} at {sampling['nfe']} NFE, {sampling['sampler_source']}")
+    generator = torch.Generator(device=pipeline.device).manual_seed(cfg.sampling.seed)
+    scoring = _Scoring(cfg, pipeline, metrics, out_dir, generator)
+    per_image, fid_values = _score_dataset(scoring, dataset, log, progress)
+    results = {
+        "rows": _aggregate(per_image, fid_values),
+        "unavailable": metrics.unavailable,
+        "output": str(out_dir),
+        "config": to_dict(cfg),
+        "checkpoint_source": pipeline.loaded.source,
+        "prediction": pipeline.prediction,
+        "family": family_of(pipeline.model),
+        **sampling,
+    }
+    _write_results(out_dir, results)
+    log(format_markdown(results))
+    return results
 
-    pipeline = RestorationPipeline.from_checkpoint(
+
+def _build_pipeline(cfg: TestConfig) -> RestorationPipeline:
+    """The restorer of ``model.checkpoint``, sampling as ``sampling`` says (a null sampler: the checkpoint's)."""
+    return RestorationPipeline.from_checkpoint(
         cfg.model.checkpoint,
         daclip=cfg.model.daclip_checkpoint,
         clip_model=cfg.model.clip_model,
@@ -178,12 +220,37 @@ def evaluate(
         tile_batch_size=cfg.sampling.tile_batch_size,
         self_ensemble=cfg.sampling.self_ensemble,
     )
-    embedder, device = pipeline.embedder, pipeline.device
+
+
+def _build_dataset(cfg: TestConfig, pipeline: RestorationPipeline) -> PairedDataset:
+    """The paired test set, with the CLIP inputs of the pipeline's DA-CLIP (if any)."""
+    from data.paired import PairedDataset
+
+    embedder = pipeline.embedder
     clip_kwargs = {}
     if embedder is not None:
         clip_kwargs = dict(clip_size=int(embedder.image_size), clip_mean=embedder.mean, clip_std=embedder.std)
-    dataset = PairedDataset(cfg.data.root, cfg.data.degradations, mode="eval", **clip_kwargs)
+    return PairedDataset(cfg.data.root, cfg.data.degradations, mode="eval", **clip_kwargs)
 
+
+@dataclass
+class _Metrics:
+    """The metric networks of one evaluation (None: off or unavailable) and why any is unavailable."""
+
+    lpips: Any
+    fid_factory: Callable[[], FIDMetric] | None
+    classify: Callable[..., torch.Tensor] | None
+    unavailable: dict[str, str]
+
+
+def _build_metrics(
+    cfg: TestConfig,
+    pipeline: RestorationPipeline,
+    log: Callable[[str], None],
+    lpips_metric: Any,
+    fid_factory: Callable[[], FIDMetric] | None,
+) -> _Metrics:
+    """LPIPS, FID and the DA-CLIP classifier as ``cfg.metrics`` asks; a missing one is logged and recorded."""
     unavailable: dict[str, str] = {}
     if cfg.metrics.lpips and lpips_metric is None:
         lpips_metric, reason = _maybe(
@@ -192,7 +259,7 @@ def evaluate(
         if reason:
             unavailable["lpips"] = reason
     if lpips_metric is not None:
-        lpips_metric = lpips_metric.to(device)
+        lpips_metric = lpips_metric.to(pipeline.device)
     if cfg.metrics.fid and fid_factory is None:
         probe, reason = _maybe(
             lambda: FIDMetric(inception_weights=cfg.metrics.fid_weights or None), "FID", log
@@ -201,66 +268,106 @@ def evaluate(
             unavailable["fid"] = reason
         else:
             fid_factory = lambda: probe  # noqa: E731 - one network, reset per degradation
-    classify = getattr(embedder, "classify", None) if cfg.metrics.classification else None
+    classify = getattr(pipeline.embedder, "classify", None) if cfg.metrics.classification else None
     if cfg.metrics.classification and classify is None:
         unavailable["accuracy"] = "no DA-CLIP model to classify with"
+    return _Metrics(lpips_metric, fid_factory, classify, unavailable)
 
-    out_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=("images",) if cfg.save_images else ())
-    log(f"writing results to {out_dir}")
-    indices_by_degradation = dataset.eval_indices(cfg.data.max_images_per_degradation)
 
+@dataclass
+class _Scoring:
+    """What scoring each image needs: the settings, the restorer, the metrics, the output folder, the noise."""
+
+    cfg: TestConfig
+    pipeline: RestorationPipeline
+    metrics: _Metrics
+    out_dir: Path
+    generator: torch.Generator
+
+
+def _score_dataset(
+    scoring: _Scoring, dataset: PairedDataset, log: Callable[[str], None], progress: bool
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Every image's scores per degradation (``METRIC_COLUMNS``) and the FID of each degradation."""
+    indices_by_degradation = dataset.eval_indices(scoring.cfg.data.max_images_per_degradation)
     progress_bar: Any = None
     if progress:
         total = sum(len(v) for v in indices_by_degradation.values())
         progress_bar = make_progress_bar(total=total, desc="test")
-    generator = torch.Generator(device=device).manual_seed(cfg.sampling.seed)
     per_image: dict[str, dict[str, list[float]]] = {}
     fid_values: dict[str, float] = {}
-    border = cfg.metrics.crop_border
     for name, indices in indices_by_degradation.items():
         scores = per_image.setdefault(name, {k: [] for k in METRIC_COLUMNS})
         # One FID accumulator at a time (the feature network is shared), finished per degradation.
-        fid = fid_factory() if fid_factory is not None else None
+        factory = scoring.metrics.fid_factory
+        fid = factory() if factory is not None else None
         if fid is not None:
             fid.reset()
         for index in indices:
-            item = dataset[index]
-            lq, gt = item["lq"][None].to(device), item["gt"][None].to(device)  # (1, 3, H, W)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            out = pipeline(lq, item["lq_clip"][None], generator=generator)  # (1, 3, H, W) in [0, 1]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            scores["seconds"].append(time.perf_counter() - start)
-            out8 = quantize(out)  # the saved 8-bit result, as the official evaluation scores it
-            scores["psnr"].append(psnr(out8, gt, crop_border=border).item())
-            scores["ssim"].append(ssim(out8, gt, crop_border=border).item())
-            # The degraded input scored the same way: what "doing nothing" would get.
-            lq8 = quantize(lq)
-            scores["input_psnr"].append(psnr(lq8, gt, crop_border=border).item())
-            scores["input_ssim"].append(ssim(lq8, gt, crop_border=border).item())
-            scores["psnr_gain"].append(scores["psnr"][-1] - scores["input_psnr"][-1])
-            scores["psnr_y"].append(psnr(out8, gt, crop_border=border, y_channel=True).item())
-            scores["ssim_y"].append(ssim(out8, gt, crop_border=border, y_channel=True).item())
-            if lpips_metric is not None:
-                scores["lpips"].append(lpips_metric(out, gt).item())
-            if fid is not None:
-                fid.update(gt, real=True)
-                fid.update(out, real=False)
-            if classify is not None:
-                probs = classify(item["lq_clip"][None].to(device), cfg.data.degradations)  # (1, K)
-                predicted = cfg.data.degradations[int(probs.argmax(dim=-1))]
-                scores["accuracy"].append(float(predicted == name))
-            if cfg.save_images:
-                write_image(out_dir / "images" / name / f"{Path(item['lq_path']).stem}.png", out[0])
+            _score_image(scoring, dataset[index], name, scores, fid)
             if progress_bar is not None:
                 progress_bar.update(1)
         if fid is not None:
             fid_values[name] = _fid_or_nan(fid, log, name)
     if progress_bar is not None:
         progress_bar.close()
+    return per_image, fid_values
 
+
+def _score_image(
+    scoring: _Scoring, item: dict[str, Any], name: str, scores: dict[str, list[float]], fid: FIDMetric | None
+) -> None:
+    """Restore one test pair (timed), append its scores to ``scores``, feed FID and save the output."""
+    cfg, metrics, device = scoring.cfg, scoring.metrics, scoring.pipeline.device
+    lq, gt = item["lq"][None].to(device), item["gt"][None].to(device)  # (1, 3, H, W)
+    out, seconds = _timed_restore(scoring.pipeline, lq, item["lq_clip"][None], scoring.generator)
+    scores["seconds"].append(seconds)
+    _score_quality(quantize(out), quantize(lq), gt, cfg.metrics.crop_border, scores)
+    if metrics.lpips is not None:
+        scores["lpips"].append(metrics.lpips(out, gt).item())
+    if fid is not None:
+        fid.update(gt, real=True)
+        fid.update(out, real=False)
+    if metrics.classify is not None:
+        probs = metrics.classify(item["lq_clip"][None].to(device), cfg.data.degradations)  # (1, K)
+        predicted = cfg.data.degradations[int(probs.argmax(dim=-1))]
+        scores["accuracy"].append(float(predicted == name))
+    if cfg.save_images:
+        write_image(scoring.out_dir / "images" / name / f"{Path(item['lq_path']).stem}.png", out[0])
+
+
+def _timed_restore(
+    pipeline: RestorationPipeline, lq: torch.Tensor, lq_clip: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, float]:
+    """The restoration of ``lq`` ((1, 3, H, W) in [0, 1]) and its seconds (the GPU's work included)."""
+    device = pipeline.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = pipeline(lq, lq_clip, generator=generator)  # (1, 3, H, W) in [0, 1]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def _score_quality(
+    out8: torch.Tensor, lq8: torch.Tensor, gt: torch.Tensor, border: int, scores: dict[str, list[float]]
+) -> None:
+    """PSNR/SSIM (RGB and Y) of the 8-bit output, as the official evaluation scores the saved result,
+    and of the 8-bit input: what "doing nothing" would get."""
+    scores["psnr"].append(psnr(out8, gt, crop_border=border).item())
+    scores["ssim"].append(ssim(out8, gt, crop_border=border).item())
+    scores["input_psnr"].append(psnr(lq8, gt, crop_border=border).item())
+    scores["input_ssim"].append(ssim(lq8, gt, crop_border=border).item())
+    scores["psnr_gain"].append(scores["psnr"][-1] - scores["input_psnr"][-1])
+    scores["psnr_y"].append(psnr(out8, gt, crop_border=border, y_channel=True).item())
+    scores["ssim_y"].append(ssim(out8, gt, crop_border=border, y_channel=True).item())
+
+
+def _aggregate(
+    per_image: dict[str, dict[str, list[float]]], fid_values: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """One row of means per degradation (FID: over the set), then their average over degradations."""
     rows: dict[str, dict[str, float]] = {}
     for name, scores in per_image.items():
         row = {k: _mean(v) for k, v in scores.items() if v}
@@ -275,30 +382,35 @@ def evaluate(
             if any(k in r for r in rows.values())
         }
         rows["average"]["images"] = sum(r["images"] for n, r in rows.items() if n != "average")
-    results = {
-        "rows": rows,
-        "unavailable": unavailable,
-        "output": str(out_dir),
-        "config": to_dict(cfg),
-        "checkpoint_source": pipeline.loaded.source,
-        "prediction": pipeline.prediction,
-        "family": family_of(pipeline.model),
-        "sampler": "one-pass" if pipeline.one_pass else cfg.sampling.sampler,
-        "nfe": (
-            1
-            if pipeline.one_pass
-            else len(
-                make_timesteps(pipeline.sde.T, cfg.sampling.num_steps, cfg.sampling.grid, sde=pipeline.sde)
-            )
-        )
-        * (8 if cfg.sampling.self_ensemble else 1),
+    return rows
+
+
+def _sampling_summary(cfg: TestConfig, pipeline: RestorationPipeline) -> dict[str, Any]:
+    """How the images were sampled, and which rule chose the sampler (``sampler_source``)."""
+    if pipeline.one_pass:
+        sampler, steps, source = "one-pass", 1, "a one-pass restorer: one network evaluation"
+    else:
+        sampler, source = pipeline.sampler, _sampler_source(cfg, pipeline)
+        steps = len(make_timesteps(pipeline.sde.T, pipeline.num_steps, cfg.sampling.grid, sde=pipeline.sde))
+    return {
+        "sampler": sampler,
+        "nfe": steps * (8 if cfg.sampling.self_ensemble else 1),
         "self_ensemble": cfg.sampling.self_ensemble,
         "grid": cfg.sampling.grid,
         "clamp_x0": pipeline.clamp_x0,
+        "sampler_source": source,
     }
-    _write_results(out_dir, results)
-    log(format_markdown(results))
-    return results
+
+
+def _sampler_source(cfg: TestConfig, pipeline: RestorationPipeline) -> str:
+    """Why this sampler: the config's choice, or (``sampling.sampler`` null) the checkpoint's default."""
+    if cfg.sampling.sampler is not None:
+        return CONFIGURED_SAMPLER
+    if pipeline.loaded is None or pipeline.loaded.config is None:
+        source = "the paper's posterior sampler at T: the released weights record no validation sampler"
+    else:
+        source = "the checkpoint's validation sampler: train.val_sampler / val_steps"
+    return source + ("; steps from sampling.num_steps" if cfg.sampling.num_steps is not None else "")
 
 
 def sweep_samplers(
@@ -339,29 +451,37 @@ def sweep_samplers(
         )  # type: ignore[assignment]
         log(f"sampler sweep: {label}")
         result = evaluate(run, log=log, progress=progress, **metric_overrides)
-        average = result["rows"].get("average", {})
-        rows.append(
-            {
-                "spec": label,
-                "sampler": choice.name,
-                "order": choice.effective_order,
-                "nfe": result["nfe"],
-                "grid": result["grid"],
-                **{k: average.get(k) for k in ("psnr", "ssim", "lpips", "psnr_gain", "seconds", "images")},
-            }
-        )
+        rows.append(_sweep_row(label, choice, result))
+    _compare_with_reference(rows)
+    table = {"rows": rows, "reference": rows[0]["spec"], "output": str(sweep_dir), "config": to_dict(cfg)}
+    with open(sweep_dir / "samplers.json", "w") as handle:
+        json.dump(table, handle, indent=2, default=str)
+    (sweep_dir / "samplers.md").write_text(format_sweep(table) + "\n")
+    log(format_sweep(table))
+    return table
+
+
+def _sweep_row(label: str, choice: SamplerSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """The averages of one sweep evaluation, labelled with its sampler spec."""
+    average = result["rows"].get("average", {})
+    return {
+        "spec": label,
+        "sampler": choice.name,
+        "order": choice.effective_order,
+        "nfe": result["nfe"],
+        "grid": result["grid"],
+        **{k: average.get(k) for k in ("psnr", "ssim", "lpips", "psnr_gain", "seconds", "images")},
+    }
+
+
+def _compare_with_reference(rows: list[dict[str, Any]]) -> None:
+    """Add each row's PSNR difference and speed-up against the first row (the reference), in place."""
     reference = rows[0]
     for row in rows:
         row["psnr_vs_reference"] = _difference(row["psnr"], reference["psnr"])
         row["speedup_vs_reference"] = (
             reference["seconds"] / row["seconds"] if reference.get("seconds") and row.get("seconds") else None
         )
-    table = {"rows": rows, "reference": reference["spec"], "output": str(sweep_dir), "config": to_dict(cfg)}
-    with open(sweep_dir / "samplers.json", "w") as handle:
-        json.dump(table, handle, indent=2, default=str)
-    (sweep_dir / "samplers.md").write_text(format_sweep(table) + "\n")
-    log(format_sweep(table))
-    return table
 
 
 def _difference(value: float | None, reference: float | None) -> float | None:
@@ -420,26 +540,36 @@ def format_markdown(results: dict[str, Any]) -> str:
                 cells.append(f"{value:.4f}")
         label = f"**{name}**" if name == "average" else name
         lines.append(f"| {label} | {int(row.get('images', 0))} | " + " | ".join(cells) + " |")
-    if results.get("sampler") == "one-pass":
-        lines.append(
-            f"\nA one-pass restorer ({results.get('family', 'nafnet')}): {results['nfe']} network evaluation(s) "
-            "per image" + (" (self-ensemble of 8 flips/transposes)." if results.get("self_ensemble") else ".")
-        )
-    elif "sampler" in results:
-        lines.append(
-            f"\nModel output: {results['prediction']}; sampler: {results['sampler']}, "
-            f"{results['nfe']} network evaluation(s) per image ({results.get('grid', 'uniform')} "
-            "timestep grid"
-            + ("; self-ensemble of 8 flips/transposes" if results.get("self_ensemble") else "")
-            + "), x0 clamping "
-            f"{'on' if results['clamp_x0'] else 'off'}."
-        )
+    note = _sampling_note(results)
+    if note:
+        lines.append("\n" + note)
     worse = [n for n, r in rows.items() if n != "average" and r.get("psnr_gain", 0.0) < 0]
     if worse:
         lines.append(f"\nThe output is worse than the degraded input (lower PSNR) for: {', '.join(worse)}.")
     for metric, reason in results.get("unavailable", {}).items():
         lines.append(f"\n{metric}: unavailable ({reason})")
     return "\n".join(lines)
+
+
+def _sampling_note(results: dict[str, Any]) -> str:
+    """How the images were restored: the network evaluations per image, and the sampler (with why it was
+    chosen when the config did not name it)."""
+    ensemble = bool(results.get("self_ensemble"))
+    if results.get("sampler") == "one-pass":
+        return (
+            f"A one-pass restorer ({results.get('family', 'nafnet')}): {results['nfe']} network evaluation(s) "
+            "per image" + (" (self-ensemble of 8 flips/transposes)." if ensemble else ".")
+        )
+    if "sampler" not in results:
+        return ""
+    source = results.get("sampler_source", CONFIGURED_SAMPLER)
+    why = "" if source == CONFIGURED_SAMPLER else f" ({source})"
+    return (
+        f"Model output: {results['prediction']}; sampler: {results['sampler']}{why}, "
+        f"{results['nfe']} network evaluation(s) per image ({results.get('grid', 'uniform')} timestep grid"
+        + ("; self-ensemble of 8 flips/transposes" if ensemble else "")
+        + f"), x0 clamping {'on' if results['clamp_x0'] else 'off'}."
+    )
 
 
 def _write_results(out_dir: Path, results: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from daclip.classify import DEFAULT_THRESHOLD, multilabel_predictions
+from daclip.zero_shot import DEFAULT_THRESHOLD, multilabel_predictions
 from data.io import IMAGE_EXTENSIONS, ImageReadError, atomic_open, read_image, write_image
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.inference.tiling import tile_starts

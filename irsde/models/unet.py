@@ -340,15 +340,8 @@ class ConditionalUNet(nn.Module):
         prediction: str = "noise",
     ) -> None:
         super().__init__()
-        ch_mult = self._validate(
-            in_nc, out_nc, nf, ch_mult, context_dim, use_degra_context, use_image_context
-        )
-        if not isinstance(use_checkpoint, bool):
-            raise ValueError(f"ConditionalUNet: use_checkpoint must be a bool, got {use_checkpoint!r}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(
-                f"ConditionalUNet: prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}"
-            )
+        shape = (in_nc, out_nc, nf, ch_mult, context_dim)
+        ch_mult = self._validate(*shape, use_degra_context, use_image_context, use_checkpoint, prediction)
         self._config_args = (in_nc, out_nc, nf, list(ch_mult), context_dim)
         self.prediction = prediction
         self.in_nc = in_nc
@@ -359,7 +352,8 @@ class ConditionalUNet(nn.Module):
         self.use_image_context = use_image_context
         self.use_checkpoint = use_checkpoint
         time_dim = nf * 4
-
+        # Modules are created in the official order: the random initialisation draws in that order, and
+        # the registration order is the state dict's key order.
         self.init_conv = conv_nobias(in_nc * 2, nf, 7)
         self.time_mlp = nn.Sequential(
             SinusoidalEmbedding(nf), nn.Linear(nf, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
@@ -370,54 +364,17 @@ class ConditionalUNet(nn.Module):
                 nn.Linear(context_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
             )
             self.prompt_mlp = nn.Linear(time_dim, time_dim)
-
-        def attention(dim: int, level: int | None) -> nn.Module:
-            # level None is the middle block.
-            if use_image_context and (level is None or level >= FIRST_TRANSFORMER_LEVEL):
-                block: nn.Module = SpatialTransformer(dim, dim // HEAD_DIM, HEAD_DIM, context_dim)
-            else:
-                block = LinearAttention(dim)
-            return Residual(PreNorm(dim, block))
-
         # Each level is a ModuleList [res1, res2, attention, resample] (the official layout).
         self.downs = nn.ModuleList()
         self.ups = nn.ModuleList()
         mults = [1, *ch_mult]
         for i in range(self.depth):
-            dim_in, dim_out = nf * mults[i], nf * mults[i + 1]
-            is_last = i == self.depth - 1
-            self.downs.append(
-                nn.ModuleList(
-                    [
-                        ResBlock(dim_in, dim_in, time_dim),
-                        ResBlock(dim_in, dim_in, time_dim),
-                        attention(dim_in, i),
-                        conv_nobias(dim_in, dim_out) if is_last else nn.Conv2d(dim_in, dim_out, 4, 2, 1),
-                    ]
-                )
-            )
-            upsample: nn.Module = (
-                conv_nobias(dim_out, dim_in)
-                if i == 0
-                else nn.Sequential(
-                    nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim_out, dim_in, 3, 1, 1)
-                )
-            )
-            # ups run from the deepest level outwards.
-            self.ups.insert(
-                0,
-                nn.ModuleList(
-                    [
-                        ResBlock(dim_out + dim_in, dim_out, time_dim),
-                        ResBlock(dim_out + dim_in, dim_out, time_dim),
-                        attention(dim_out, i),
-                        upsample,
-                    ]
-                ),
-            )
+            down, up = self._level(i, nf * mults[i], nf * mults[i + 1], time_dim)
+            self.downs.append(down)
+            self.ups.insert(0, up)  # ups run from the deepest level outwards
         mid_dim = nf * mults[-1]
         self.mid_block1 = ResBlock(mid_dim, mid_dim, time_dim)
-        self.mid_attn = attention(mid_dim, None)
+        self.mid_attn = self._attention(mid_dim, None)
         self.mid_block2 = ResBlock(mid_dim, mid_dim, time_dim)
         self.final_res_block = ResBlock(nf * 2, nf, time_dim)
         self.final_conv = nn.Conv2d(nf, out_nc, 3, 1, 1)
@@ -425,6 +382,43 @@ class ConditionalUNet(nn.Module):
             # Zero output = zero correction: training starts from the identity restorer x̂_0 = μ.
             nn.init.zeros_(self.final_conv.weight)
             nn.init.zeros_(self.final_conv.bias)
+
+    def _attention(self, dim: int, level: int | None) -> nn.Module:
+        """The attention of a level (None: the middle block): cross-attention on the content embedding
+        at the deep levels when ``use_image_context``, else linear attention."""
+        if self.use_image_context and (level is None or level >= FIRST_TRANSFORMER_LEVEL):
+            block: nn.Module = SpatialTransformer(dim, dim // HEAD_DIM, HEAD_DIM, self.context_dim)
+        else:
+            block = LinearAttention(dim)
+        return Residual(PreNorm(dim, block))
+
+    def _level(self, i: int, dim_in: int, dim_out: int, time_dim: int) -> tuple[nn.ModuleList, nn.ModuleList]:
+        """The down and up blocks of level ``i`` (created in this order: down, then the upsample, then up)."""
+        is_last = i == self.depth - 1
+        down = nn.ModuleList(
+            [
+                ResBlock(dim_in, dim_in, time_dim),
+                ResBlock(dim_in, dim_in, time_dim),
+                self._attention(dim_in, i),
+                conv_nobias(dim_in, dim_out) if is_last else nn.Conv2d(dim_in, dim_out, 4, 2, 1),
+            ]
+        )
+        upsample: nn.Module = (
+            conv_nobias(dim_out, dim_in)
+            if i == 0
+            else nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim_out, dim_in, 3, 1, 1)
+            )
+        )
+        up = nn.ModuleList(
+            [
+                ResBlock(dim_out + dim_in, dim_out, time_dim),
+                ResBlock(dim_out + dim_in, dim_out, time_dim),
+                self._attention(dim_out, i),
+                upsample,
+            ]
+        )
+        return down, up
 
     @classmethod
     def from_config(cls, config: UNetConfig) -> ConditionalUNet:
@@ -466,7 +460,10 @@ class ConditionalUNet(nn.Module):
         context_dim: Any,
         use_degra_context: Any,
         use_image_context: Any,
+        use_checkpoint: Any,
+        prediction: Any,
     ) -> list[int]:
+        """``ch_mult`` as a list, after checking every argument (ValueError naming the bad one)."""
         _check_positive_int("in_nc", in_nc)
         _check_positive_int("out_nc", out_nc)
         _check_positive_int("nf", nf)
@@ -502,6 +499,12 @@ class ConditionalUNet(nn.Module):
                     f"multiples of {HEAD_DIM} (heads of 32 channels, GroupNorm(32)); nf={nf}, ch_mult={list(ch_mult)} "
                     f"gives {bad}"
                 )
+        if not isinstance(use_checkpoint, bool):
+            raise ValueError(f"ConditionalUNet: use_checkpoint must be a bool, got {use_checkpoint!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"ConditionalUNet: prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}"
+            )
         return list(ch_mult)
 
     def _run(self, module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:

@@ -1,0 +1,119 @@
+"""Sampling defaults follow the checkpoint: scripts/test.py without a sampler samples as the checkpoint was
+validated in training (the paper's posterior at T for the released weights), counted in network calls."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from irsde.models.unet import ConditionalUNet
+from tests.conftest import TEST_DEGRADATIONS, write_paired_set, write_tiny_ir_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = 2 * len(TEST_DEGRADATIONS)  # two pairs per test degradation
+
+
+@pytest.fixture
+def network_calls(monkeypatch) -> list[int]:
+    """Every U-Net forward from now on appends its batch size here."""
+    calls: list[int] = []
+    forward = ConditionalUNet.forward
+
+    def counting(self, x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(ConditionalUNet, "forward", counting)
+    return calls
+
+
+def _test_script():
+    spec = importlib.util.spec_from_file_location("test_script", ROOT / "scripts" / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _evaluate(tmp_path: Path, checkpoint: Path, name: str, *overrides: str) -> dict:
+    """``scripts/test.py -c configs/test.yml`` on the checkpoint (its sampling section as shipped, unless
+    ``overrides`` set it); returns the results.json it wrote."""
+    data = tmp_path / "val"
+    if not data.is_dir():
+        write_paired_set(data, count=2, size=24)
+    argv = [
+        "-c",
+        str(ROOT / "configs" / "test.yml"),
+        f"model.checkpoint={checkpoint}",
+        f"data.root={data}",
+        f"data.degradations={TEST_DEGRADATIONS}",
+        f"output_root={tmp_path / 'results'}",
+        f"name={name}",
+        "device=cpu",
+        "metrics.lpips=false",
+        "metrics.fid=false",
+        *overrides,
+    ]
+    assert _test_script().main(argv) == 0
+    return json.loads((tmp_path / "results" / name / "results.json").read_text())
+
+
+def test_test_script_without_a_sampler_uses_the_checkpoints_validation_sampler(
+    tmp_path, network_calls, capsys
+):
+    one_step = write_tiny_ir_checkpoint(  # as the demo's restorer: validated with mr at 1 NFE
+        tmp_path / "mr1.pt",
+        overrides=("train.val_sampler=mr", "train.val_steps=1", "model.prediction=residual"),
+    )
+    paper = write_tiny_ir_checkpoint(tmp_path / "paper.pt")  # the paper's: posterior, val_steps null, T = 5
+
+    results = _evaluate(tmp_path, one_step, "mr1")
+    assert network_calls == [1] * IMAGES  # one network evaluation per image
+    assert (results["sampler"], results["nfe"]) == ("mr", 1)
+    assert results["config"]["sampling"]["sampler"] is None
+    out = capsys.readouterr().out
+    assert "sampler: mr at 1 NFE, the checkpoint's validation sampler" in out
+    report = (tmp_path / "results" / "mr1" / "results.md").read_text()
+    assert "sampler: mr (the checkpoint's validation sampler" in report
+
+    network_calls.clear()
+    results = _evaluate(tmp_path, paper, "paper")
+    assert network_calls == [1] * (5 * IMAGES) and (results["sampler"], results["nfe"]) == ("posterior", 5)
+
+    # A sampler or a number of steps given in the config wins over the checkpoint's.
+    network_calls.clear()
+    results = _evaluate(tmp_path, one_step, "posterior", "sampling.sampler=posterior")
+    assert len(network_calls) == 5 * IMAGES and results["sampler"] == "posterior"
+    assert "the checkpoint's" not in (tmp_path / "results" / "posterior" / "results.md").read_text()
+    network_calls.clear()
+    results = _evaluate(tmp_path, one_step, "mr3", "sampling.num_steps=3")
+    assert len(network_calls) == 3 * IMAGES and (results["sampler"], results["nfe"]) == ("mr", 3)
+
+
+def test_released_weights_default_to_the_papers_posterior_sampler_at_T(tmp_path, network_calls, capsys):
+    torch.manual_seed(0)
+    unet = ConditionalUNet(
+        nf=8, ch_mult=(1, 2), context_dim=None, use_degra_context=False, use_image_context=False
+    )
+    torch.save(unet.state_dict(), tmp_path / "universal-ir.pth")  # a bare state dict, as the released file
+    results = _evaluate(
+        tmp_path, tmp_path / "universal-ir.pth", "released", "data.max_images_per_degradation=1"
+    )
+    assert results["checkpoint_source"] == "official"
+    assert network_calls == [1] * (100 * len(TEST_DEGRADATIONS))  # T = 100 steps per image
+    assert (results["sampler"], results["nfe"]) == ("posterior", 100)
+    assert "the paper's posterior sampler at T" in capsys.readouterr().out
+
+
+def test_an_order_needs_a_named_sampler_and_a_misspelt_sampler_is_named(tmp_path, capsys):
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    data = write_paired_set(tmp_path / "val", count=1, size=24)
+    argv = ["-c", str(ROOT / "configs" / "test.yml"), f"model.checkpoint={checkpoint}", f"data.root={data}"]
+    assert _test_script().main([*argv, "sampling.order=1"]) == 2
+    assert "sampling.order: set sampling.sampler too" in capsys.readouterr().err
+    # The sampler may be null now; a typo still gets the choices and the closest one.
+    assert _test_script().main([*argv, "sampling.sampler=posterir"]) == 2
+    assert "did you mean 'posterior'" in capsys.readouterr().err
