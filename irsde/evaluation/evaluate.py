@@ -26,6 +26,7 @@ import torch
 from daclip.engine.cli import progress_bar as make_progress_bar
 from daclip.engine.config import ConfigError, spec, to_dict
 from daclip.engine.distributed import resolve_device
+from daclip.engine.preflight import check_image_pairs, check_writable
 from daclip.engine.run_folder import create_run_dir
 from data import DEFAULT_DEGRADATIONS
 from data.io import write_image
@@ -145,6 +146,22 @@ def _maybe(build: Callable[[], Any], what: str, log: Callable[[str], None]) -> t
         return None, str(err)
 
 
+def check_output_root(cfg: TestConfig) -> None:
+    """The results can be written under ``output_root`` (one line naming it if not), before any model loads."""
+    check_writable(cfg.output_root, "output_root")
+
+
+def check_test_pairs(cfg: TestConfig) -> int:
+    """Every pair to evaluate is readable and its LQ and GT are of one size (headers only, before any model
+    loads; a wrong GT is not found mid-evaluation). Returns how many pairs were checked."""
+    from data.paired import PairedDataset
+
+    dataset = PairedDataset(cfg.data.root, cfg.data.degradations, mode="eval")
+    groups = dataset.eval_indices(cfg.data.max_images_per_degradation).values()
+    pairs = ((dataset.pairs[i].lq_path, dataset.pairs[i].gt_path) for group in groups for i in group)
+    return check_image_pairs(pairs, f"test set {cfg.data.root}")
+
+
 def evaluate(
     cfg: TestConfig,
     *,
@@ -160,6 +177,8 @@ def evaluate(
     """
     from data.paired import PairedDataset
 
+    check_output_root(cfg)
+    check_test_pairs(cfg)
     pipeline = RestorationPipeline.from_checkpoint(
         cfg.model.checkpoint,
         daclip=cfg.model.daclip_checkpoint,
@@ -322,6 +341,7 @@ def sweep_samplers(
         raise ConfigError("sampler sweep: no sampler spec given (e.g. posterior,posterior:10,mr:5,mr:10)")
     for choice in parsed:
         check_sampler_options(choice.name, choice.order, cfg.sampling.grid)
+    check_output_root(cfg)
     sweep_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=())
     rows: list[dict[str, Any]] = []
     for choice in parsed:
