@@ -429,3 +429,50 @@ def test_nan_degradation_probabilities_behind_a_finite_restorer(tmp_path, tiny_d
             log=lambda _: None,
         )
     assert not (tmp_path / "out" / "a.png").exists()
+
+
+# ----------------------------------------------------------------------------- options and inputs
+
+
+def test_tile_overlap_follows_the_tile_and_options_are_named(tmp_path, capsys, checkpoint, no_model_load):
+    restore = _script("restore")
+    base = ["-i", tmp_path, "-o", tmp_path / "o", "--checkpoint", checkpoint]
+    assert restore.parse_args([*map(str, base), "--tile", "64"]).overlap == 16  # tile / 4
+    assert restore.parse_args([*map(str, base), "--tile", "512"]).overlap == 64  # at most 64, as before
+    with pytest.raises(SystemExit):
+        restore.parse_args([*map(str, base), "--tile", "64", "--overlap", "64"])
+    assert "argument --overlap: must be smaller than --tile (64), got 64" in capsys.readouterr().err
+    inputs = _photos(tmp_path / "photos", names=("a.png",))
+    assert _restore("-i", inputs, "-o", tmp_path / "out", "--checkpoint", checkpoint, "--steps", "1000") == 2
+    assert _one_line_error(capsys) == f"error: --steps 1000: more than the 5 steps (T) of {checkpoint}"
+    assert not no_model_load  # found before loading the model
+
+
+def test_restore_says_what_it_skips_and_refuses_a_lossy_output(tmp_path, capsys, checkpoint, no_model_load):
+    inputs = _photos(tmp_path / "photos", names=("a.png",))
+    (inputs / "more").mkdir()
+    (inputs / "gone.png").symlink_to(tmp_path / "missing.png")
+    (inputs / "notes.txt").write_text("x")
+    with pytest.raises(AssertionError, match="model was loaded"):  # the notice comes before the model
+        _restore("-i", inputs, "-o", tmp_path / "out", "--checkpoint", checkpoint)
+    assert capsys.readouterr().out.splitlines() == [
+        f"not restored from {inputs}: 1 subfolder(s) (more); 1 broken link(s) (gone.png); 1 other file(s) "
+        "(notes.txt) (only the images directly in the folder are read)"
+    ]
+    no_model_load.clear()
+    for name in ("out.jpg", "out.JPEG", "out.webp"):
+        assert _restore("-i", inputs / "a.png", "-o", tmp_path / name, "--checkpoint", checkpoint) == 2
+        assert "is a lossy format" in _one_line_error(capsys) and not (tmp_path / name).exists()
+    assert not no_model_load
+
+
+def test_unknown_degradation_names_are_a_warning(tmp_path, capsys, daclip_checkpoint):
+    inputs = _photos(tmp_path / "photos", names=("a.png",))
+    args = ["--checkpoint", daclip_checkpoint, "--device", "cpu", "--no-contact-sheet", "--steps", "1"]
+    assert (
+        _restore("-i", inputs, "-o", tmp_path / "o", *args, "--degradations", "noisy", "foggy", "dark") == 0
+    )
+    out = capsys.readouterr().out
+    assert "warning: --degradations foggy, dark: not among the degradations this model was trained on" in out
+    assert _restore("-i", inputs, "-o", tmp_path / "o2", *args, "--degradations", "noisy", "hazy") == 0
+    assert "--degradations" not in capsys.readouterr().out
