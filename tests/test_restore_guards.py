@@ -476,3 +476,27 @@ def test_unknown_degradation_names_are_a_warning(tmp_path, capsys, daclip_checkp
     assert "warning: --degradations foggy, dark: not among the degradations this model was trained on" in out
     assert _restore("-i", inputs, "-o", tmp_path / "o2", *args, "--degradations", "noisy", "hazy") == 0
     assert "--degradations" not in capsys.readouterr().out
+
+
+def test_an_image_restores_the_same_wherever_it_is_in_the_batch(tmp_path):
+    """Its noise depends on the image and the seed, not on its place in the batch (posterior: noise every step)."""
+    rng = np.random.default_rng(3)
+    same = (0.2 + 0.6 * rng.random((16, 16, 3))).astype(np.float32)
+    for name in ("a.png", "c.png"):
+        write_image(tmp_path / "in" / name, same)
+    write_image(tmp_path / "in" / "b.png", (0.2 + 0.6 * rng.random((16, 16, 3))).astype(np.float32))
+    pipeline = RestorationPipeline(LocalNet(), IRSDE(T=3), sampler="posterior")
+    outputs = {}
+    for batch_size in (1, 3):
+        folder = tmp_path / f"out{batch_size}"
+        restore_images(
+            pipeline, LQImageDataset(tmp_path / "in"), folder, batch_size=batch_size, log=lambda _: None
+        )
+        outputs[batch_size] = {name: read_image(folder / name) for name in ("a.png", "b.png", "c.png")}
+    assert np.array_equal(outputs[3]["a.png"], outputs[3]["c.png"])  # the same image, twice in one batch
+    for name in ("a.png", "b.png", "c.png"):
+        assert np.array_equal(outputs[1][name], outputs[3][name])  # alone or batched
+    assert not np.array_equal(outputs[3]["a.png"], outputs[3]["b.png"])
+    other_seed = tmp_path / "seed1"
+    restore_images(pipeline, LQImageDataset(tmp_path / "in"), other_seed, seed=1, log=lambda _: None)
+    assert np.abs(read_image(other_seed / "a.png") - outputs[1]["a.png"]).max() > 2 / 255  # the seed matters

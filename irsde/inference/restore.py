@@ -26,6 +26,7 @@ settings the checkpoint was never validated with (:func:`sampling_notice`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -67,6 +68,7 @@ __all__ = [
     "RestoreError",
     "check_outputs",
     "describe_settings",
+    "image_seed",
     "network_calls",
     "output_targets",
     "output_warning",
@@ -542,6 +544,12 @@ def _batches(
         yield batch
 
 
+def image_seed(seed: int, image: Tensor) -> int:
+    """A 63-bit seed from the run ``seed`` and an image's content (its float32 bytes)."""
+    digest = hashlib.sha256(image.detach().float().cpu().contiguous().numpy().tobytes()).digest()
+    return (int.from_bytes(digest[:8], "little") ^ (seed * 0x9E3779B97F4A7C15)) & (2**63 - 1)
+
+
 def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} MP"
 
@@ -564,7 +572,6 @@ class _RestoreRun:
     done: int = 0
 
     def __post_init__(self) -> None:
-        self.generator = torch.Generator(device=self.pipeline.device).manual_seed(self.seed)
         embedder = self.pipeline.embedder
         self.classify = getattr(embedder, "classify", None) if self.degradations else None
         self.done = len(self.plan.targets) - len(self.plan.pending)
@@ -582,16 +589,23 @@ class _RestoreRun:
         )
         return dict(tile=tile, tile_overlap=min(pipeline.tile_overlap, tile // 4))
 
+    def _generators(self, lq: Tensor) -> list[torch.Generator]:
+        """One noise generator per image, seeded by the run seed and the image's pixels: an image
+        restores the same whatever its place in the batch, the batch size or the other inputs."""
+        device = self.pipeline.device
+        return [torch.Generator(device=device).manual_seed(image_seed(self.seed, image)) for image in lq]
+
     def _run_network(self, lq: Tensor, lq_clip: Tensor | None, names: str) -> Tensor:
         """The restored batch ``(B, 3, H, W)``, with progress within it when a reporter is set."""
         pipeline = self.pipeline
+        generators = self._generators(lq)
         if self.reporter is None:
-            return pipeline(lq, lq_clip, generator=self.generator)
+            return pipeline(lq, lq_clip, generator=generators)
         calls, steps = network_calls(pipeline, lq.shape[0], lq.shape[-2], lq.shape[-1])
         label = f"[{self.done + 1}/{len(self.plan.targets)}] {names} ({lq.shape[-1]}x{lq.shape[-2]})"
         self.reporter.start(label, calls, steps)
         with _count_network_calls(pipeline.model, self.reporter.update):
-            restored = pipeline(lq, lq_clip, generator=self.generator)
+            restored = pipeline(lq, lq_clip, generator=generators)
         self.reporter.finish()
         return restored
 
