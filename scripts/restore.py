@@ -8,17 +8,26 @@
         --sampler mr-sde --steps 10 --grid logsnr
 
 Large images: ``--tile`` runs the network on overlapping tiles (smoothly blended) so memory stays
-bounded; progress within each image goes to stderr (a line every 10 s when it is not a terminal).
+bounded; an image over ``--max-pixels`` (default 2048x2048, the web app's limit) without ``--tile`` is
+restored in tiles of 512 with a notice. Progress within each image goes to stderr (a line every 10 s
+when it is not a terminal).
 
 Outputs are PNGs named after the inputs (``photo_jpg.png`` and ``photo_png.png`` when two inputs share
 a name), with the predictions in ``predictions.csv`` (top-3, and the ``degradations`` present, e.g.
 ``hazy+rainy``) and ``predictions.json`` (every type's probability and the predicted set: a type is
-present when its probability is at least ``--threshold``, and the most probable one always is), and
-``contact_sheet.png``: input | output per row, labelled with the file name and the predicted
-degradations (``contact_sheet_1.png``, ... beyond 20 images; ``--no-contact-sheet`` skips it). Real photos
-need no ground truth. ``-o restored.png`` restores a single input into that file. Inputs are never overwritten; images already restored are skipped (``--overwrite`` redoes
-them). An unreadable image is reported and skipped, and the run then ends with exit code 2; an output
-with NaN/Inf values (diverged weights) is an error naming the image, never a black PNG.
+present when its probability is at least ``--threshold``, and the most probable one always is), each
+row saying which run and settings made its image, and ``contact_sheet.png``: input | output per row,
+labelled with the file name and the predicted degradations (``contact_sheet_1.png``, ... beyond 20
+images; ``--no-contact-sheet`` skips it). Real photos need no ground truth. ``-o restored.png``
+restores a single input into that file. Inputs are never overwritten; images already restored are
+skipped (``--overwrite`` redoes them).
+
+Nothing is lost and nothing is silent: the output location is checked for writing before the model
+loads; an output, the predictions or a contact sheet that cannot be written is one line naming the
+file (exit code 2), and what was written stays whole. An unreadable image is reported and skipped
+(exit code 2 at the end); an output with NaN/Inf values is an error naming the image, never a black
+PNG. A sampler or number of steps the checkpoint was never validated with, a nearly constant or
+clipped output, and ``--degradations`` the model was not trained on are warnings.
 """
 
 from __future__ import annotations

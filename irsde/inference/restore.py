@@ -21,7 +21,9 @@ predictions of the images written so far are kept. An image that cannot be read 
 skipped, and the run ends with a :class:`RestoreError` naming it. A restored image with non-finite
 values is an error naming the image (nothing is written for it); one that is nearly constant or
 clipped against a normal input is a warning naming it (:func:`output_warning`), as is sampling with
-settings the checkpoint was never validated with (:func:`sampling_notice`).
+settings the checkpoint was never validated with (:func:`sampling_notice`). Each image's noise comes
+from its own generator, seeded by the run seed and its pixels (:func:`image_seed`), so an image
+restores the same in any batch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -566,7 +569,9 @@ class _RestoreRun:
     max_pixels: int | None
     log: Callable[[str], None]
     reporter: ProgressReporter | None
-    run_id: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    run_id: str = field(
+        default_factory=lambda: datetime.now().astimezone().isoformat(timespec="milliseconds")
+    )
     records: list[dict[str, Any]] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     done: int = 0
