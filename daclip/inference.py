@@ -43,6 +43,10 @@ class DaCLIPSection:
     checkpoint: str = spec("", must_exist=True, help="'' = no DA-CLIP (plain IR-SDE baseline)")
     clip_model: str = spec("ViT-B-32", help="open_clip architecture of a released checkpoint")
     model_config: str = spec("", must_exist=True, help="open_clip JSON for a custom architecture")
+    allow_changed: bool = spec(
+        False,
+        help="resume although checkpoint is not the DA-CLIP the run was trained with (both are then recorded)",
+    )
 
 
 class FrozenDaCLIP(nn.Module):

@@ -130,6 +130,9 @@ class DataSection:
     )
     train_csv: str = spec("", must_exist=True, help="training caption CSV (source: csv)")
     val_csv: str = spec("", must_exist=True, help="validation caption CSV ('' = no validation)")
+    allow_outside_root: bool = spec(
+        False, help="accept CSV rows whose image lies outside the CSV's folder (../ or absolute elsewhere)"
+    )
     degradations: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADATIONS))
     num_workers: int = spec(4, minimum=0)
     clean_root: str = spec(
@@ -441,7 +444,7 @@ def _train_set(cfg: DaCLIPTrainConfig, data_kwargs: dict[str, Any]) -> Dataset:
     """The training set: the caption CSV, or clean photos degraded on the fly (epoch-keyed draws)."""
     data = cfg.data
     if data.source == "csv":
-        return CaptionDataset(data.train_csv, **data_kwargs)
+        return CaptionDataset(data.train_csv, **data_kwargs, allow_outside_root=data.allow_outside_root)
     synthetic = SyntheticCaptionDataset(
         data.clean_root,
         data.synthesis,
@@ -492,7 +495,9 @@ def _data_loaders(
     )
     val_loader = None
     if cfg.data.val_csv:
-        val_set = CaptionDataset(cfg.data.val_csv, **data_kwargs)
+        val_set = CaptionDataset(
+            cfg.data.val_csv, **data_kwargs, allow_outside_root=cfg.data.allow_outside_root
+        )
         # Headers only (cheap): an unreadable validation image fails now, not after an epoch.
         check_images((row.filepath for row in val_set.rows), f"validation set {cfg.data.val_csv}")
         val_loader = _validation_loader(val_set, train.batch_size, info, cfg.data.num_workers)

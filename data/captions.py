@@ -13,10 +13,14 @@ File format (the official one, readable by ``pandas.read_csv(path, sep="\\t")``)
   every ``": "``, which breaks captions that contain one; we split on the
   **last** ``": "`` (degradation names never contain one, this module refuses to
   write such a name);
-* a relative ``filepath`` is relative to the folder holding the CSV.
+* a relative ``filepath`` is relative to the folder holding the CSV; relative or
+  absolute, it must lie inside that folder (``../`` may not climb out of it) unless
+  the reader allows paths outside (``allow_outside_root``, the configs'
+  ``data.allow_outside_root``), and it must name an image file (by extension).
 
 Errors in a CSV are reported at load time with the CSV path and the row number
-(the header is row 1, as a spreadsheet shows it).
+(the header is row 1, as a spreadsheet shows it), so a bad row stops a run at
+start-up rather than once training has reached it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data import DEFAULT_DEGRADATIONS
-from data.io import atomic_open, read_image
+from data.io import atomic_open, is_image_file, read_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 
 __all__ = [
@@ -87,32 +91,33 @@ def make_title(caption: str, degradation: str) -> str:
     return f"{caption}{TITLE_SEPARATOR}{degradation}"
 
 
-def read_caption_csv(
-    path: str | os.PathLike, degradations: Sequence[str] | None = None, *, check_files: bool = True
-) -> list[CaptionRow]:
-    """Read and validate a DA-CLIP caption CSV.
+def _inside(image: Path, folders: Sequence[Path]) -> bool:
+    return any(image == folder or folder in image.parents for folder in folders)
 
-    Args:
-        path: the tab-separated CSV.
-        degradations: if given, every row's degradation must be one of these.
-        check_files: check that every image file exists (on by default; the
-            check is what makes a typo fail now rather than hours into training).
 
-    Returns:
-        The rows, with ``filepath`` absolute (relative paths resolved against the
-        CSV's folder).
+def _row_image(filepath: str, csv_path: Path, where: str, allow_outside_root: bool) -> Path:
+    """The image of a row: relative to the CSV's folder, lexically normalised, refused outside it.
 
-    Raises:
-        FileNotFoundError: the CSV does not exist.
-        ValueError: bad header, a malformed title, an empty caption, an unknown
-            degradation or a missing image, naming the CSV and the row.
+    Normalised by text (``a/../b`` -> ``b``), not by following links: a dataset folder may hold
+    symbolic links to where the images are stored.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"caption CSV not found: {path}")
-    base = path.resolve().parent
-    allowed = None if degradations is None else tuple(degradations)
-    rows: list[CaptionRow] = []
+    folders = [Path(os.path.normpath(csv_path.absolute().parent)), csv_path.resolve().parent]
+    image = Path(filepath)
+    if not image.is_absolute():
+        image = folders[1] / image
+    image = Path(os.path.normpath(image))
+    if not allow_outside_root and not _inside(image, folders):
+        raise ValueError(
+            f"{where}: {filepath} is outside the CSV's folder {folders[1]} (set data.allow_outside_root: "
+            "true to read images elsewhere)"
+        )
+    if not is_image_file(image):
+        raise ValueError(f"{where}: {filepath} is not an image file (unknown extension)")
+    return image
+
+
+def _read_rows(path: Path) -> Iterable[tuple[str, list[str], list[str]]]:
+    """``(where, header, record)`` of every non-blank row of a caption CSV, its header checked."""
     with io.StringIO(_read_utf8(path, csv_rows=True), newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
@@ -124,30 +129,60 @@ def read_caption_csv(
             raise ValueError(
                 f"{path}: header {header} lacks column(s) {missing} (expected tab-separated 'filepath', 'title')"
             )
+        for row_number, record in enumerate(reader, start=2):
+            if record and any(field.strip() for field in record):  # blank lines are skipped
+                yield f"{path}: row {row_number}", header, record
+
+
+def read_caption_csv(
+    path: str | os.PathLike,
+    degradations: Sequence[str] | None = None,
+    *,
+    check_files: bool = True,
+    allow_outside_root: bool = False,
+) -> list[CaptionRow]:
+    """Read and validate a DA-CLIP caption CSV.
+
+    Args:
+        path: the tab-separated CSV.
+        degradations: if given, every row's degradation must be one of these.
+        check_files: check that every image file exists (on by default; the
+            check is what makes a typo fail now rather than hours into training).
+        allow_outside_root: accept images outside the CSV's folder (relative
+            paths climbing out with ``..``, or absolute paths elsewhere).
+
+    Returns:
+        The rows, with ``filepath`` absolute (relative paths resolved against the
+        CSV's folder).
+
+    Raises:
+        FileNotFoundError: the CSV does not exist.
+        ValueError: bad header, a malformed title, an empty caption, an unknown
+            degradation, an image outside the CSV's folder, not an image, or missing,
+            naming the CSV and the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"caption CSV not found: {path}")
+    allowed = None if degradations is None else tuple(degradations)
+    rows: list[CaptionRow] = []
+    for where, header, record in _read_rows(path):
         path_col, title_col = header.index("filepath"), header.index("title")
-        row_number = 1
-        for record in reader:
-            row_number += 1
-            if not record or all(not field.strip() for field in record):
-                continue  # blank line
-            where = f"{path}: row {row_number}"
-            if len(record) <= max(path_col, title_col):
-                raise ValueError(f"{where}: expected {len(header)} tab-separated fields, got {len(record)}")
-            filepath, title = record[path_col].strip(), record[title_col]
-            if not filepath:
-                raise ValueError(f"{where}: empty filepath")
-            try:
-                caption, degradation = parse_title(title)
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
-            if allowed is not None and degradation not in allowed:
-                raise ValueError(f"{where}: degradation {degradation!r} is not one of {list(allowed)}")
-            image = Path(filepath)
-            if not image.is_absolute():
-                image = base / image
-            if check_files and not image.is_file():
-                raise ValueError(f"{where}: image file not found: {image}")
-            rows.append(CaptionRow(str(image), caption, degradation))
+        if len(record) <= max(path_col, title_col):
+            raise ValueError(f"{where}: expected {len(header)} tab-separated fields, got {len(record)}")
+        filepath, title = record[path_col].strip(), record[title_col]
+        if not filepath:
+            raise ValueError(f"{where}: empty filepath")
+        try:
+            caption, degradation = parse_title(title)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if allowed is not None and degradation not in allowed:
+            raise ValueError(f"{where}: degradation {degradation!r} is not one of {list(allowed)}")
+        image = _row_image(filepath, path, where, allow_outside_root)
+        if check_files and not image.is_file():
+            raise ValueError(f"{where}: image file not found: {image}")
+        rows.append(CaptionRow(str(image), caption, degradation))
     return rows
 
 
@@ -295,6 +330,8 @@ class CaptionDataset(Dataset):
         image_size: int = 224,
         mean: Sequence[float] = OPENAI_CLIP_MEAN,
         std: Sequence[float] = OPENAI_CLIP_STD,
+        *,
+        allow_outside_root: bool = False,
     ) -> None:
         self.degradations: tuple[str, ...] = tuple(degradations)
         if not self.degradations:
@@ -302,7 +339,9 @@ class CaptionDataset(Dataset):
         if len(set(self.degradations)) != len(self.degradations):
             raise ValueError(f"duplicate degradation names in {list(self.degradations)}")
         self.csv_path = Path(csv_path)
-        self.rows: list[CaptionRow] = read_caption_csv(csv_path, self.degradations)
+        self.rows: list[CaptionRow] = read_caption_csv(
+            csv_path, self.degradations, allow_outside_root=allow_outside_root
+        )
         if not self.rows:
             raise ValueError(f"{csv_path}: no rows")
         self.image_size = image_size

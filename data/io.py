@@ -105,11 +105,12 @@ def _to_float_rgb(img: Image.Image) -> np.ndarray:
         if mode in ("P", "PA"):
             img = img.convert("RGBA")
         if img.mode in ("RGBA", "LA"):
-            # Composite on black: the alpha channel is not part of the image content.
-            img = img.convert("RGB")
-        elif img.mode != "RGB":
-            img = img.convert("RGB")
-        arr = np.asarray(img).astype(np.float32) / 255.0
+            # Composite on black: the alpha channel is not part of the image content, and the colour
+            # under a transparent pixel is arbitrary (often white, or left over), so it must not show.
+            rgba = np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0  # (H, W, 4)
+            arr = rgba[:, :, :3] * rgba[:, :, 3:]
+        else:
+            arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB")).astype(np.float32) / 255.0
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)

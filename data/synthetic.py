@@ -159,22 +159,42 @@ class SynthesisConfig:
                         f"valid: {', '.join(CHAIN_ORDER)}"
                     )
         for name, settings in self.params.items():
-            if name not in types:
-                raise ValueError(f"{prefix}.params.{name}: not one of the types {types}")
-            if not isinstance(settings, Mapping):
-                raise ValueError(
-                    f"{prefix}.params.{name}: expected a mapping of parameters, got {settings!r}"
-                )
-            valid = parameter_names(DEGRADATIONS[name])
-            for param in settings:
-                if valid is not None and param not in valid:
-                    raise ValueError(f"{prefix}.params.{name}.{param}: unknown parameter; valid: {valid}")
+            self._validate_params(name, settings, prefix)
         for count, prob in enumerate(self.count_probabilities(), start=1):
             if prob > 0 and not self._combinations(count):
                 raise ValueError(
                     f"{prefix}.num_types_probs: {count} types have probability {prob:g}, but no {count} "
                     "types of positive weight can be combined (see probabilities and exclusive)"
                 )
+
+    def _validate_params(self, name: str, settings: Any, prefix: str) -> None:
+        """One type's generator parameters: known names, ``[low, high]`` ranges, values the generator takes
+        (tried at both ends of every range on a small probe image, so a bad value fails at load, naming
+        the key, not in a data-loading worker once training has started)."""
+        key = f"{prefix}.params.{name}"
+        if name not in self.types:
+            raise ValueError(f"{key}: not one of the types {list(self.types)}")
+        if not isinstance(settings, Mapping):
+            raise ValueError(f"{key}: expected a mapping of parameters, got {settings!r}")
+        valid = parameter_names(DEGRADATIONS[name])
+        for param, value in settings.items():
+            if valid is not None and param not in valid:
+                raise ValueError(f"{key}.{param}: unknown parameter; valid: {valid}")
+            if isinstance(value, (list, tuple)) and (
+                len(value) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                or value[0] > value[1]
+            ):
+                raise ValueError(
+                    f"{key}.{param}: expected a number or a [low, high] range with low <= high, got {value!r}"
+                )
+        probe = np.full((64, 64, 3), 0.5, dtype=np.float32)
+        for end in (0, 1):
+            values = {p: v[end] if isinstance(v, (list, tuple)) else v for p, v in settings.items()}
+            try:
+                DEGRADATIONS[name](probe, np.random.default_rng(0), **values)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{key}: {err}") from None
 
     def weights(self) -> list[float]:
         """The weight of each of :attr:`types`."""

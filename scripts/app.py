@@ -26,6 +26,7 @@ from irsde.apps.app import (  # noqa: E402
     DEFAULT_MAX_PIXELS,
     build_app,
     find_demo_checkpoint,
+    launch_app,
     missing_checkpoint_message,
 )
 from irsde.inference.pipeline import RestorationPipeline  # noqa: E402
@@ -88,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{pipeline.num_steps or pipeline.sde.T} step(s)"
         )
         app = build_app(pipeline, max_pixels=args.max_pixels, description=f"Model: `{checkpoint}`")
-        try:
-            app.launch(server_name=args.host, server_port=args.port, show_error=True)
-        except OSError as err:  # e.g. the port is taken
-            raise UserError(f"cannot serve on {args.host}:{args.port}: {err}") from None
+        launch_app(app, args.host, args.port)
 
     return run_main(body)
 

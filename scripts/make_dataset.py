@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--combinations",
-        help="--mixed: comma-separated sets of types joined by '+' (e.g. low-light+hazy,hazy+rainy)",
+        help="--mixed: comma-separated sets of one to three types joined by '+' (e.g. low-light+hazy,hazy+rainy)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -124,13 +124,19 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError("give --source <folder of clean images> or --demo")
     if args.mixed:
         from data.degradations import CDD11_COMBINATIONS, parse_combination
-        from data.synthetic import make_mixed_dataset
+        from data.synthetic import MAX_TYPES, make_mixed_dataset
 
         combinations = (
             [parse_combination(c) for c in args.combinations.split(",") if c.strip()]
             if args.combinations is not None
             else CDD11_COMBINATIONS
         )
+        for combination in combinations:
+            if len(combination) > MAX_TYPES:  # what the README promises, and what training draws
+                raise ValueError(
+                    f"--combinations: {'+'.join(combination)} has {len(combination)} types; a combination "
+                    f"has one to {MAX_TYPES}"
+                )
         mixed = make_mixed_dataset(
             args.source,
             args.out,

@@ -8,17 +8,26 @@
         --sampler mr-sde --steps 10 --grid logsnr
 
 Large images: ``--tile`` runs the network on overlapping tiles (smoothly blended) so memory stays
-bounded; progress within each image goes to stderr (a line every 10 s when it is not a terminal).
+bounded; an image over ``--max-pixels`` (default 2048x2048, the web app's limit) without ``--tile`` is
+restored in tiles of 512 with a notice. Progress within each image goes to stderr (a line every 10 s
+when it is not a terminal).
 
 Outputs are PNGs named after the inputs (``photo_jpg.png`` and ``photo_png.png`` when two inputs share
 a name), with the predictions in ``predictions.csv`` (top-3, and the ``degradations`` present, e.g.
 ``hazy+rainy``) and ``predictions.json`` (every type's probability and the predicted set: a type is
-present when its probability is at least ``--threshold``, and the most probable one always is), and
-``contact_sheet.png``: input | output per row, labelled with the file name and the predicted
-degradations (``contact_sheet_1.png``, ... beyond 20 images; ``--no-contact-sheet`` skips it). Real photos
-need no ground truth. ``-o restored.png`` restores a single input into that file. Inputs are never overwritten; images already restored are skipped (``--overwrite`` redoes
-them). An unreadable image is reported and skipped, and the run then ends with exit code 2; an output
-with NaN/Inf values (diverged weights) is an error naming the image, never a black PNG.
+present when its probability is at least ``--threshold``, and the most probable one always is), each
+row saying which run and settings made its image, and ``contact_sheet.png``: input | output per row,
+labelled with the file name and the predicted degradations (``contact_sheet_1.png``, ... beyond 20
+images; ``--no-contact-sheet`` skips it). Real photos need no ground truth. ``-o restored.png``
+restores a single input into that file. Inputs are never overwritten; images already restored are
+skipped (``--overwrite`` redoes them).
+
+Nothing is lost and nothing is silent: the output location is checked for writing before the model
+loads; an output, the predictions or a contact sheet that cannot be written is one line naming the
+file (exit code 2), and what was written stays whole. An unreadable image is reported and skipped
+(exit code 2 at the end); an output with NaN/Inf values is an error naming the image, never a black
+PNG. A sampler or number of steps the checkpoint was never validated with, a nearly constant or
+clipped output, and ``--degradations`` the model was not trained on are warnings.
 """
 
 from __future__ import annotations
@@ -32,11 +41,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from daclip.classify import DEFAULT_THRESHOLD  # noqa: E402
 from daclip.engine.cli import int_at_least, run_main  # noqa: E402
 from daclip.engine.distributed import resolve_device  # noqa: E402
+from daclip.engine.errors import UserError  # noqa: E402
 from daclip.inference import add_daclip_arguments  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
 from irsde.diffusion.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
 from irsde.inference.pipeline import RestorationPipeline  # noqa: E402
-from irsde.inference.restore import CONTACT_SHEET_HEIGHT, output_targets, restore_images  # noqa: E402
+from irsde.inference.reports import CONTACT_SHEET_HEIGHT  # noqa: E402
+from irsde.inference.restore import (  # noqa: E402
+    AUTO_TILE,
+    DEFAULT_MAX_PIXELS,
+    check_outputs,
+    peek_total_steps,
+    restore_images,
+    sampling_notice,
+    skipped_entries,
+    vocabulary_notice,
+)
 
 
 def _probability(text: str) -> float:
@@ -50,11 +70,14 @@ def _probability(text: str) -> float:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``scripts/restore.py``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--input", required=True, help="image file or folder")
     p.add_argument(
-        "-o", "--output", required=True, help="output folder, or an image file name (.png) for a single input"
+        "-i", "--input", required=True, help="image file or folder (its images, not its subfolders)"
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="output folder, or a .png file name for a single input"
     )
     p.add_argument("--checkpoint", required=True, help="our stage-2 checkpoint or universal-ir.pth")
     add_daclip_arguments(p)
@@ -62,20 +85,36 @@ def main(argv: list[str] | None = None) -> int:
         "--sampler",
         default=None,
         choices=list(SAMPLERS),
-        help="default: the sampler the checkpoint was validated with in training (posterior for released weights)",
+        help="default: the sampler the checkpoint was validated with in training (posterior for released "
+        "weights); another one is a warning",
     )
     p.add_argument(
         "--steps",
         type=int_at_least(1),
         default=None,
-        help="network evaluations (default: the checkpoint's validation setting with its sampler, else T)",
+        help="network evaluations, at most the model's T (default: the checkpoint's validation setting "
+        "with its sampler, else T)",
     )
     p.add_argument("--order", type=int, default=None, choices=[1, 2], help="mr / mr-sde order (default: 2)")
     p.add_argument(
         "--grid", default="uniform", choices=list(GRIDS), help="timestep spacing for fewer than T steps"
     )
-    p.add_argument("--tile", type=int_at_least(1), default=None, help="tile size for large images (e.g. 256)")
-    p.add_argument("--overlap", type=int_at_least(0), default=64, help="tile overlap in pixels")
+    p.add_argument(
+        "--tile", type=int_at_least(16), default=None, help="tile size for large images (e.g. 256)"
+    )
+    p.add_argument(
+        "--overlap",
+        type=int_at_least(0),
+        default=None,
+        help="tile overlap in pixels (default: tile / 4, at most 64)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int_at_least(0),
+        default=DEFAULT_MAX_PIXELS,
+        help=f"an image over this many pixels without --tile is restored in tiles of {AUTO_TILE}, with a notice "
+        f"(default {DEFAULT_MAX_PIXELS} = 2048x2048, the web app's limit; 0 = never tile)",
+    )
     p.add_argument("--batch-size", type=int_at_least(1), default=1, help="images (of equal size) per batch")
     p.add_argument(
         "--degradations",
@@ -91,13 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         f"default {DEFAULT_THRESHOLD})",
     )
     p.add_argument(
-        "--no-contact-sheet", action="store_true", help="write no contact_sheet.png (input | output per row)"
+        "--no-contact-sheet", action="store_true", help="write no contact_sheet.png (input | output)"
     )
     p.add_argument(
-        "--sheet-height",
-        type=int_at_least(8),
-        default=CONTACT_SHEET_HEIGHT,
-        help="contact sheet row height in pixels",
+        "--sheet-height", type=int_at_least(8), default=CONTACT_SHEET_HEIGHT, help="contact sheet row height"
     )
     p.add_argument(
         "--self-ensemble",
@@ -109,57 +145,88 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--overwrite", action="store_true", help="redo images already restored in the output folder"
     )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked together (usage errors exit with code 2 before anything is loaded)."""
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         # Without --sampler the checkpoint's sampler is checked by RestorationPipeline once it is loaded.
         check_sampler_options(args.sampler or "mr", args.order, args.grid)
     except ValueError as err:
         p.error(str(err))
+    if args.tile is not None and args.overlap is None:
+        args.overlap = min(64, args.tile // 4)
+    elif args.tile is not None and args.overlap >= args.tile:
+        p.error(f"argument --overlap: must be smaller than --tile ({args.tile}), got {args.overlap}")
+    return args
 
-    def body() -> None:
-        # Inputs and output names are checked before the model is loaded.
-        output_targets(LQImageDataset(args.input).paths, args.output)
-        pipeline = RestorationPipeline.from_checkpoint(
-            args.checkpoint,
-            daclip=args.daclip,
-            clip_model=args.clip_model,
-            model_config=args.model_config,
-            device=resolve_device(args.device, option="--device"),
-            sampler=args.sampler,
-            num_steps=args.steps,
-            order=args.order,
-            grid=args.grid,
-            tile=args.tile,
-            tile_overlap=args.overlap,
-            self_ensemble=args.self_ensemble,
-        )
-        if pipeline.one_pass:
-            print(f"a one-pass restorer: {pipeline.nfe} network evaluation(s) per image")
-        elif args.sampler is None:
-            print(
-                f"sampler: {pipeline.sampler}, {pipeline.nfe} network evaluation(s) per image "
-                "(the checkpoint's validation setting; --sampler / --steps to change)"
-            )
-        embedder = pipeline.embedder
-        clip = {}
-        if embedder is not None:
-            clip = dict(clip_size=embedder.image_size, clip_mean=embedder.mean, clip_std=embedder.std)
-        dataset = LQImageDataset(args.input, **clip)
-        restore_images(
-            pipeline,
-            dataset,
-            args.output,
-            degradations=args.degradations or pipeline.degradations,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            progress=True,
-            threshold=args.threshold,
-            contact_sheet=not args.no_contact_sheet,
-            sheet_height=args.sheet_height,
-        )
 
-    return run_main(body)
+def restore(args: argparse.Namespace) -> None:
+    """Check the inputs and the output, load the model, restore (``main`` without the error handling)."""
+    dataset = LQImageDataset(args.input)
+    check_outputs(dataset.paths, args.output, contact_sheet=not args.no_contact_sheet, option="-o")
+    total = peek_total_steps(args.checkpoint)
+    if args.steps is not None and total is not None and args.steps > total:
+        raise UserError(f"--steps {args.steps}: more than the {total} steps (T) of {args.checkpoint}")
+    skipped = skipped_entries(args.input)
+    if skipped:
+        print(skipped)
+    pipeline = RestorationPipeline.from_checkpoint(
+        args.checkpoint,
+        daclip=args.daclip,
+        clip_model=args.clip_model,
+        model_config=args.model_config,
+        device=resolve_device(args.device, option="--device"),
+        sampler=args.sampler,
+        num_steps=args.steps,
+        order=args.order,
+        grid=args.grid,
+        tile=args.tile,
+        tile_overlap=args.overlap if args.overlap is not None else 64,
+        self_ensemble=args.self_ensemble,
+    )
+    degradations = args.degradations or pipeline.degradations
+    _announce(pipeline, args.sampler, args.degradations)
+    embedder = pipeline.embedder
+    clip = {}
+    if embedder is not None:
+        clip = dict(clip_size=embedder.image_size, clip_mean=embedder.mean, clip_std=embedder.std)
+    restore_images(
+        pipeline,
+        LQImageDataset(args.input, **clip),
+        args.output,
+        degradations=degradations,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=True,
+        threshold=args.threshold,
+        contact_sheet=not args.no_contact_sheet,
+        sheet_height=args.sheet_height,
+        max_pixels=args.max_pixels or None,
+    )
+
+
+def _announce(pipeline: RestorationPipeline, sampler: str | None, degradations: list[str] | None) -> None:
+    """How the images will be restored, and the warnings about settings nobody validated."""
+    if pipeline.one_pass:
+        print(f"a one-pass restorer: {pipeline.nfe} network evaluation(s) per image")
+    elif sampler is None:
+        print(
+            f"sampler: {pipeline.sampler}, {pipeline.nfe} network evaluation(s) per image "
+            "(the checkpoint's validation setting; --sampler / --steps to change)"
+        )
+    for notice in (sampling_notice(pipeline), vocabulary_notice(pipeline, degradations)):
+        if notice:
+            print(notice)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_main(restore, args)
 
 
 if __name__ == "__main__":

@@ -61,14 +61,15 @@ def test_write_read_round_trip_relative_and_absolute(tmp_path):
     assert raw[1] == ["LQ/img0.png", "a cat: on a mat: noisy"]  # inside the CSV folder: relative
     assert raw[3][0] == str(outside[0].resolve())  # outside: absolute
 
-    back = read_caption_csv(csv_path, DEFAULT_DEGRADATIONS)
+    back = read_caption_csv(csv_path, DEFAULT_DEGRADATIONS, allow_outside_root=True)
     assert [(r.caption, r.degradation) for r in back] == [(r.caption, r.degradation) for r in rows]
     assert [r.filepath for r in back] == [str(p.resolve()) for p in inside + outside]
 
     # Moving the dataset folder keeps the relative rows valid.
     moved = tmp_path / "moved"
     (tmp_path / "ds").rename(moved)
-    assert read_caption_csv(moved / "captions.csv")[0].filepath == str((moved / "LQ" / "img0.png").resolve())
+    back = read_caption_csv(moved / "captions.csv", allow_outside_root=True)
+    assert back[0].filepath == str((moved / "LQ" / "img0.png").resolve())
 
 
 def test_write_resolves_relative_rows_against_relative_to(tmp_path):
@@ -76,7 +77,10 @@ def test_write_resolves_relative_rows_against_relative_to(tmp_path):
     write_caption_csv(
         tmp_path / "out" / "c.csv", [CaptionRow("LQ/img0.png", "x", "noisy")], relative_to=tmp_path
     )
-    assert read_caption_csv(tmp_path / "out" / "c.csv")[0].filepath == str(image.resolve())
+    (row,) = read_caption_csv(
+        tmp_path / "out" / "c.csv", allow_outside_root=True
+    )  # the image is outside out/
+    assert row.filepath == str(image.resolve())
 
 
 def test_append_adds_rows_and_checks_header(tmp_path):
@@ -125,6 +129,77 @@ def test_read_errors_name_csv_and_row(tmp_path, line, message):
     with pytest.raises(ValueError, match=message) as info:
         read_caption_csv(csv_path, DEFAULT_DEGRADATIONS)
     assert str(csv_path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "filepath",
+    [
+        "../../../../../../../../etc/hostname",  # climbs out of the dataset, to a file that exists
+        "LQ/../../outside/img0.png",  # an image, but outside the CSV's folder
+        "{outside}",  # absolute, elsewhere
+    ],
+)
+def test_rows_outside_the_csv_folder_are_refused_naming_the_row(tmp_path, filepath):
+    root = tmp_path / "ds"
+    _images(root, 1)
+    (outside,) = _images(tmp_path / "outside", 1)
+    csv_path = root / "c.csv"
+    filepath = filepath.format(outside=outside.parent.parent / "LQ" / "img0.png")
+    csv_path.write_text(f"filepath\ttitle\nLQ/img0.png\tgood: noisy\n{filepath}\ta dog: noisy\n")
+    with pytest.raises(ValueError) as info:
+        read_caption_csv(csv_path)
+    message = str(info.value)
+    assert message.startswith(f"{csv_path}: row 3: {filepath} is outside the CSV's folder {root}")
+    assert "data.allow_outside_root" in message and "\n" not in message
+
+
+def test_the_switch_allows_images_outside_and_inside_paths_stay_fine(tmp_path):
+    root = tmp_path / "ds"
+    (inside,) = _images(root, 1)
+    (outside,) = _images(tmp_path / "outside", 1)
+    csv_path = root / "c.csv"
+    lines = ["LQ/img0.png", str(inside), "LQ/./sub/../img0.png", "../outside/LQ/img0.png", str(outside)]
+    csv_path.write_text("filepath\ttitle\n" + "".join(f"{line}\tx: noisy\n" for line in lines))
+    with pytest.raises(ValueError, match="row 5: ../outside/LQ/img0.png is outside"):
+        read_caption_csv(csv_path)
+    rows = read_caption_csv(csv_path, allow_outside_root=True)
+    assert [r.filepath for r in rows] == [str(inside.resolve())] * 3 + [str(outside.resolve())] * 2
+    assert len(CaptionDataset(csv_path, allow_outside_root=True)) == 5
+    with pytest.raises(ValueError, match="row 5"):
+        CaptionDataset(csv_path)
+    # A file that is no image (by its extension) is refused at load too, also with the switch.
+    (root / "notes.txt").write_text("hello")
+    csv_path.write_text("filepath\ttitle\nnotes.txt\tx: noisy\n")
+    with pytest.raises(ValueError, match=r"row 2: notes\.txt is not an image file"):
+        read_caption_csv(csv_path, allow_outside_root=True)
+
+
+def test_stage_one_refuses_a_row_outside_the_dataset_at_start_up(tmp_path, capsys):
+    """The /etc/hostname row: one line naming the row, before any run folder (it used to fail in training)."""
+    import importlib.util
+    from pathlib import Path
+
+    from tests.test_daclip_train import ROOT, _tiny_cfg_overrides, synthetic_captions
+
+    csv_path = synthetic_captions(tmp_path / "data", per_class=2)
+    secret = tmp_path / "secret" / "hostname.png"  # an "image" name, outside the dataset
+    secret.parent.mkdir()
+    secret.write_text("not an image")
+    with open(csv_path, "a") as handle:
+        handle.write("../secret/hostname.png\ta cat on a sofa: noisy\n")
+    spec = importlib.util.spec_from_file_location("_train_daclip", ROOT / "scripts" / "train_daclip.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = [
+        "-c",
+        str(ROOT / "configs/daclip_tiny.yml"),
+        *_tiny_cfg_overrides(tmp_path, csv_path),
+        "--no-progress",
+    ]
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{csv_path}: row 8: ../secret/hostname.png is outside" in err, err
+    assert not Path(tmp_path / "runs").exists()
 
 
 def test_read_errors_on_header_and_missing_file(tmp_path):

@@ -57,6 +57,25 @@ def test_grayscale_rgba_palette_cmyk(tmp_path):
     assert out.shape == (4, 6, 3) and 0 <= out.min() and out.max() <= 1
 
 
+def test_transparent_pixels_are_composited_on_black(tmp_path):
+    colour = np.full((2, 3, 3), (200, 100, 50), np.uint8)
+    alpha = np.array([[0, 128, 255], [255, 64, 0]], np.uint8)
+    Image.fromarray(np.dstack([colour, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    expected = colour / 255.0 * (alpha[:, :, None] / 255.0)
+    np.testing.assert_allclose(read_image(tmp_path / "rgba.png"), expected, atol=1e-6)
+    gray = Image.fromarray(np.dstack([np.full((2, 3), 200, np.uint8), alpha]), "LA")
+    gray.save(tmp_path / "la.png")
+    np.testing.assert_allclose(read_image(tmp_path / "la.png")[:, :, 0], 200 / 255 * alpha / 255, atol=1e-6)
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 255, 255, 10, 20, 30])
+    palette.putdata([0, 1])
+    palette.info["transparency"] = 0  # index 0, white, is transparent
+    palette.save(tmp_path / "p.png", transparency=0)
+    np.testing.assert_allclose(
+        read_image(tmp_path / "p.png")[0], [[0, 0, 0], [10 / 255, 20 / 255, 30 / 255]], atol=1e-6
+    )
+
+
 def test_16_bit_png_keeps_precision(tmp_path):
     values = np.array([[0, 1000, 30000], [45000, 65000, 65535]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")

@@ -590,7 +590,7 @@ def test_restore_writes_multilabel_predictions_and_a_contact_sheet(tmp_path, tin
 def test_contact_sheet_after_a_failed_image_and_over_several_sheets(tmp_path, capsys):
     from PIL import Image
 
-    from irsde.inference.restore import write_contact_sheets
+    from irsde.inference.reports import write_contact_sheets
 
     inputs = tmp_path / "photos"
     for name in ("a.png", "c.png"):

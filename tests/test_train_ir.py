@@ -450,7 +450,12 @@ def test_the_daclip_weights_are_recorded_by_absolute_path_and_content(
             load_config(
                 TestConfig,
                 None,
-                [f"model.checkpoint={ckpt}", f"data.root={paired_root / 'val'}", "device=cpu"],
+                [
+                    f"model.checkpoint={ckpt}",
+                    f"data.root={paired_root / 'val'}",
+                    f"data.degradations={DEGRADATIONS}",
+                    "device=cpu",
+                ],
             ),
             log=lambda _: None,
         )

@@ -36,6 +36,7 @@ __all__ = [
     "WEIGHT_KEYS",
     "save_checkpoint",
     "nonfinite_weights",
+    "numbered_checkpoints",
     "prune_checkpoints",
     "load_checkpoint",
     "checkpoint_kind",
@@ -136,6 +137,17 @@ def save_checkpoint(path: str | os.PathLike, obj: Mapping[str, Any], *, check_fi
     return path
 
 
+def numbered_checkpoints(folder: str | os.PathLike, prefix: str) -> list[Path]:
+    """The ``<prefix><N>.pt`` files in ``folder``, oldest (lowest N) first."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.pt")
+    numbered = []
+    for candidate in Path(folder).iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if match and candidate.is_file():
+            numbered.append((int(match.group(1)), candidate))
+    return [path for _, path in sorted(numbered)]
+
+
 def prune_checkpoints(folder: str | os.PathLike, prefix: str, keep_last: int) -> list[Path]:
     """Delete all but the ``keep_last`` highest-numbered ``<prefix><N>.pt`` files in ``folder``.
 
@@ -144,14 +156,8 @@ def prune_checkpoints(folder: str | os.PathLike, prefix: str, keep_last: int) ->
     """
     if keep_last <= 0:
         return []
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.pt")
-    numbered = []
-    for candidate in Path(folder).iterdir():
-        match = pattern.fullmatch(candidate.name)
-        if match and candidate.is_file():
-            numbered.append((int(match.group(1)), candidate))
-    numbered.sort()
-    removed = [p for _, p in numbered[: max(0, len(numbered) - keep_last)]]
+    numbered = numbered_checkpoints(folder, prefix)
+    removed = numbered[: max(0, len(numbered) - keep_last)]
     for old in removed:
         old.unlink(missing_ok=True)
     return removed

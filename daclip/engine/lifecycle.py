@@ -43,6 +43,7 @@ import torch.distributed as dist
 from daclip.engine.checkpoint import (
     get_rng_state,
     load_checkpoint,
+    numbered_checkpoints,
     prune_checkpoints,
     save_checkpoint,
     set_rng_state,
@@ -335,6 +336,29 @@ def _loop(stage: Stage, run: RunContext, show_progress: bool) -> None:
             bar.close()
 
 
+def _load_resume_state(stage: Stage, run: RunContext, checkpoint: Path) -> tuple[Any, Path]:
+    """The checkpoint to resume from, loaded. With ``resume=auto`` an unreadable (truncated)
+    ``latest.pt`` falls back to the newest intact numbered checkpoint beside it, with a notice."""
+    try:
+        return load_checkpoint(checkpoint, map_location=run.info.device), checkpoint
+    except ValueError as err:
+        if run.experiment.resume != "auto":
+            raise
+        reason = err
+    for candidate in reversed(numbered_checkpoints(checkpoint.parent, stage.checkpoint_prefix)):
+        try:
+            state = load_checkpoint(candidate, map_location=run.info.device)
+        except ValueError:
+            continue
+        run.notes.append(
+            f"{checkpoint} is corrupt or truncated; resuming from {candidate}, the newest intact checkpoint"
+        )
+        return state, candidate
+    raise ValueError(
+        f"{reason}; no intact {stage.checkpoint_prefix}<N>.pt beside it either (experiment.resume= starts anew)"
+    )
+
+
 def run_training(stage: Stage, cfg: Any, argv: Sequence[str] | None = None, *, progress: bool = True) -> Path:
     """Run ``stage`` as configured by ``cfg`` (whose ``experiment`` section is shared); returns the run folder."""
     experiment: ExperimentConfig = cfg.experiment
@@ -346,7 +370,8 @@ def run_training(stage: Stage, cfg: Any, argv: Sequence[str] | None = None, *, p
         seed_everything(experiment.seed, info.rank)
         stage.setup(run)
         if resume_from is not None:
-            state = load_checkpoint(resume_from, map_location=info.device)
+            state, resume_from = _load_resume_state(stage, run, resume_from)
+            run.resume_from = resume_from
             stage.load_state_dict(state, resume_from)
             run.start_step = int(state["step"])
             _restore_rng(state.get("rng"), info)

@@ -1,20 +1,25 @@
-"""Cheap start-up checks of the images a run will read later (headers only, no decoding).
+"""Cheap start-up checks of what a run will read or write later (image headers, output folders).
 
 Validation runs thousands of steps into training; an unreadable or mismatched validation image
 found only then would end a long run. These checks open each file's header with Pillow (which
 reads the size without decoding the pixels), so a whole validation set is checked in moments.
+Likewise an output folder that cannot be written (read-only, immutable, under a file) is found
+before any model is loaded (:func:`check_writable`), not when the first result is saved.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 from PIL import Image
 
+from daclip.engine.errors import UserError
 from data.io import ImageReadError
 
-__all__ = ["image_size", "check_images", "check_image_pairs"]
+__all__ = ["image_size", "check_images", "check_image_pairs", "check_writable"]
 
 _SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that transpose the image
 _EXIF_ORIENTATION = 0x0112
@@ -75,3 +80,31 @@ def check_image_pairs(
             )
         count += 1
     return count
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (the folders between are made later)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_writable(path: str | os.PathLike, option: str, *, what: str = "output folder") -> None:
+    """Raise a one-line :class:`UserError` naming ``path`` and ``option`` unless files can be made in ``path``.
+
+    ``path`` is a folder that may not exist yet (it is made later, with its parents). The check
+    creates and deletes a temporary file in it, or in its nearest existing parent: permission bits
+    alone would not do, since root may write anywhere they allow yet not on a read-only file
+    system or into an immutable (``chattr +i``) folder.
+    """
+    folder = _existing_ancestor(Path(path))
+    prefix = f"cannot write to the {what} {path} ({option})"
+    if not folder.is_dir():
+        raise UserError(f"{prefix}: {folder} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"{prefix}: {err.strerror or err}") from None

@@ -1,10 +1,11 @@
 """A web page to restore one's own photos (``scripts/app.py``): upload, see the degradation, restore, download.
 
-:func:`build_app` builds the Gradio page around a :class:`~irsde.inference.pipeline.RestorationPipeline`; the work
-is done by :class:`AppRestorer` and plain functions that need no browser (and no Gradio): reading and
-checking an upload (:func:`load_upload`), the pixel limit without tiling (:func:`check_size`), the
-readable message of any failure (:func:`error_message`) and finding the newest demo checkpoint
-(:func:`find_demo_checkpoint`).
+:func:`build_app` lays out the Gradio page around a :class:`~irsde.inference.pipeline.RestorationPipeline`
+and wires its events to :class:`PageEvents`, whose methods a test calls without a browser; the work is
+done by :class:`AppRestorer` and plain functions that need no Gradio: reading and checking an upload
+(:func:`load_upload`), the pixel limit without tiling (:func:`check_size`, the limit
+``scripts/restore.py`` tiles at), the readable message of any failure (:func:`error_message`) and
+finding the newest demo checkpoint (:func:`find_demo_checkpoint`). :func:`launch_app` serves the page.
 
 Requests that use the model run one at a time: every event that touches it shares one Gradio
 concurrency group of limit 1 (later requests wait in Gradio's queue and see their position), and
@@ -12,11 +13,13 @@ concurrency group of limit 1 (later requests wait in Gradio's queue and see thei
 
 Bad input never stops the server: an unreadable or corrupt file, an unsupported format, an image over
 the pixel limit without tiling, or a restoration with NaN/Inf values is reported in the page (a status
-line and a warning pop-up) and the page stays usable.
+line and a warning pop-up) and the page stays usable. A restoration that is nearly constant or clipped
+against a normal input carries a warning in its status line.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -31,30 +34,38 @@ import numpy as np
 import torch
 from PIL import Image
 
+from daclip.engine.errors import UserError
 from data.io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, read_image, write_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 from irsde.diffusion.samplers import GRIDS, HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options
 from irsde.inference.pipeline import RestorationPipeline
-from irsde.inference.restore import NonFiniteOutputError, network_calls
+from irsde.inference.restore import (
+    DEFAULT_MAX_PIXELS,
+    NonFiniteOutputError,
+    network_calls,
+    output_warning,
+    pipeline_settings,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "TILE_CHOICES",
     "AppInputError",
     "AppRestorer",
+    "KEEP",
+    "PageEvents",
     "build_app",
     "check_size",
     "check_upload_name",
     "error_message",
     "find_demo_checkpoint",
     "header_size",
+    "launch_app",
     "load_upload",
     "missing_checkpoint_message",
     "parse_tile",
 ]
 
-#: Largest image (in pixels) restored without tiling: 2048 x 2048. Larger ones need a tile size.
-DEFAULT_MAX_PIXELS = 2048 * 2048
 #: The tile sizes offered in the page ("off": the whole image in one network call).
 TILE_CHOICES: tuple[str, ...] = ("off", "128", "256", "512")
 #: Where the demo (``scripts/demo.py``, :func:`irsde.apps.demo.run_demo`) leaves its restorer, under the
@@ -266,64 +277,36 @@ class AppRestorer:
         """Restore one upload with these settings.
 
         Returns ``input`` and ``output`` (uint8 arrays), ``png`` (the written file), ``top3`` and a
-        ``status`` line. ``progress(done, total)`` is called after every network evaluation.
+        ``status`` line (with a warning when the result is nearly constant or clipped against a normal
+        input). ``progress(done, total)`` is called after every network evaluation.
 
         Raises:
             AppInputError: a bad upload or setting, or an image over the pixel limit without tiling.
-            NonFiniteOutputError: the restoration has NaN/Inf values (nothing is written).
+            NonFiniteOutputError: the restoration or its probabilities have NaN/Inf (nothing is written).
         """
         tile_size = parse_tile(tile)
-        path = check_upload_name(path)
-        size = header_size(path)
-        if size is not None:  # refused before its pixels are decoded
-            check_size(*size, tile_size, self.max_pixels)
-        image = load_upload(path)
-        height, width = image.shape[:2]
-        check_size(width, height, tile_size, self.max_pixels)  # the decoded size (EXIF rotation aside)
+        image = self._checked_upload(path, tile_size)
         settings = self._settings(sampler, steps, order, grid, tile_size)
-        lq = image_to_tensor(image)[None]
-        lq_clip = self._clip_input(image)
-        pipeline = self.pipeline
-        with self.lock:
-            saved = {key: getattr(pipeline, key) for key in settings}
-            for key, value in settings.items():
-                setattr(pipeline, key, value)
-            handle = None
-            try:
-                calls, _ = network_calls(pipeline, 1, height, width)
-                if progress is not None:
-                    done = [0]
-
-                    def count(*_: Any) -> None:
-                        done[0] += 1
-                        progress(min(done[0], calls), calls)
-
-                    handle = pipeline.model.register_forward_hook(count)
-                    progress(0, calls)
-                generator = torch.Generator(device=pipeline.device).manual_seed(int(seed))
-                restored = pipeline(lq, lq_clip, generator=generator)[0]  # (3, H, W)
-                top = pipeline.classify(lq, lq_clip, top_k=3)[0]
-            finally:
-                if handle is not None:
-                    handle.remove()
-                for key, value in saved.items():
-                    setattr(pipeline, key, value)
-        if not bool(torch.isfinite(restored).all()):
+        restored, top, calls = self._run(image, settings, seed, progress)
+        if not bool(torch.isfinite(restored).all()) or any(not math.isfinite(p) for _, p in top):
             raise NonFiniteOutputError(
-                "the restored image has NaN or Inf values (the model weights or the sampling diverged); "
-                "try another sampler or fewer steps"
+                "the restored image or its degradation probabilities have NaN or Inf values (the model "
+                "weights or the sampling diverged); try another sampler or fewer steps"
             )
+        name = _display_name(path or "")
         folder = Path(tempfile.mkdtemp(prefix="restored-", dir=self._output_root()))
-        png = write_image(folder / f"{Path(path).stem}_restored.png", restored)
+        png = write_image(folder / f"{Path(name).stem}_restored.png", restored)
+        height, width = image.shape[:2]
         how = (
             "one pass"
-            if pipeline.one_pass
+            if self.pipeline.one_pass
             else f"{settings['sampler']}, {int(settings['num_steps'])} step(s)"
         )
-        status = (
-            f"restored {_display_name(path)} ({width}x{height}) with {how}, {calls} network evaluation(s)"
-            + (f", tiles of {tile_size}" if tile_size else "")
-        )
+        status = f"restored {name} ({width}x{height}) with {how}, {calls} network evaluation(s)"
+        status += f", tiles of {tile_size}" if tile_size else ""
+        warning = output_warning(name, image_to_tensor(image), restored)
+        if warning:
+            status += "; " + warning
         return {
             "input": to_uint8(image),
             "output": to_uint8(restored),
@@ -331,6 +314,48 @@ class AppRestorer:
             "top3": top,
             "status": status,
         }
+
+    def _checked_upload(self, path: str | os.PathLike | None, tile: int | None) -> np.ndarray:
+        """The upload's pixels, refused over the pixel limit without tiles (from its header first)."""
+        path = check_upload_name(path)
+        size = header_size(path)
+        if size is not None:  # refused before its pixels are decoded
+            check_size(*size, tile, self.max_pixels)
+        image = load_upload(path)
+        height, width = image.shape[:2]
+        check_size(width, height, tile, self.max_pixels)  # the decoded size (EXIF rotation aside)
+        return image
+
+    def _run(
+        self,
+        image: np.ndarray,
+        settings: dict[str, Any],
+        seed: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> tuple[torch.Tensor, list[tuple[str, float]], int]:
+        """(restored ``(3, H, W)``, top-3, network calls) of one image, the model held for this request only."""
+        lq = image_to_tensor(image)[None]  # (1, 3, H, W)
+        lq_clip = self._clip_input(image)
+        pipeline = self.pipeline
+        with self.lock, pipeline_settings(pipeline, **settings):
+            calls, _ = network_calls(pipeline, 1, lq.shape[-2], lq.shape[-1])
+            done = [0]
+
+            def count(*_: Any) -> None:
+                done[0] += 1
+                if progress is not None:
+                    progress(min(done[0], calls), calls)
+
+            handle = pipeline.model.register_forward_hook(count)
+            try:
+                if progress is not None:
+                    progress(0, calls)
+                generator = torch.Generator(device=pipeline.device).manual_seed(int(seed))
+                restored = pipeline(lq, lq_clip, generator=generator)[0]  # (3, H, W)
+                top = pipeline.classify(lq, lq_clip, top_k=3)[0]
+            finally:
+                handle.remove()
+        return restored, top, calls
 
     def _output_root(self) -> Path:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -362,11 +387,199 @@ class AppRestorer:
         return settings
 
 
-# ----------------------------------------------------------------------------- the page
+# ----------------------------------------------------------------------------- the page's events
+
+
+class _Keep:
+    """The value of an event output that stays as it is (``gr.update()`` in the page)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+#: An event output left unchanged.
+KEEP = _Keep()
+#: The status line of an empty page.
+START_STATUS = "Upload an image to start."
 
 
 def _report(message: str) -> None:
     print(f"app: {message}", file=sys.stderr, flush=True)
+
+
+class PageEvents:
+    """What the page's events do, as plain methods that a test calls without a browser or a server.
+
+    Each event returns the new values of the page's five outputs: input image, restored image,
+    download, degradation label, status line (:data:`KEEP` leaves one unchanged). A failure never
+    raises: it becomes an error status, a server log line and ``warn(message)`` (a pop-up in the page).
+    """
+
+    def __init__(self, restorer: AppRestorer, warn: Callable[[str], None] | None = None) -> None:
+        self.restorer = restorer
+        self.warn = warn or (lambda message: None)
+
+    def failed(self, err: BaseException) -> str:
+        """The status line of a failure (bugs also print their traceback on the server)."""
+        message = error_message(err)
+        if not isinstance(err, (AppInputError, NonFiniteOutputError, ValueError, OSError)):
+            traceback.print_exc()
+        _report(message)
+        self.warn(message)
+        return f"**Error:** {message}"
+
+    def upload(self, path: str | None) -> tuple[Any, Any, Any, Any, str]:
+        """A new upload: its preview, its predicted degradations and a status line."""
+        try:
+            preview, top, text = self.restorer.analyse(path)
+        except Exception as err:  # noqa: BLE001 - reported in the page; the server keeps serving
+            return None, None, None, None, self.failed(err)
+        return preview, None, None, label_of(top) if top else None, text
+
+    def clear(self) -> tuple[Any, Any, Any, Any, str]:
+        """The upload was removed: an empty page."""
+        return None, None, None, None, START_STATUS
+
+    def order_enabled(self, sampler: str) -> bool:
+        """Whether the order setting applies to ``sampler``."""
+        return sampler in HIGHER_ORDER_SAMPLERS
+
+    def restore(
+        self,
+        path: str | None,
+        sampler: str,
+        steps: float,
+        order: str,
+        grid: str,
+        tile: str,
+        seed: float | None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[Any, Any, Any, Any, str]:
+        """Restore the upload with the page's settings (a failure keeps the input and the label shown)."""
+        try:
+            result = self.restorer.restore(
+                path,
+                sampler=sampler,
+                steps=steps,
+                order=order,
+                grid=grid,
+                tile=tile,
+                seed=int(seed or 0),
+                progress=progress,
+            )
+        except Exception as err:  # noqa: BLE001 - reported in the page; the server keeps serving
+            return KEEP, None, None, KEEP, self.failed(err)
+        top = label_of(result["top3"]) if result["top3"] else None
+        return result["input"], result["output"], str(result["png"]), top, result["status"]
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def _intro(pipeline: RestorationPipeline, title: str, description: str, max_pixels: int) -> str:
+    text = (
+        f"# {title}\n"
+        "Upload a photo: DA-CLIP says which degradation it sees, then "
+        + ("the NAFNet restores it in one pass. " if pipeline.one_pass else "the IR-SDE restores it. ")
+        + f"Degradations this model knows: {', '.join(pipeline.degradations)}. "
+        f"Images over {_megapixels(max_pixels)} need a tile size."
+    )
+    return text + ("\n\n" + description if description else "")
+
+
+def _controls(gr: Any, restorer: AppRestorer) -> dict[str, Any]:
+    """The left column: upload, restore button, predicted label and the settings."""
+    pipeline = restorer.pipeline
+    sampling = not pipeline.one_pass  # a one-pass restorer has no sampler settings
+    samplers = list(SAMPLERS)
+    kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    parts = dict(
+        upload=gr.File(label=f"Image to restore ({kinds})", type="filepath", elem_id="upload"),
+        button=gr.Button("Restore", variant="primary", elem_id="restore"),
+        label=gr.Label(label="Predicted degradation", num_top_classes=3, elem_id="degradation"),
+        sampler=gr.Radio(
+            samplers,
+            value=pipeline.sampler if sampling else samplers[0],
+            label="Sampler",
+            elem_id="sampler",
+            visible=sampling,
+        ),
+        steps=gr.Slider(
+            1,
+            restorer.total_steps,
+            value=restorer.default_steps,
+            step=1,
+            label=f"Steps (network evaluations, at most T = {restorer.total_steps})",
+            elem_id="steps",
+            visible=sampling,
+        ),
+    )
+    with gr.Row():
+        parts["order"] = gr.Radio(
+            ["1", "2"],
+            value=str(pipeline.order or 2),
+            label="Order (mr, mr-sde)",
+            interactive=pipeline.sampler in HIGHER_ORDER_SAMPLERS,
+            elem_id="order",
+            visible=sampling,
+        )
+        parts["grid"] = gr.Radio(
+            list(GRIDS), value=pipeline.grid, label="Timestep grid", elem_id="grid", visible=sampling
+        )
+    parts["tile"] = gr.Radio(
+        list(TILE_CHOICES),
+        value="off" if pipeline.tile is None else str(pipeline.tile),
+        label="Tiles (bounded memory for large images)",
+        elem_id="tile",
+    )
+    parts["seed"] = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+    return parts
+
+
+def _results(gr: Any) -> dict[str, Any]:
+    """The right column: status line, input and restored image side by side, download."""
+    parts = dict(status=gr.Markdown(START_STATUS, elem_id="status"))
+    image = dict(type="numpy", format="png", interactive=False, height=IMAGE_HEIGHT)
+    with gr.Row():
+        parts["before"] = gr.Image(label="Input", elem_id="input-image", **image)
+        parts["after"] = gr.Image(label="Restored", elem_id="output-image", **image)
+    parts["download"] = gr.File(label="Download the restored image (PNG)", elem_id="download")
+    return parts
+
+
+def _wire(gr: Any, parts: dict[str, Any], events: PageEvents) -> None:
+    """Connect the components to :class:`PageEvents`; events that use the model run one at a time."""
+
+    def page(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(gr.update() if value is KEEP else value for value in values)
+
+    def on_restore(
+        path: str | None,
+        sampler: str,
+        steps: float,
+        order: str,
+        grid: str,
+        tile: str,
+        seed: float | None,
+        progress: Any = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
+    ) -> tuple[Any, ...]:
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="restoring", unit="network evaluations")
+
+        return page(events.restore(path, sampler, steps, order, grid, tile, seed, report))
+
+    model = dict(concurrency_limit=1, concurrency_id="model")
+    outputs = [parts[k] for k in ("before", "after", "download", "label", "status")]
+    upload = parts["upload"]
+    upload.upload(lambda path: page(events.upload(path)), inputs=upload, outputs=outputs, **model)
+    upload.clear(lambda: page(events.clear()), inputs=None, outputs=outputs)
+    parts["sampler"].change(
+        lambda name: gr.update(interactive=events.order_enabled(name)),
+        inputs=parts["sampler"],
+        outputs=parts["order"],
+    )
+    settings = [parts[k] for k in ("upload", "sampler", "steps", "order", "grid", "tile", "seed")]
+    parts["button"].click(on_restore, inputs=settings, outputs=outputs, **model)
 
 
 def build_app(
@@ -381,148 +594,27 @@ def build_app(
     import gradio as gr
 
     restorer = AppRestorer(pipeline, max_pixels=max_pixels, output_dir=output_dir)
-    samplers = list(SAMPLERS)
-    higher = set(HIGHER_ORDER_SAMPLERS)
-    vocabulary = ", ".join(pipeline.degradations)
-    intro = (
-        f"# {title}\n"
-        "Upload a photo: DA-CLIP says which degradation it sees, then "
-        + ("the NAFNet restores it in one pass. " if pipeline.one_pass else "the IR-SDE restores it. ")
-        + f"Degradations this model knows: {vocabulary}. "
-        f"Images over {_megapixels(max_pixels)} need a tile size."
-    )
-    if description:
-        intro += "\n\n" + description
-
+    events = PageEvents(restorer, warn=gr.Warning)
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        gr.Markdown(intro)
+        gr.Markdown(_intro(pipeline, title, description, max_pixels))
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(
-                    label="Image to restore (" + ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + ")",
-                    type="filepath",
-                    elem_id="upload",
-                )
-                button = gr.Button("Restore", variant="primary", elem_id="restore")
-                label = gr.Label(label="Predicted degradation", num_top_classes=3, elem_id="degradation")
-                sampling = not pipeline.one_pass  # a one-pass restorer has no sampler settings
-                sampler = gr.Radio(
-                    samplers,
-                    value=pipeline.sampler if sampling else samplers[0],
-                    label="Sampler",
-                    elem_id="sampler",
-                    visible=sampling,
-                )
-                steps = gr.Slider(
-                    1,
-                    restorer.total_steps,
-                    value=restorer.default_steps,
-                    step=1,
-                    label=f"Steps (network evaluations, at most T = {restorer.total_steps})",
-                    elem_id="steps",
-                    visible=sampling,
-                )
-                with gr.Row():
-                    order = gr.Radio(
-                        ["1", "2"],
-                        value=str(pipeline.order or 2),
-                        label="Order (mr, mr-sde)",
-                        interactive=pipeline.sampler in higher,
-                        elem_id="order",
-                        visible=sampling,
-                    )
-                    grid = gr.Radio(
-                        list(GRIDS),
-                        value=pipeline.grid,
-                        label="Timestep grid",
-                        elem_id="grid",
-                        visible=sampling,
-                    )
-                tile = gr.Radio(
-                    list(TILE_CHOICES),
-                    value="off" if pipeline.tile is None else str(pipeline.tile),
-                    label="Tiles (bounded memory for large images)",
-                    elem_id="tile",
-                )
-                seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                controls = _controls(gr, restorer)
             with gr.Column(scale=2):
-                status = gr.Markdown("Upload an image to start.", elem_id="status")
-                with gr.Row():
-                    before = gr.Image(
-                        label="Input",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        height=IMAGE_HEIGHT,
-                        elem_id="input-image",
-                    )
-                    after = gr.Image(
-                        label="Restored",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        height=IMAGE_HEIGHT,
-                        elem_id="output-image",
-                    )
-                download = gr.File(label="Download the restored image (PNG)", elem_id="download")
-
-        def failed(err: BaseException) -> str:
-            message = error_message(err)
-            if not isinstance(err, (AppInputError, NonFiniteOutputError, ValueError, OSError)):
-                traceback.print_exc()
-            _report(message)
-            gr.Warning(message)
-            return f"**Error:** {message}"
-
-        def on_upload(path: str | None) -> tuple[Any, Any, Any, Any, str]:
-            try:
-                preview, top, text = restorer.analyse(path)
-            except Exception as err:  # noqa: BLE001 - reported in the page; the server keeps serving
-                return None, None, None, None, failed(err)
-            return preview, None, None, label_of(top) if top else None, text
-
-        def on_clear() -> tuple[Any, Any, Any, Any, str]:
-            return None, None, None, None, "Upload an image to start."
-
-        def on_sampler(name: str) -> Any:
-            return gr.update(interactive=name in higher)
-
-        def on_restore(
-            path: str | None,
-            sampler_name: str,
-            steps_value: float,
-            order_value: str,
-            grid_name: str,
-            tile_value: str,
-            seed_value: float | None,
-            progress: Any = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
-        ) -> tuple[Any, Any, Any, Any, str]:
-            def report(done: int, total: int) -> None:
-                progress((done, total), desc="restoring", unit="network evaluations")
-
-            try:
-                result = restorer.restore(
-                    path,
-                    sampler=sampler_name,
-                    steps=steps_value,
-                    order=order_value,
-                    grid=grid_name,
-                    tile=tile_value,
-                    seed=int(seed_value or 0),
-                    progress=report,
-                )
-            except Exception as err:  # noqa: BLE001 - reported in the page; the server keeps serving
-                return gr.update(), None, None, gr.update(), failed(err)
-            top = label_of(result["top3"]) if result["top3"] else None
-            return result["input"], result["output"], str(result["png"]), top, result["status"]
-
-        model = dict(concurrency_limit=1, concurrency_id="model")
-        outputs = [before, after, download, label, status]
-        upload.upload(on_upload, inputs=upload, outputs=outputs, **model)
-        upload.clear(on_clear, inputs=None, outputs=outputs)
-        sampler.change(on_sampler, inputs=sampler, outputs=order)
-        button.click(
-            on_restore, inputs=[upload, sampler, steps, order, grid, tile, seed], outputs=outputs, **model
-        )
+                results = _results(gr)
+        _wire(gr, {**controls, **results}, events)
     demo.queue(default_concurrency_limit=1)
     return demo
+
+
+def launch_app(app: Any, host: str, port: int) -> None:
+    """Serve ``app`` (blocks); a port that cannot be served on is one line suggesting ``--port``."""
+    try:
+        app.launch(server_name=host, server_port=port, show_error=True)
+    except OSError as err:
+        text = str(err)
+        if "empty port" in text or getattr(err, "errno", None) == errno.EADDRINUSE:
+            reason = "the port is in use"
+        else:  # Gradio's own advice names its environment variable and launch(); ours is the option
+            reason = text.split(". You can specify")[0].strip() or type(err).__name__
+        raise UserError(f"cannot serve on {host}:{port}: {reason}; choose another with --port") from None

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
@@ -163,7 +163,14 @@ def _as_scalar_timestep(t: Timestep) -> int:
     return int(first)
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def _randn_like(x: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
+    """Standard normal noise shaped like ``x``; a sequence of generators draws each image's own noise
+    (so an image's noise does not depend on its place in the batch)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]} images")
+        rows = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in generator]
+        return torch.stack(rows)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
@@ -596,7 +603,8 @@ def sample(
         sde: the IR-SDE the model was trained with.
         sampler: a name from :data:`SAMPLERS` or a ready sampler (then ``num_steps`` None keeps its schedule).
         num_steps: number of steps, 1..T (None: T for a named sampler).
-        generator: source of all random draws (x_T and the per-step noise); None uses the global RNG.
+        generator: source of all random draws (x_T and the per-step noise), or a list of one per image
+            of the batch; None uses the global RNG.
         progress: show a tqdm progress bar.
         x_T: start from this state instead of drawing one.
         prediction, clamp_x0, order: the network's parametrisation, x̂_0 clamping and the solver order

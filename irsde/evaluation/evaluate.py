@@ -26,6 +26,7 @@ import torch
 from daclip.engine.cli import progress_bar as make_progress_bar
 from daclip.engine.config import ConfigError, spec, to_dict
 from daclip.engine.distributed import resolve_device
+from daclip.engine.preflight import check_image_pairs, check_writable
 from daclip.engine.run_folder import create_run_dir
 from data import DEFAULT_DEGRADATIONS
 from data.io import write_image
@@ -160,6 +161,22 @@ def _maybe(build: Callable[[], Any], what: str, log: Callable[[str], None]) -> t
         return None, str(err)
 
 
+def check_output_root(cfg: TestConfig) -> None:
+    """The results can be written under ``output_root`` (one line naming it if not), before any model loads."""
+    check_writable(cfg.output_root, "output_root")
+
+
+def check_test_pairs(cfg: TestConfig) -> int:
+    """Every pair to evaluate is readable and its LQ and GT are of one size (headers only, before any model
+    loads; a wrong GT is not found mid-evaluation). Returns how many pairs were checked."""
+    from data.paired import PairedDataset
+
+    dataset = PairedDataset(cfg.data.root, cfg.data.degradations, mode="eval")
+    groups = dataset.eval_indices(cfg.data.max_images_per_degradation).values()
+    pairs = ((dataset.pairs[i].lq_path, dataset.pairs[i].gt_path) for group in groups for i in group)
+    return check_image_pairs(pairs, f"test set {cfg.data.root}")
+
+
 def evaluate(
     cfg: TestConfig,
     *,
@@ -174,6 +191,8 @@ def evaluate(
     ones; by default they are built from ``cfg.metrics``). ``sampling.sampler`` None samples as the
     checkpoint was validated in training (``results["sampler_source"]`` says which rule chose it).
     """
+    check_output_root(cfg)  # before any model loads: a read-only output_root or a bad pair is one line
+    check_test_pairs(cfg)
     pipeline = _build_pipeline(cfg)
     dataset = _build_dataset(cfg, pipeline)
     metrics = _build_metrics(cfg, pipeline, log, lpips_metric, fid_factory)
@@ -434,6 +453,7 @@ def sweep_samplers(
         raise ConfigError("sampler sweep: no sampler spec given (e.g. posterior,posterior:10,mr:5,mr:10)")
     for choice in parsed:
         check_sampler_options(choice.name, choice.order, cfg.sampling.grid)
+    check_output_root(cfg)
     sweep_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=())
     rows: list[dict[str, Any]] = []
     for choice in parsed:

@@ -2,69 +2,96 @@
 
 Images of equal size are batched together; every image is padded inside the restorer to its
 downsampling factor and cropped back, and with ``tile`` set the network sees bounded tiles
-(:class:`irsde.inference.tiling.TiledModel`), so memory does not grow with the image. The predicted
-degradation (DA-CLIP zero-shot, top-3 with probabilities) is printed and saved to
-``predictions.csv``; ``predictions.json`` holds every type's probability and the predicted *set* of
-degradations (multi-label: a type is present when its probability reaches the threshold, and the most
-probable type always is, as :func:`daclip.classify.multilabel_predictions` decides), whose names also
-fill the CSV's ``degradations`` column (``hazy+rainy``). Both files are merged with those of earlier
-runs into the same folder and written atomically. At the end (also when some images failed) contact
-sheets show every restored image of the inputs beside its input (:func:`write_contact_sheets`).
-Inputs are never overwritten.
+(:class:`irsde.inference.tiling.TiledModel`), so memory does not grow with the image. An image over
+``max_pixels`` (:data:`DEFAULT_MAX_PIXELS`, the web app's limit) without tiles is restored in tiles of
+:data:`AUTO_TILE` pixels, with a one-line notice. The predicted degradation (DA-CLIP zero-shot) is
+printed and saved to ``predictions.csv`` / ``predictions.json`` (:mod:`irsde.inference.reports`),
+merged with earlier runs' rows, each row saying which run and settings made its image; contact sheets
+show every restored image beside its input. Inputs are never overwritten.
 
 Outputs are PNGs named after the inputs (``photo.jpg`` -> ``photo.png``); when several inputs share a
 name stem (``photo.jpg`` and ``photo.png``), each of them keeps its extension in the name
-(``photo_jpg.png``, ``photo_png.png``), so no image is skipped or overwritten. An output path with an
-image extension restores a single input into exactly that file.
+(``photo_jpg.png``, ``photo_png.png``), so no image is skipped or overwritten. An output path with a
+lossless image extension restores a single input into exactly that file.
 
-An image that cannot be read is reported and skipped; the others are restored, and the run ends with
-a :class:`RestoreError` naming it. A restored image with non-finite values (NaN weights, a diverged
-sampler) is an error naming the image: nothing is written for it.
+Nothing is lost and nothing is silent: the output folder is checked for writing before any model is
+loaded (:func:`check_outputs`); an output that cannot be written (a full disk) is one
+:class:`OutputWriteError` naming the file, the files already there stay whole (atomic writes), and the
+predictions of the images written so far are kept. An image that cannot be read is reported and
+skipped, and the run ends with a :class:`RestoreError` naming it. A restored image with non-finite
+values is an error naming the image (nothing is written for it); one that is nearly constant or
+clipped against a normal input is a warning naming it (:func:`output_warning`), as is sampling with
+settings the checkpoint was never validated with (:func:`sampling_notice`). Each image's noise comes
+from its own generator, seeded by the run seed and its pixels (:func:`image_seed`), so an image
+restores the same in any batch.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import hashlib
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
 
+from daclip.engine.errors import UserError
+from daclip.engine.preflight import check_writable
 from daclip.zero_shot import DEFAULT_THRESHOLD, multilabel_predictions
-from data.io import IMAGE_EXTENSIONS, ImageReadError, atomic_open, read_image, write_image
+from data.io import IMAGE_EXTENSIONS, ImageReadError, write_image
+from irsde.diffusion.samplers import HIGHER_ORDER_SAMPLERS
 from irsde.inference.pipeline import RestorationPipeline
+from irsde.inference.reports import (
+    CONTACT_SHEET_HEIGHT,
+    PREDICTIONS_JSON_NAME,
+    PREDICTIONS_NAME,
+    is_contact_sheet_name,
+    read_json_predictions,
+    write_contact_sheets,
+    write_json_predictions,
+    write_predictions,
+)
 from irsde.inference.tiling import tile_starts
 
 __all__ = [
+    "AUTO_TILE",
+    "DEFAULT_MAX_PIXELS",
     "NonFiniteOutputError",
+    "OutputPlan",
+    "OutputWriteError",
     "ProgressReporter",
     "RestoreError",
+    "check_outputs",
+    "describe_settings",
+    "image_seed",
     "network_calls",
     "output_targets",
+    "output_warning",
+    "peek_total_steps",
+    "pipeline_settings",
+    "plan_outputs",
     "restore_images",
     "same_size_batches",
-    "is_contact_sheet_name",
-    "write_contact_sheets",
+    "sampling_notice",
+    "skipped_entries",
+    "vocabulary_notice",
 ]
 
-PREDICTIONS_NAME = "predictions.csv"
-PREDICTIONS_JSON_NAME = "predictions.json"
-CONTACT_SHEET_NAME = "contact_sheet.png"
-#: Height in pixels of a contact-sheet row (input and output scaled to it).
-CONTACT_SHEET_HEIGHT = 192
-#: Rows per contact sheet; more images give ``contact_sheet_1.png``, ``contact_sheet_2.png``, ...
-CONTACT_SHEET_ROWS = 20
-_PREDICTION_FIELDS = ["input", "output", "degradation", "probability", "top3", "degradations"]
+#: Largest image (in pixels) restored in one piece: 2048 x 2048. The web app refuses a larger one without
+#: a tile size; :func:`restore_images` restores it in tiles of :data:`AUTO_TILE` pixels.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+#: The tile size :func:`restore_images` picks for an image over its ``max_pixels`` when none is set.
+AUTO_TILE = 512
+#: Output extensions refused: lossy formats would throw away part of the restoration.
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
 
 class RestoreError(ValueError):
@@ -77,6 +104,14 @@ class RestoreError(ValueError):
 
 class NonFiniteOutputError(ValueError):
     """The restored image holds NaN or Inf values: the model or the sampling diverged."""
+
+
+class OutputWriteError(UserError):
+    """An output file could not be written (a full disk, a read-only folder); the message names it."""
+
+
+def _input_name(path: str | os.PathLike) -> str:
+    return Path(path).name
 
 
 def same_size_batches(dataset: Any, batch_size: int) -> Iterator[list[dict[str, Any]]]:
@@ -94,33 +129,47 @@ def same_size_batches(dataset: Any, batch_size: int) -> Iterator[list[dict[str, 
         yield batch
 
 
+# ----------------------------------------------------------------------------- planning the outputs
+
+
 def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _single_output(paths: Sequence[Path], output: Path, resolved_inputs: set[Path]) -> Path:
+    """``output`` as the file of the one input; ValueError for several inputs, the input itself, a lossy format."""
+    if len(paths) != 1:
+        raise ValueError(
+            f"output {output} names one image file, but there are {len(paths)} input images: "
+            "give an output folder"
+        )
+    if output.resolve() in resolved_inputs:
+        raise ValueError(
+            f"output {output} is the input image: choose another name (inputs are never overwritten)"
+        )
+    if output.suffix.lower() in LOSSY_EXTENSIONS:
+        raise ValueError(
+            f"output {output}: {output.suffix} is a lossy format and would lose part of the restoration; "
+            f"name the file .png (or another lossless format)"
+        )
+    return output
 
 
 def output_targets(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> tuple[list[Path], bool]:
     """The output file of every input, and whether ``output`` names a single file.
 
     ``output`` is a folder, unless it has an image extension and is not an existing folder: then it
-    is the output file of a single input (more inputs are an error). In a folder, outputs are
-    ``<stem>.png``; inputs whose stems clash (compared case-insensitively, as file systems on macOS and
-    Windows do) get ``<stem>_<ext>.png`` instead. Fails before any work on a name that still clashes,
-    on an output that is one of the inputs, and on an output folder that is the input folder.
+    is the output file of a single input (more inputs, and a lossy format, are errors). In a folder,
+    outputs are ``<stem>.png``; inputs whose stems clash (compared case-insensitively, as file systems
+    on macOS and Windows do) get ``<stem>_<ext>.png`` instead. Fails before any work on a name that
+    still clashes, on an output that is one of the inputs, and on an output folder that is the input
+    folder.
     """
     output = Path(output)
     paths = [Path(p) for p in inputs]
     resolved_inputs = {p.resolve() for p in paths}
     if _is_image_name(output) and not output.is_dir():
-        if len(paths) != 1:
-            raise ValueError(
-                f"output {output} names one image file, but there are {len(paths)} input images: "
-                "give an output folder"
-            )
-        if output.resolve() in resolved_inputs:
-            raise ValueError(
-                f"output {output} is the input image: choose another name (inputs are never overwritten)"
-            )
-        return [output], True
+        return [_single_output(paths, output, resolved_inputs)], True
     if output.exists() and not output.is_dir():
         raise ValueError(f"output {output} exists and is not a folder (nor an image name for a single input)")
     if output.resolve() in {p.parent for p in resolved_inputs}:
@@ -145,6 +194,97 @@ def output_targets(inputs: Sequence[str | os.PathLike], output: str | os.PathLik
         if target.resolve() in resolved_inputs:
             raise ValueError(f"refusing to overwrite input image {target}: choose another output folder")
     return targets, False
+
+
+@dataclass
+class OutputPlan:
+    """Where every input goes, decided before any image is read or any model loaded."""
+
+    paths: list[Path]  # the inputs
+    targets: list[Path]  # the output of each input
+    single_file: bool  # the output names one image file (no predictions, no contact sheet)
+    folder: Path  # where the outputs go
+    pending: list[int] = field(default_factory=list)  # indices of the inputs to restore now
+
+    @property
+    def renamed(self) -> list[tuple[Path, Path]]:
+        """Inputs whose output keeps their extension in its name (another input shares their stem)."""
+        if self.single_file:
+            return []
+        return [(p, t) for p, t in zip(self.paths, self.targets) if t.stem != p.stem]
+
+
+def plan_outputs(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    contact_sheet: bool = True,
+) -> OutputPlan:
+    """The :class:`OutputPlan` of ``inputs`` restored into ``output`` (see :func:`output_targets`).
+
+    Images already restored there are not pending unless ``overwrite``. With ``contact_sheet`` an
+    output named like a contact sheet is refused now, before any work (it would be overwritten).
+    """
+    paths = [Path(p) for p in inputs]
+    targets, single_file = output_targets(paths, output)
+    folder = targets[0].parent if single_file else Path(output)
+    if contact_sheet and not single_file:
+        for path, target in zip(paths, targets):
+            if is_contact_sheet_name(target.name):
+                raise ValueError(
+                    f"input {path} would be restored to {target}, the contact sheet's name: rename it "
+                    "or pass --no-contact-sheet"
+                )
+    pending = [i for i, t in enumerate(targets) if overwrite or not t.exists()]
+    return OutputPlan(paths, targets, single_file, folder, pending)
+
+
+def check_outputs(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    contact_sheet: bool = True,
+    option: str = "-o",
+) -> OutputPlan:
+    """:func:`plan_outputs`, and the output folder writable (one line naming it and ``option`` if not).
+
+    Called before the model is loaded, so that a read-only, immutable or mistyped output location
+    costs nothing.
+    """
+    plan = plan_outputs(inputs, output, contact_sheet=contact_sheet)
+    check_writable(plan.folder, option)
+    return plan
+
+
+def skipped_entries(folder: str | os.PathLike) -> str | None:
+    """A one-line notice of what an input folder holds that is not restored (subfolders, broken links,
+    files without an image extension), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    subfolders, broken, other = [], [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            subfolders.append(entry.name)
+        elif entry.is_symlink() and not entry.exists():
+            broken.append(entry.name)
+        elif not _is_image_name(entry):
+            other.append(entry.name)
+    parts = [
+        f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for names, what in (
+            (subfolders, "subfolder(s)"),
+            (broken, "broken link(s)"),
+            (other, "other file(s)"),
+        )
+        if names
+    ]
+    if not parts:
+        return None
+    return f"not restored from {folder}: {'; '.join(parts)} (only the images directly in the folder are read)"
 
 
 # ----------------------------------------------------------------------------- progress
@@ -248,158 +388,333 @@ def _count_network_calls(module: torch.nn.Module, callback: Callable[[], None]) 
         handle.remove()
 
 
-# ----------------------------------------------------------------------------- predictions.csv
+def peek_total_steps(checkpoint: str | os.PathLike) -> int | None:
+    """T of a restoration checkpoint (the most sampler steps it takes), read without building its model.
 
-
-def _write_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Merge ``records`` into ``path`` (rows of outputs restored earlier are kept), atomically."""
-    rows: dict[str, dict[str, str]] = {}
-    if path.is_file():
-        try:
-            with open(path, newline="", encoding="utf-8") as handle:
-                for row in csv.DictReader(handle):
-                    if row.get("output"):
-                        rows[row["output"]] = {k: row.get(k) or "" for k in _PREDICTION_FIELDS}
-        except (OSError, UnicodeDecodeError, csv.Error):
-            rows = {}  # unreadable: rewritten from this run's records
-    for r in records:
-        name, prob = r["top3"][0]
-        rows[r["output"]] = {
-            "input": r["input"],
-            "output": r["output"],
-            "degradation": name,
-            "probability": f"{prob:.4f}",
-            "top3": "; ".join(f"{n} {p:.3f}" for n, p in r["top3"]),
-            "degradations": "+".join(r.get("degradations", [name])),
-        }
-    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_PREDICTION_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows[key] for key in sorted(rows))
-
-
-def _read_json_predictions(path: Path) -> dict[str, dict[str, Any]]:
-    """The per-image entries of an earlier ``predictions.json``, by output path ({} when unreadable)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {str(e["output"]): e for e in data["images"] if isinstance(e, dict) and e.get("output")}
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        return {}
-
-
-def _write_json_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Merge ``records`` into ``predictions.json`` (entries of outputs restored earlier are kept), atomically.
-
-    Layout: ``{"rule": ..., "images": [{"input", "output", "degradations" (the predicted set, most
-    probable first), "threshold", "probabilities" ({type: probability}, summing to 1)}, ...]}``
-    sorted by output path.
+    The released ``universal-ir.pth`` has the paper's T; None for a one-pass restorer, or when the
+    file cannot be read this way (then loading it reports why).
     """
-    entries = _read_json_predictions(path) if path.is_file() else {}
-    for r in records:
-        entries[r["output"]] = {
-            "input": r["input"],
-            "output": r["output"],
-            "degradations": list(r["degradations"]),
-            "threshold": r["threshold"],
-            "probabilities": dict(r["probabilities"]),
-        }
-    document = {
-        "rule": "a degradation is present when its probability >= threshold; the most probable one always is",
-        "images": [entries[key] for key in sorted(entries)],
-    }
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2)
-        handle.write("\n")
+    from irsde.inference.pipeline import IR_CHECKPOINT_FORMAT, PAPER_SDE
+
+    try:  # mmap: the tensors are not read, so this costs little even for a large file
+        obj = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the full load gives the readable error
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != IR_CHECKPOINT_FORMAT:
+        return int(PAPER_SDE["T"]) if isinstance(obj, dict) and "format" not in obj else None
+    config = obj.get("config") or {}
+    if (config.get("model") or {}).get("family", "irsde") != "irsde":
+        return None
+    total = (config.get("sde") or {}).get("T")
+    return int(total) if isinstance(total, int) else None
 
 
-# ----------------------------------------------------------------------------- contact sheets
+# ----------------------------------------------------------------------------- settings and warnings
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+@contextmanager
+def pipeline_settings(pipeline: RestorationPipeline, **settings: Any) -> Iterator[None]:
+    """Set pipeline attributes (``tile``, ``sampler``, ...) for a block, then restore the previous values."""
+    saved = {key: getattr(pipeline, key) for key in settings}
+    for key, value in settings.items():
+        setattr(pipeline, key, value)
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has a single bitmap font
-        return ImageFont.load_default()
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(pipeline, key, value)
 
 
-def _thumbnail(path: Path, height: int) -> Image.Image:
-    """The image scaled to ``height`` rows (aspect kept; at most ``4 * height`` wide, then centred)."""
-    array = np.asarray(read_image(path), dtype=np.float32)  # (H, W, 3) in [0, 1]
-    image = Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-    width = max(1, round(image.width * height / image.height))
-    if width <= 4 * height:
-        return image.resize((width, height), Image.Resampling.LANCZOS)
-    scaled = image.resize((4 * height, max(1, round(image.height * 4 * height / image.width))))
-    canvas = Image.new("RGB", (4 * height, height), (32, 32, 32))
-    canvas.paste(scaled, (0, (height - scaled.height) // 2))
-    return canvas
+def describe_settings(pipeline: RestorationPipeline, seed: int) -> str:
+    """What made an image, for its row in the predictions: checkpoint, sampler, steps, tiles, seed."""
+    loaded = pipeline.loaded
+    parts = [f"checkpoint={loaded.path}"] if loaded is not None and loaded.path else []
+    if pipeline.one_pass:
+        parts.append("one-pass")
+    else:
+        assert pipeline.sde is not None
+        parts += [f"sampler={pipeline.sampler}", f"steps={pipeline.num_steps or pipeline.sde.T}"]
+        if pipeline.sampler in HIGHER_ORDER_SAMPLERS:
+            parts.append(f"order={pipeline.order or 2}")
+        parts.append(f"grid={pipeline.grid}")
+    parts.append(f"tile={pipeline.tile}" if pipeline.tile is not None else "tile=off")
+    if pipeline.self_ensemble:
+        parts.append("self-ensemble")
+    parts.append(f"seed={seed}")
+    return " ".join(parts)
 
 
-_SHEET_NAME = re.compile(r"contact_sheet(_[0-9]+)?\.png")
+def sampling_notice(pipeline: RestorationPipeline) -> str | None:
+    """A one-line warning when the pipeline samples with a sampler or a number of steps its checkpoint
+    was never validated with (None when it samples as validated, or holds no checkpoint's record).
 
-
-def is_contact_sheet_name(name: str) -> bool:
-    """Whether a file name is one :func:`write_contact_sheets` writes (``contact_sheet[_<n>].png``)."""
-    return _SHEET_NAME.fullmatch(name) is not None
-
-
-def _sheet_names(count: int, rows: int) -> list[str]:
-    sheets = max(1, math.ceil(count / rows))
-    if sheets == 1:
-        return [CONTACT_SHEET_NAME]
-    stem = Path(CONTACT_SHEET_NAME).stem
-    return [f"{stem}_{i}.png" for i in range(1, sheets + 1)]
-
-
-def write_contact_sheets(
-    folder: str | os.PathLike,
-    rows: Sequence[tuple[str | os.PathLike, str | os.PathLike, str]],
-    *,
-    height: int = CONTACT_SHEET_HEIGHT,
-    rows_per_sheet: int = CONTACT_SHEET_ROWS,
-) -> list[Path]:
-    """Draw ``(input, output, label)`` rows as contact sheets in ``folder``; returns the files written.
-
-    A row is the input and the output side by side, each scaled to ``height`` pixels (aspect kept), with
-    ``label`` (file name and predicted degradations) on a dark band over the input's top-left corner: a
-    sheet is ``rows * height`` pixels tall and as wide as its widest row (input width + output width,
-    scaled). Up to ``rows_per_sheet`` rows make ``contact_sheet.png``; more make ``contact_sheet_1.png``,
-    ``contact_sheet_2.png``, ... (sheets of an earlier run that this one does not rewrite are removed).
-    Each sheet is written atomically.
+    Our checkpoints record the validation sampler of their training (``train.val_sampler`` /
+    ``val_steps``); the released weights were published with the paper's posterior sampler at T.
+    Another sampler or NFE may work, or may give black or washed-out images without any NaN.
     """
-    if height < 8 or rows_per_sheet < 1:
-        raise ValueError(
-            f"contact sheet: height must be >= 8 and rows >= 1, got {height} and {rows_per_sheet}"
+    loaded = pipeline.loaded
+    if loaded is None or pipeline.one_pass or pipeline.sde is None:
+        return None
+    total = int(pipeline.sde.T)
+    validated, steps = loaded.default_sampling()
+    current = int(pipeline.num_steps or total)
+    if (pipeline.sampler, current) == (validated, steps or total):
+        return None
+    where = "in training" if loaded.source == "ours" else "(the paper's setting for these weights)"
+    return (
+        f"warning: {Path(loaded.path).name} was validated with {validated} at {steps or total} step(s) "
+        f"{where}; {pipeline.sampler} at {current} step(s) was never checked on it: look at the outputs "
+        "before trusting them"
+    )
+
+
+def vocabulary_notice(pipeline: RestorationPipeline, degradations: Sequence[str] | None) -> str | None:
+    """A one-line warning when the classifier vocabulary names degradations the model was not trained on."""
+    if not degradations or pipeline.embedder is None:
+        return None
+    unknown = [name for name in degradations if name not in pipeline.degradations]
+    if not unknown:
+        return None
+    return (
+        f"warning: --degradations {', '.join(unknown)}: not among the degradations this model was trained on "
+        f"({', '.join(pipeline.degradations)}); their probabilities are DA-CLIP's guess on an unseen text"
+    )
+
+
+#: An output whose pixel values spread less than this (standard deviation, in [0, 1]) is "nearly constant".
+CONSTANT_STD = 0.01
+#: ... but only when the input's spread is at least this (a flat input may give a flat output).
+NORMAL_INPUT_STD = 0.03
+#: An output with at least this fraction of its values at 0 or 1 is "saturated" ...
+SATURATED_FRACTION = 0.5
+#: ... when at most this fraction of the input's values are.
+NORMAL_INPUT_SATURATED = 0.1
+
+
+def _clipped_fraction(image: Tensor) -> float:
+    """Fraction of the values of an 8-bit image at 0 or 255."""
+    return float(((image <= 0.5 / 255) | (image >= 254.5 / 255)).float().mean())
+
+
+def output_warning(name: str, lq: Tensor, restored: Tensor) -> str | None:
+    """A one-line warning when the restoration of a normal input is nearly constant or mostly clipped
+    to black or white (what an unsuitable sampler or step count gives without any NaN), else None.
+
+    ``lq`` and ``restored`` are ``(3, H, W)`` in [0, 1].
+    """
+    lq, restored = lq.detach().float().cpu(), restored.detach().float().cpu()
+    clipped, input_clipped = _clipped_fraction(restored), _clipped_fraction(lq)
+    if clipped >= SATURATED_FRACTION and input_clipped <= NORMAL_INPUT_SATURATED:
+        return (
+            f"warning: {name}: {clipped:.0%} of the restored values are clipped to black or white (the "
+            f"input's: {input_clipped:.0%}): the sampler or the number of steps may not suit this model"
         )
-    folder = Path(folder)
-    names = _sheet_names(len(rows), rows_per_sheet) if rows else []
-    for stale in folder.glob("contact_sheet*.png"):
-        if is_contact_sheet_name(stale.name) and stale.name not in names and stale.is_file():
-            stale.unlink()
-    font = _font(max(10, height // 14))
-    written = []
-    for number, name in enumerate(names):
-        chunk = rows[number * rows_per_sheet : (number + 1) * rows_per_sheet]
-        pairs = [(_thumbnail(Path(i), height), _thumbnail(Path(o), height), label) for i, o, label in chunk]
-        width = max(a.width + b.width for a, b, _ in pairs)
-        sheet = Image.new("RGB", (width, height * len(pairs)), (255, 255, 255))
-        draw = ImageDraw.Draw(sheet)
-        for row, (before, after, label) in enumerate(pairs):
-            top = row * height
-            sheet.paste(before, (0, top))
-            sheet.paste(after, (before.width, top))
-            box = draw.textbbox((4, top + 2), label, font=font)
-            draw.rectangle([0, top, box[2] + 4, box[3] + 3], fill=(0, 0, 0))
-            draw.text((4, top + 2), label, fill=(255, 255, 255), font=font)
-            draw.line([(before.width, top), (before.width, top + height - 1)], fill=(255, 255, 255))
-        path = folder / name
-        with atomic_open(path, "wb") as handle:
-            sheet.save(handle, format="PNG")
-        written.append(path)
-    return written
+    spread, input_spread = float(restored.std()), float(lq.std())
+    if spread < CONSTANT_STD and input_spread >= NORMAL_INPUT_STD:
+        return (
+            f"warning: {name}: the restored image is nearly constant (standard deviation {spread:.4f}, the "
+            f"input's {input_spread:.3f}): the sampler or the number of steps may not suit this model"
+        )
+    return None
 
 
 # ----------------------------------------------------------------------------- restoring
+
+
+def _items(
+    dataset: Any, plan: OutputPlan, failures: list[tuple[str, str]], log: Callable[[str], None]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, item)`` of every pending input; an unreadable one is reported, recorded and skipped."""
+    for index in plan.pending:
+        try:
+            yield index, dataset[index]
+        except ImageReadError as err:
+            failures.append((str(plan.paths[index]), str(err)))
+            log(f"error: {err} (skipped)")
+
+
+def _batches(
+    items: Iterator[tuple[int, dict[str, Any]]], batch_size: int
+) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """Consecutive ``(index, item)`` pairs in batches of at most ``batch_size`` images of one size."""
+    batch: list[tuple[int, dict[str, Any]]] = []
+    for index, item in items:
+        if batch and (len(batch) == batch_size or batch[0][1]["lq"].shape != item["lq"].shape):
+            yield batch
+            batch = []
+        batch.append((index, item))
+    if batch:
+        yield batch
+
+
+def image_seed(seed: int, image: Tensor) -> int:
+    """A 63-bit seed from the run ``seed`` and an image's content (its float32 bytes)."""
+    digest = hashlib.sha256(image.detach().float().cpu().contiguous().numpy().tobytes()).digest()
+    return (int.from_bytes(digest[:8], "little") ^ (seed * 0x9E3779B97F4A7C15)) & (2**63 - 1)
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} MP"
+
+
+@dataclass
+class _RestoreRun:
+    """One call of :func:`restore_images`: its settings, and the records and failures so far."""
+
+    pipeline: RestorationPipeline
+    plan: OutputPlan
+    degradations: Sequence[str] | None
+    threshold: float
+    seed: int
+    max_pixels: int | None
+    log: Callable[[str], None]
+    reporter: ProgressReporter | None
+    run_id: str = field(
+        default_factory=lambda: datetime.now().astimezone().isoformat(timespec="milliseconds")
+    )
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    done: int = 0
+
+    def __post_init__(self) -> None:
+        embedder = self.pipeline.embedder
+        self.classify = getattr(embedder, "classify", None) if self.degradations else None
+        self.done = len(self.plan.targets) - len(self.plan.pending)
+
+    def _auto_tiles(self, names: str, height: int, width: int) -> dict[str, Any]:
+        """The tile settings of an image over ``max_pixels`` restored without tiles ({} otherwise)."""
+        pipeline = self.pipeline
+        if pipeline.tile is not None or self.max_pixels is None or height * width <= self.max_pixels:
+            return {}
+        tile = AUTO_TILE
+        self.log(
+            f"{names}: {width}x{height} ({_megapixels(height * width)}) is over the "
+            f"{_megapixels(self.max_pixels)} restored in one piece (--max-pixels): restoring it in tiles "
+            f"of {tile} pixels (--tile to choose the size)"
+        )
+        return dict(tile=tile, tile_overlap=min(pipeline.tile_overlap, tile // 4))
+
+    def _generators(self, lq: Tensor) -> list[torch.Generator]:
+        """One noise generator per image, seeded by the run seed and the image's pixels: an image
+        restores the same whatever its place in the batch, the batch size or the other inputs."""
+        device = self.pipeline.device
+        return [torch.Generator(device=device).manual_seed(image_seed(self.seed, image)) for image in lq]
+
+    def _run_network(self, lq: Tensor, lq_clip: Tensor | None, names: str) -> Tensor:
+        """The restored batch ``(B, 3, H, W)``, with progress within it when a reporter is set."""
+        pipeline = self.pipeline
+        generators = self._generators(lq)
+        if self.reporter is None:
+            return pipeline(lq, lq_clip, generator=generators)
+        calls, steps = network_calls(pipeline, lq.shape[0], lq.shape[-2], lq.shape[-1])
+        label = f"[{self.done + 1}/{len(self.plan.targets)}] {names} ({lq.shape[-1]}x{lq.shape[-2]})"
+        self.reporter.start(label, calls, steps)
+        with _count_network_calls(pipeline.model, self.reporter.update):
+            restored = pipeline(lq, lq_clip, generator=generators)
+        self.reporter.finish()
+        return restored
+
+    def restore_batch(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
+        """Restore, check and write one batch; append its records."""
+        lq = torch.stack([item["lq"] for _, item in batch])  # (B, 3, H, W)
+        lq_clip = None
+        if self.pipeline.embedder is not None:
+            lq_clip = torch.stack([item["lq_clip"] for _, item in batch])  # (B, 3, S, S)
+        names = ", ".join(_input_name(item["path"]) for _, item in batch)
+        with pipeline_settings(self.pipeline, **self._auto_tiles(names, lq.shape[-2], lq.shape[-1])):
+            restored = self._run_network(lq, lq_clip, names)
+            settings = describe_settings(self.pipeline, self.seed)
+        probs = None
+        if self.classify is not None:
+            probs = self.classify(lq_clip.to(self.pipeline.device), list(self.degradations))  # (B, K)
+        for i, (index, item) in enumerate(batch):
+            row = probs[i] if probs is not None else None  # (K,)
+            _check_finite(item["path"], restored[i], row)
+            warning = output_warning(_input_name(item["path"]), lq[i], restored[i])
+            if warning:
+                self.log(warning)
+            self._write(index, restored[i])
+            self.records.append(self._record(item, self.plan.targets[index], row, settings))
+        self.done += len(batch)
+
+    def _write(self, index: int, image: Tensor) -> None:
+        target = self.plan.targets[index]
+        try:
+            write_image(target, image)
+        except OSError as err:  # a full disk, a file size limit, a folder made read-only meanwhile
+            raise OutputWriteError(
+                f"could not write {target}: {err.strerror or err} ({len(self.records)} image(s) of this run "
+                "written before it; files already there are unchanged)"
+            ) from None
+
+    def _record(
+        self, item: dict[str, Any], target: Path, probs: Tensor | None, settings: str
+    ) -> dict[str, Any]:
+        """The record of one written image (with its predictions when classified); logs its line."""
+        record: dict[str, Any] = {"input": item["path"], "output": str(target), "run": self.run_id}
+        record["settings"] = settings
+        if probs is None:
+            self.log(f"{_input_name(item['path'])} -> {target}")
+            return record
+        names = list(self.degradations or ())
+        values = probs.float().cpu().numpy()  # (K,)
+        top = torch.topk(probs, k=min(3, probs.shape[0]))
+        record["top3"] = [(names[j], float(p)) for p, j in zip(top.values, top.indices)]
+        present = multilabel_predictions(values[None], self.threshold)[0]
+        ranked = sorted(range(len(values)), key=lambda j: -values[j])
+        record["probabilities"] = {names[j]: float(values[j]) for j in range(len(values))}
+        record["degradations"] = [names[j] for j in ranked if present[j]]
+        record["threshold"] = self.threshold
+        name, prob = record["top3"][0]
+        found = "+".join(record["degradations"])
+        self.log(f"{_input_name(item['path'])}: {name} ({prob:.1%}; present: {found}) -> {target}")
+        return record
+
+
+def _check_finite(path: str, restored: Tensor, probs: Tensor | None) -> None:
+    """NonFiniteOutputError naming the image when its restoration or its probabilities hold NaN/Inf."""
+    finite = bool(torch.isfinite(restored).all())
+    if finite and (probs is None or bool(torch.isfinite(probs).all())):
+        return
+    what = "a restored image" if not finite else "degradation probabilities"
+    raise NonFiniteOutputError(
+        f"restoring {path} gave {what} with NaN or Inf values (the model weights or the sampling "
+        "diverged); nothing was written for it"
+    )
+
+
+def _check_arguments(batch_size: Any, threshold: float, contact_sheet: bool, sheet_height: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if contact_sheet and sheet_height < 8:
+        raise ValueError(f"contact sheet height must be >= 8 pixels, got {sheet_height}")
+
+
+def _prepare_folder(plan: OutputPlan, log: Callable[[str], None]) -> None:
+    """Make the output folder; say which outputs are renamed and which images are skipped."""
+    try:
+        plan.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputWriteError(
+            f"could not create the output folder {plan.folder}: {err.strerror or err}"
+        ) from None
+    renamed = plan.renamed
+    if renamed:
+        log(
+            f"{len(renamed)} inputs share a name with another input: their outputs keep the extension "
+            f"(e.g. {renamed[0][0].name} -> {renamed[0][1].name})"
+        )
+    skipped = len(plan.targets) - len(plan.pending)
+    if skipped:
+        log(f"skipping {skipped} image(s) already restored in {plan.folder} (pass --overwrite to redo)")
+
+
+def _input_paths(dataset: Any) -> list[Path]:
+    if hasattr(dataset, "paths"):
+        return [Path(p) for p in dataset.paths]
+    return [Path(dataset[i]["path"]) for i in range(len(dataset))]
 
 
 def restore_images(
@@ -416,175 +731,99 @@ def restore_images(
     threshold: float = DEFAULT_THRESHOLD,
     contact_sheet: bool = True,
     sheet_height: int = CONTACT_SHEET_HEIGHT,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[dict[str, Any]]:
     """Restore every image of ``dataset`` into the folder (or, for one image, the file) ``output``.
 
     ``dataset`` items are dicts with ``lq``, ``lq_clip`` and ``path``; its ``paths`` attribute lists
-    the inputs (as :class:`data.paired.LQImageDataset` does), so that outputs are named, and
-    already restored images skipped, before any image is read. ``progress``: True reports progress
-    within each image on stderr (:class:`ProgressReporter`), or pass a reporter.
+    the inputs (as :class:`data.paired.LQImageDataset` does), so that outputs are planned before any
+    image is read. ``progress``: True reports progress within each image on stderr, or pass a
+    :class:`ProgressReporter`. An image over ``max_pixels`` is restored in tiles of :data:`AUTO_TILE`
+    when the pipeline has no tile size (None: never).
 
-    Returns one record per restored image: input path, output path, and (when the pipeline has a
-    DA-CLIP and ``degradations`` are given) the top-3 predicted degradations with probabilities
-    (``top3``), every type's probability (``probabilities``) and the predicted set (``degradations``:
-    probability >= ``threshold``, at least the most probable type; most probable first).
-
-    Into an output folder it writes ``predictions.csv`` and ``predictions.json`` (merged with earlier
-    runs' rows) and, unless ``contact_sheet`` is False, contact sheets of every input whose output
-    exists (rows ``sheet_height`` pixels high, see :func:`write_contact_sheets`); both also after
-    an image failed.
+    Returns one record per restored image: ``input``, ``output``, ``run`` (this run's start time),
+    ``settings`` (:func:`describe_settings`) and, when classified (a DA-CLIP and ``degradations``),
+    ``top3``, ``probabilities`` (every type's) and ``degradations`` (probability >= ``threshold``,
+    at least the most probable type). Into a folder it writes ``predictions.csv`` / ``.json`` (merged
+    with earlier runs' rows) and contact sheets (unless ``contact_sheet`` is False), after an error too.
 
     Raises:
         ValueError: a bad ``batch_size`` or output (before any work).
         NonFiniteOutputError: a restored image is not finite (nothing is written for it).
+        OutputWriteError: an output, the predictions or a contact sheet could not be written.
         RestoreError: at the end, when some images could not be read (the others are restored).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    if contact_sheet and sheet_height < 8:
-        raise ValueError(f"contact sheet height must be >= 8 pixels, got {sheet_height}")
-    if hasattr(dataset, "paths"):
-        paths = [Path(p) for p in dataset.paths]
-    else:
-        paths = [Path(dataset[i]["path"]) for i in range(len(dataset))]
-    targets, single_file = output_targets(paths, output)
-    folder = targets[0].parent if single_file else Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    clashing = [(p, t) for p, t in zip(paths, targets) if not single_file and t.stem != p.stem]
-    if clashing:
-        log(
-            f"{len(clashing)} inputs share a name with another input: their outputs keep the extension "
-            f"(e.g. {clashing[0][0].name} -> {clashing[0][1].name})"
-        )
-    pending = [i for i, t in enumerate(targets) if overwrite or not t.exists()]
-    if len(pending) < len(targets):
-        log(
-            f"skipping {len(targets) - len(pending)} image(s) already restored in {folder} "
-            "(pass --overwrite to redo)"
-        )
-
-    reporter: ProgressReporter | None
+    _check_arguments(batch_size, threshold, contact_sheet, sheet_height)
+    plan = plan_outputs(_input_paths(dataset), output, overwrite=overwrite, contact_sheet=contact_sheet)
+    _prepare_folder(plan, log)
     reporter = (
         progress if isinstance(progress, ProgressReporter) else (ProgressReporter() if progress else None)
     )
-    classify = getattr(pipeline.embedder, "classify", None) if degradations else None
-    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
-    records: list[dict[str, Any]] = []
-    failures: list[tuple[str, str]] = []
-
-    def items() -> Iterator[tuple[int, dict[str, Any]]]:
-        for index in pending:
-            try:
-                yield index, dataset[index]
-            except ImageReadError as err:
-                failures.append((str(paths[index]), str(err)))
-                log(f"error: {err} (skipped)")
-
-    def batches() -> Iterator[list[tuple[int, dict[str, Any]]]]:
-        batch: list[tuple[int, dict[str, Any]]] = []
-        for index, item in items():
-            if batch and (len(batch) == batch_size or batch[0][1]["lq"].shape != item["lq"].shape):
-                yield batch
-                batch = []
-            batch.append((index, item))
-        if batch:
-            yield batch
-
-    done = len(targets) - len(pending)
+    run = _RestoreRun(pipeline, plan, degradations, threshold, seed, max_pixels, log, reporter)
+    sheet_rows = sheet_height if contact_sheet else None
     try:
-        for batch in batches():
-            lq = torch.stack([item["lq"] for _, item in batch])  # (B, 3, H, W)
-            lq_clip = (
-                torch.stack([item["lq_clip"] for _, item in batch]) if pipeline.embedder is not None else None
-            )
-            names = ", ".join(Path(item["path"]).name for _, item in batch)
-            if reporter is not None:
-                calls, steps = network_calls(pipeline, lq.shape[0], lq.shape[-2], lq.shape[-1])
-                label = f"[{done + 1}/{len(targets)}] {names} ({lq.shape[-1]}x{lq.shape[-2]})"
-                reporter.start(label, calls, steps)
-                with _count_network_calls(pipeline.model, reporter.update):
-                    restored = pipeline(lq, lq_clip, generator=generator)  # (B, 3, H, W)
-                reporter.finish()
-            else:
-                restored = pipeline(lq, lq_clip, generator=generator)
-            probs = (
-                classify(lq_clip.to(pipeline.device), list(degradations)) if classify is not None else None
-            )
-            for i, (index, item) in enumerate(batch):
-                target = targets[index]
-                finite = bool(torch.isfinite(restored[i]).all())
-                if not finite or (probs is not None and not bool(torch.isfinite(probs[i]).all())):
-                    what = "restored image" if not finite else "degradation probabilities"
-                    raise NonFiniteOutputError(
-                        f"restoring {item['path']} gave a {what} with NaN or Inf values (the model weights "
-                        f"or the sampling diverged); nothing was written for it"
-                    )
-                write_image(target, restored[i])
-                record: dict[str, Any] = {"input": item["path"], "output": str(target)}
-                if probs is not None:
-                    top = torch.topk(probs[i], k=min(3, probs.shape[1]))
-                    record["top3"] = [(degradations[j], float(p)) for p, j in zip(top.values, top.indices)]
-                    row = probs[i].float().cpu().numpy()  # (K,)
-                    present = multilabel_predictions(row[None], threshold)[0]
-                    ranked = sorted(range(len(row)), key=lambda j: -row[j])
-                    record["probabilities"] = {degradations[j]: float(row[j]) for j in range(len(row))}
-                    record["degradations"] = [degradations[j] for j in ranked if present[j]]
-                    record["threshold"] = threshold
-                    name, prob = record["top3"][0]
-                    found = "+".join(record["degradations"])
-                    log(f"{Path(item['path']).name}: {name} ({prob:.1%}; present: {found}) -> {target}")
-                else:
-                    log(f"{Path(item['path']).name} -> {target}")
-                records.append(record)
-            done += len(batch)
-    finally:
-        # Also after an error: the predictions of the images written so far are kept, and shown.
-        predicted = [r for r in records if "top3" in r]
-        if predicted and not single_file:
-            _write_predictions(folder / PREDICTIONS_NAME, predicted)
-            _write_json_predictions(folder / PREDICTIONS_JSON_NAME, predicted)
-        if contact_sheet and not single_file:
-            unreadable = {path for path, _ in failures}
-            _contact_sheets(folder, paths, targets, unreadable, sheet_height, log)
-    if failures:
-        first, reason = failures[0]
-        more = f" (and {len(failures) - 1} more, listed above)" if len(failures) > 1 else ""
+        for batch in _batches(_items(dataset, plan, run.failures, log), batch_size):
+            run.restore_batch(batch)
+    except BaseException:
+        _write_reports(run, sheet_rows, strict=False)  # the error in flight is the one to report
+        raise
+    _write_reports(run, sheet_rows, strict=True)
+    if run.failures:
+        _, reason = run.failures[0]
+        more = f" (and {len(run.failures) - 1} more, listed above)" if len(run.failures) > 1 else ""
         raise RestoreError(
-            f"{len(failures)} of {len(targets)} images could not be restored: {reason}{more}", failures
+            f"{len(run.failures)} of {len(plan.targets)} images could not be restored: {reason}{more}",
+            run.failures,
         )
-    return records
+    return run.records
 
 
-def _contact_sheets(
-    folder: Path,
-    paths: Sequence[Path],
-    targets: Sequence[Path],
-    unreadable: set[str],
-    height: int,
-    log: Callable[[str], None],
-) -> None:
-    """Contact sheets of every readable input whose output exists (restored now or by an earlier run),
-    labelled with the file name and the predicted degradations of ``predictions.json``; a failure to
-    draw them is logged, never raised."""
-    clash = [t.name for t in targets if is_contact_sheet_name(t.name)]
-    if clash:
-        log(f"no contact sheet: a restored image is named {clash[0]} (rename that input)")
+def _write_reports(run: _RestoreRun, sheet_height: int | None, *, strict: bool) -> None:
+    """The predictions of the images written, and the contact sheets (``sheet_height`` None: none).
+
+    ``strict``: a file that cannot be written is an :class:`OutputWriteError`; otherwise (another
+    error is already on its way) it is logged.
+    """
+    plan = run.plan
+    if plan.single_file:
         return
-    predictions = _read_json_predictions(folder / PREDICTIONS_JSON_NAME)
+    predicted = [r for r in run.records if "top3" in r]
+    writers: list[tuple[Path, Callable[[], None]]] = []
+    if predicted:
+        writers.append(
+            (
+                plan.folder / PREDICTIONS_NAME,
+                lambda: write_predictions(plan.folder / PREDICTIONS_NAME, predicted),
+            )
+        )
+        json_path = plan.folder / PREDICTIONS_JSON_NAME
+        writers.append((json_path, lambda: write_json_predictions(json_path, predicted)))
+    if sheet_height is not None:
+        writers.append((plan.folder / "contact_sheet.png", lambda: _contact_sheets(run, sheet_height)))
+    for path, write in writers:
+        try:
+            write()
+        except OSError as err:  # also ImageReadError: an earlier output that cannot be read back
+            message = f"could not write {path}: {err.strerror or err}"
+            if strict:
+                raise OutputWriteError(message) from None
+            run.log(f"error: {message}")
+
+
+def _contact_sheets(run: _RestoreRun, height: int) -> None:
+    """Contact sheets of every readable input whose output exists (restored now or by an earlier run),
+    labelled with the file name and the predicted degradations of ``predictions.json``."""
+    plan = run.plan
+    predictions = read_json_predictions(plan.folder / PREDICTIONS_JSON_NAME)
+    unreadable = {path for path, _ in run.failures}
     rows = []
-    for path, target in zip(paths, targets):
+    for path, target in zip(plan.paths, plan.targets):
         if str(path) in unreadable or not target.is_file() or not path.is_file():
             continue
         found = predictions.get(str(target), {}).get("degradations")
         rows.append((path, target, f"{path.name}: {'+'.join(found)}" if found else path.name))
     if not rows:
         return
-    try:
-        sheets = write_contact_sheets(folder, rows, height=height)
-    except (OSError, ValueError, ImageReadError) as err:  # the restored images are what matters
-        log(f"error: contact sheet not written: {err}")
-        return
+    sheets = write_contact_sheets(plan.folder, rows, height=height)
     more = f" (and {len(sheets) - 1} more)" if len(sheets) > 1 else ""
-    log(f"contact sheet of {len(rows)} image(s): {sheets[0]}{more}")
+    run.log(f"contact sheet of {len(rows)} image(s): {sheets[0]}{more}")

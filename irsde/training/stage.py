@@ -295,6 +295,8 @@ def _image_grid(rows: list[Tensor]) -> Tensor:
 
 
 _RESUME_KEYS = ("model", "ema", "optimizer", "scheduler", "step", "rng", "generator")
+#: How messages name a restorer family (``model.family``).
+_FAMILY_NAMES = {"irsde": "an IR-SDE U-Net", "nafnet": "a NAFNet"}
 
 
 class IRStage(Stage):
@@ -436,20 +438,45 @@ class IRStage(Stage):
             raise UserError(
                 f"{path} holds restoration weights without the training state {missing} needed to resume"
             )
-        recorded, current = state.get("daclip"), self.daclip_record
-        if current and isinstance(recorded, dict) and recorded.get("sha256") != current["sha256"]:
-            self.run.notes.append(
-                f"daclip.checkpoint {current['path']} is not the DA-CLIP {path} was trained with "
-                f"({recorded.get('path')}, sha256 {str(recorded.get('sha256'))[:12]}...)"
-            )
+        self._check_family(state, path)
+        self._check_daclip(state, path)
         try:
             self.net.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
         except RuntimeError as err:  # another architecture: one line, not the full key listing
             detail = " ".join(str(err).split())[:300]
-            raise UserError(f"{path} does not fit the U-Net of this config (model.*): {detail}") from None
+            raise UserError(
+                f"{path} does not fit the model of this config "
+                f"({_FAMILY_NAMES.get(self.cfg.model.family, 'model.*')}, model.*): {detail}"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def _check_family(self, state: Any, path: Path) -> None:
+        """A checkpoint of another restorer family is one line naming both, not a key listing."""
+        saved = state.get("config", {}).get("model", {}) if isinstance(state.get("config"), dict) else {}
+        family, wanted = saved.get("family", "irsde"), self.cfg.model.family
+        if family != wanted:
+            raise UserError(
+                f"{path} is {_FAMILY_NAMES.get(family, repr(family))} checkpoint; the config is "
+                f"{_FAMILY_NAMES.get(wanted, wanted)} (model.family: {wanted})"
+            )
+
+    def _check_daclip(self, state: Any, path: Path) -> None:
+        """Resume with the DA-CLIP the run was trained with, or (``daclip.allow_changed``) record both."""
+        recorded, current = state.get("daclip"), self.daclip_record
+        if not (current and isinstance(recorded, dict) and recorded.get("sha256") != current["sha256"]):
+            return
+        what = (
+            f"daclip.checkpoint {current['path']} is not the DA-CLIP {path} was trained with "
+            f"({recorded.get('path')}, sha256 {str(recorded.get('sha256'))[:12]}...)"
+        )
+        if not self.cfg.daclip.allow_changed:
+            raise UserError(f"{what}: point daclip.checkpoint at that file, or set daclip.allow_changed=true")
+        self.run.notes.append(f"{what}; continuing with it (daclip.allow_changed), both are recorded")
+        earlier = {k: recorded.get(k) for k in ("path", "size", "sha256")}
+        earlier["until_step"] = int(state.get("step", 0))
+        self.daclip_record = {**current, "earlier": [*recorded.get("earlier", []), earlier]}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -457,7 +484,9 @@ class IRStage(Stage):
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "daclip": self.daclip_record,  # absolute path + sha256 of the DA-CLIP weights (None: no DA-CLIP)
+            # Absolute path + sha256 of the DA-CLIP weights (None: no DA-CLIP); "earlier": those a resume
+            # with daclip.allow_changed replaced, each with the step it was used until.
+            "daclip": self.daclip_record,
         }
 
     def rank_state(self) -> dict[str, Any]:
