@@ -140,12 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="average the restorations of the 8 flips/transposes (8x the network evaluations)",
     )
+    _add_run_options(p)
+    return p
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """What to do with clean images, where to run, the seed, and whether to redo earlier outputs."""
+    p.add_argument(
+        "--keep-clean",
+        action="store_true",
+        help="an image DA-CLIP finds nothing wrong with ('clean' ranks first; models whose vocabulary has "
+        "'clean') is written back unchanged; by default it is restored too (a restorer trained with clean "
+        "pairs gives it back nearly unchanged)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--overwrite", action="store_true", help="redo images already restored in the output folder"
     )
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -207,6 +219,7 @@ def restore(args: argparse.Namespace) -> None:
         contact_sheet=not args.no_contact_sheet,
         sheet_height=args.sheet_height,
         max_pixels=args.max_pixels or None,
+        keep_clean=args.keep_clean,
     )
 
 

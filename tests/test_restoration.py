@@ -609,3 +609,59 @@ def test_contact_sheet_after_a_failed_image_and_over_several_sheets(tmp_path, ca
     assert not (out / "contact_sheet.png").exists()
     assert [Image.open(p).size for p in written] == [(80, 40), (80, 40), (80, 20)]
     assert {p.name for p in out.glob("*.png")} >= {"a.png", "c.png"}
+
+
+class _CleanOrNoisy:
+    """A stand-in DA-CLIP that knows the answer: images brighter than 0.5 are clean, the others noisy."""
+
+    image_size, mean, std = 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+    def __call__(self, clip_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zeros = torch.zeros(clip_images.shape[0], 32)
+        return zeros, zeros
+
+    def classify(self, clip_images: torch.Tensor, names: list[str]) -> torch.Tensor:
+        bright = clip_images.mean(dim=(1, 2, 3)) > 0.5  # (B,)
+        probs = torch.full((clip_images.shape[0], len(names)), 0.05)
+        probs[bright, names.index("clean")] = 0.9
+        probs[~bright, names.index("noisy")] = 0.9
+        return probs / probs.sum(dim=1, keepdim=True)
+
+
+def test_keep_clean_writes_back_what_daclip_finds_nothing_wrong_with(tmp_path):
+    from data.paired import LQImageDataset
+    from irsde.inference.pipeline import RestorationPipeline
+    from irsde.inference.restore import restore_images
+
+    inputs = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    write_image(inputs / "bright.png", 0.6 + 0.3 * rng.random((24, 20, 3)))
+    write_image(inputs / "dark.png", 0.4 * rng.random((24, 20, 3)))
+    pipeline = RestorationPipeline.from_checkpoint(write_tiny_ir_checkpoint(tmp_path / "ir.pt"), device="cpu")
+    pipeline.embedder = _CleanOrNoisy()
+    names = ["noisy", "hazy", "clean"]
+    logs: list[str] = []
+    runs = {}
+    for keep in (True, False):
+        out = tmp_path / f"keep{keep}"
+        dataset = LQImageDataset(inputs, clip_size=16, clip_mean=(0, 0, 0), clip_std=(1, 1, 1))
+        restore_images(pipeline, dataset, out, degradations=names, keep_clean=keep, log=logs.append)
+        runs[keep] = out
+    # --keep-clean: the clean image's pixels come back exactly (8-bit PNG in, the same PNG pixels out) ...
+    assert np.array_equal(read_image(runs[True] / "bright.png"), read_image(inputs / "bright.png"))
+    # ... the degraded one is restored, and by default the clean one is restored too.
+    assert not np.array_equal(read_image(runs[True] / "dark.png"), read_image(inputs / "dark.png"))
+    assert not np.array_equal(read_image(runs[False] / "bright.png"), read_image(inputs / "bright.png"))
+    for keep, out in runs.items():
+        entries = {
+            Path(e["output"]).name: e for e in json.loads((out / "predictions.json").read_text())["images"]
+        }
+        assert entries["bright.png"]["clean"] and entries["bright.png"]["degradations"] == []
+        assert not entries["dark.png"]["clean"] and entries["dark.png"]["degradations"][0] == "noisy"
+        with open(out / "predictions.csv") as handle:
+            rows = {Path(r["output"]).name: r for r in csv.DictReader(handle)}
+        assert rows["bright.png"]["degradations"] == "none" and rows["bright.png"]["degradation"] == "clean"
+        assert ("kept as it came" in rows["bright.png"]["settings"]) == keep
+    said = [line for line in logs if line.startswith("bright.png:")]
+    assert len(said) == 2 and all("no degradation found" in line for line in said)
+    assert "kept as it came" in said[0] and "kept as it came" not in said[1]

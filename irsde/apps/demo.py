@@ -274,6 +274,24 @@ def _do_no_harm(
     return [*lines, ""]
 
 
+@dataclass
+class _DemoRun:
+    """What the demo's steps share: where it runs, with what, and how long each step took."""
+
+    data_root: Path
+    demo_dir: Path
+    settings: DemoSettings
+    degradations: Sequence[str]
+    log: Callable[[str], None]
+    timings: dict[str, float]
+
+    def timed(self, label: str, fn: Callable[[], Any]) -> Any:
+        tick = time.time()
+        result = fn()
+        self.timings[label] = time.time() - tick
+        return result
+
+
 def run_demo(
     *,
     data_root: str | Path = "demo_data",
@@ -296,86 +314,111 @@ def run_demo(
         raise ValueError(f"compare: {compare!r} is not one of {', '.join(COMPARISONS)}")
     from data.demo import build_demo_dataset
 
-    settings = settings or DemoSettings()
     started = time.time()
-    timings: dict[str, float] = {}
     demo_dir = create_run_dir(experiments_root, "demo", subdirs=())
     log(f"demo folder: {demo_dir}")
-
-    tick = time.time()
-    build_demo_dataset(data_root, degradations=degradations)
-    data_root = Path(data_root)
-    timings["demo data"] = time.time() - tick
-
-    tick = time.time()
-    log(f"stage 1: tiny DA-CLIP, {settings.daclip_epochs} epochs")
-    daclip_ckpt = _stage1(data_root, demo_dir, settings)
-    timings["stage 1 (DA-CLIP)"] = time.time() - tick
-
-    tick = time.time()
-    log(f"stage 2: DA-CLIP-conditioned IR-SDE restorer, {settings.ir_steps} steps")
-    ir_ckpt = _stage2(data_root, demo_dir, settings, daclip_ckpt, "universal-ir")
-    timings["stage 2 (IR-SDE)"] = time.time() - tick
-
-    tick = time.time()
-    log("evaluating on the validation photographs")
-    results = _evaluate(ir_ckpt, data_root, demo_dir, settings, "test", degradations)
-    timings["evaluation + restoring val images"] = time.time() - tick
-
-    nafnet = None
-    if settings.nafnet:
-        tick = time.time()
-        log(f"stage 2, second family: NAFNet + DA-CLIP, {settings.ir_steps} steps (one evaluation per image)")
-        nafnet_ckpt = _stage2(data_root, demo_dir, settings, daclip_ckpt, "nafnet-daclip")
-        nafnet = _evaluate(nafnet_ckpt, data_root, demo_dir, settings, "test-nafnet-daclip", degradations)
-        timings["NAFNet + DA-CLIP (training + evaluation)"] = time.time() - tick
-
-    comparison = None
-    if compare:
-        tick = time.time()
-        compared = {"universal-ir": results, **({"nafnet-daclip": nafnet} if nafnet else {})}
-        for name in COMPARISONS[compare]:
-            if name in compared:
-                continue  # trained above
-            log(f"comparison: {RESTORERS[name][0]}, {settings.ir_steps} steps")
-            checkpoint = _stage2(data_root, demo_dir, settings, daclip_ckpt, name)
-            compared[name] = _evaluate(
-                checkpoint, data_root, demo_dir, settings, f"test-{name}", degradations
-            )
-        comparison = format_comparison(compared, settings)
-        (demo_dir / "comparison.md").write_text(comparison)
-        timings[f"comparison ({', '.join(COMPARISONS[compare])}: training + evaluation)"] = time.time() - tick
-
-    tick = time.time()
+    run = _DemoRun(Path(data_root), demo_dir, settings or DemoSettings(), degradations, log, {})
+    run.timed("demo data", lambda: build_demo_dataset(data_root, degradations=degradations))
+    log(f"stage 1: tiny DA-CLIP, {run.settings.daclip_epochs} epochs")
+    daclip_ckpt = run.timed("stage 1 (DA-CLIP)", lambda: _stage1(run.data_root, demo_dir, run.settings))
+    checkpoints, results = _restorers(run, daclip_ckpt)
     log("clean inputs and photos outside the demo")
-    checkpoints = {"IR-SDE + DA-CLIP": ir_ckpt, **({"NAFNet + DA-CLIP": nafnet_ckpt} if nafnet else {})}
-    harm = _do_no_harm(checkpoints, data_root, settings, degradations)
-    timings["clean inputs + outside photos"] = time.time() - tick
-
-    restorers = [("IR-SDE + DA-CLIP", results)] + ([("NAFNet + DA-CLIP", nafnet)] if nafnet else [])
-    rows = []
-    for name in degradations:
-        lq_files = sorted((data_root / "val" / name / "LQ").iterdir())
-        if lq_files:
-            nan = float("nan")
-            psnrs = " / ".join(f"{r['rows'].get(name, {}).get('psnr', nan):.1f}" for _, r in restorers)
-            label = f"{name}: {results['rows'].get(name, {}).get('input_psnr', nan):.1f} -> {psnrs} dB"
-            stem = lq_files[0].stem
-            restored = [Path(r["output"]) / "images" / name / f"{stem}.png" for _, r in restorers]
-            rows.append((label, [lq_files[0], *restored, data_root / "val" / name / "GT" / lq_files[0].name]))
-    columns = ["input (degraded)", *(label for label, _ in restorers), "ground truth"]
-    _grid(rows, demo_dir / "grid.png", columns)
-    timings["total"] = time.time() - started
+    harm = run.timed(
+        "clean inputs + outside photos",
+        lambda: _do_no_harm(checkpoints, run.data_root, run.settings, degradations),
+    )
+    comparison = _compare(run, compare, daclip_ckpt, results) if compare else None
+    _write_grid(run, results)
+    run.timings["total"] = time.time() - started
+    nafnet = results.get("nafnet-daclip")
+    ir_ckpt = checkpoints["IR-SDE + DA-CLIP"]
     report = _report(
-        results, timings, daclip_ckpt.parents[1], ir_ckpt.parents[1], degradations, settings, nafnet
+        results["universal-ir"],
+        run.timings,
+        daclip_ckpt.parents[1],
+        ir_ckpt.parents[1],
+        degradations,
+        run.settings,
+        nafnet,
     )
     report += "\n" + "\n".join(harm)
     if comparison is not None:
         report += "\n" + comparison
     (demo_dir / "report.md").write_text(report)
-    log(format_markdown(results))
-    log(f"demo finished in {timings['total']:.0f} s: {demo_dir / 'report.md'}, {demo_dir / 'grid.png'}")
+    log(format_markdown(results["universal-ir"]))
+    log(f"demo finished in {run.timings['total']:.0f} s: {demo_dir / 'report.md'}, {demo_dir / 'grid.png'}")
     return demo_dir
+
+
+def _restorers(run: _DemoRun, daclip_ckpt: Path) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """Train and evaluate the demo's restorers: the IR-SDE, then (unless off) NAFNet + DA-CLIP."""
+    settings, log = run.settings, run.log
+    log(f"stage 2: DA-CLIP-conditioned IR-SDE restorer, {settings.ir_steps} steps")
+    ir_ckpt = run.timed(
+        "stage 2 (IR-SDE)",
+        lambda: _stage2(run.data_root, run.demo_dir, settings, daclip_ckpt, "universal-ir"),
+    )
+    log("evaluating on the validation photographs")
+    results = {
+        "universal-ir": run.timed(
+            "evaluation + restoring val images",
+            lambda: _evaluate(ir_ckpt, run.data_root, run.demo_dir, settings, "test", run.degradations),
+        )
+    }
+    checkpoints = {"IR-SDE + DA-CLIP": ir_ckpt}
+    if settings.nafnet:
+        log(f"stage 2, second family: NAFNet + DA-CLIP, {settings.ir_steps} steps (one evaluation per image)")
+
+        def nafnet() -> tuple[Path, dict[str, Any]]:
+            checkpoint = _stage2(run.data_root, run.demo_dir, settings, daclip_ckpt, "nafnet-daclip")
+            name = "test-nafnet-daclip"
+            return checkpoint, _evaluate(
+                checkpoint, run.data_root, run.demo_dir, settings, name, run.degradations
+            )
+
+        checkpoints["NAFNet + DA-CLIP"], results["nafnet-daclip"] = run.timed(
+            "NAFNet + DA-CLIP (training + evaluation)", nafnet
+        )
+    return checkpoints, results
+
+
+def _compare(run: _DemoRun, compare: str, daclip_ckpt: Path, results: dict[str, dict[str, Any]]) -> str:
+    """Train the comparison's other restorers at the same budget; write and return ``comparison.md``."""
+    tick = time.time()
+    compared = dict(results)
+    for name in COMPARISONS[compare]:
+        if name in compared:
+            continue  # trained above
+        run.log(f"comparison: {RESTORERS[name][0]}, {run.settings.ir_steps} steps")
+        checkpoint = _stage2(run.data_root, run.demo_dir, run.settings, daclip_ckpt, name)
+        compared[name] = _evaluate(
+            checkpoint, run.data_root, run.demo_dir, run.settings, f"test-{name}", run.degradations
+        )
+    comparison = format_comparison(compared, run.settings)
+    (run.demo_dir / "comparison.md").write_text(comparison)
+    run.timings[f"comparison ({', '.join(COMPARISONS[compare])}: training + evaluation)"] = time.time() - tick
+    return comparison
+
+
+def _write_grid(run: _DemoRun, results: dict[str, dict[str, Any]]) -> None:
+    """``grid.png``: per degradation, the first validation crop: input | each restorer | ground truth."""
+    restorers = [("IR-SDE + DA-CLIP", results["universal-ir"])]
+    if "nafnet-daclip" in results:
+        restorers.append(("NAFNet + DA-CLIP", results["nafnet-daclip"]))
+    rows = []
+    for name in run.degradations:
+        lq_files = sorted((run.data_root / "val" / name / "LQ").iterdir())
+        if not lq_files:
+            continue
+        nan = float("nan")
+        psnrs = " / ".join(f"{r['rows'].get(name, {}).get('psnr', nan):.1f}" for _, r in restorers)
+        input_psnr = results["universal-ir"]["rows"].get(name, {}).get("input_psnr", nan)
+        stem = lq_files[0].stem
+        restored = [Path(r["output"]) / "images" / name / f"{stem}.png" for _, r in restorers]
+        gt = run.data_root / "val" / name / "GT" / lq_files[0].name
+        rows.append((f"{name}: {input_psnr:.1f} -> {psnrs} dB", [lq_files[0], *restored, gt]))
+    columns = ["input (degraded)", *(label for label, _ in restorers), "ground truth"]
+    _grid(rows, run.demo_dir / "grid.png", columns)
 
 
 def format_comparison(results: dict[str, dict[str, Any]], settings: DemoSettings) -> str:

@@ -69,7 +69,9 @@ def _csv_row(record: dict[str, Any]) -> dict[str, str]:
         "degradation": name,
         "probability": f"{prob:.4f}",
         "top3": "; ".join(f"{n} {p:.3f}" for n, p in record["top3"]),
-        "degradations": "+".join(record.get("degradations", [name])),
+        # an image DA-CLIP finds nothing wrong with says so ("clean" ranks first; no type is present)
+        "degradations": "+".join(record.get("degradations", [name]))
+        or ("none" if record.get("clean") else ""),
         "run": record.get("run", ""),
         "settings": record.get("settings", ""),
     }
@@ -108,7 +110,8 @@ def write_json_predictions(path: Path, records: Sequence[dict[str, Any]]) -> Non
     """Merge ``records`` into ``predictions.json`` (entries of outputs restored earlier are kept), atomically.
 
     Layout: ``{"rule": ..., "images": [{"input", "output", "degradations" (the predicted set, most
-    probable first), "threshold", "probabilities" ({type: probability}, summing to 1), "run",
+    probable first; empty when ``clean``), "clean" (DA-CLIP's most probable entry is "clean": no
+    degradation found), "threshold", "probabilities" ({type: probability}, summing to 1), "run",
     "settings"}, ...]}`` sorted by output path.
     """
     entries = read_json_predictions(path) if path.is_file() else {}
@@ -117,6 +120,7 @@ def write_json_predictions(path: Path, records: Sequence[dict[str, Any]]) -> Non
             "input": r["input"],
             "output": r["output"],
             "degradations": list(r["degradations"]),
+            "clean": bool(r.get("clean", False)),
             "threshold": r["threshold"],
             "probabilities": dict(r["probabilities"]),
             "run": r.get("run", ""),

@@ -46,6 +46,7 @@ from torch import Tensor
 from daclip.engine.errors import UserError
 from daclip.engine.preflight import check_writable
 from daclip.zero_shot import DEFAULT_THRESHOLD, multilabel_predictions
+from data import CLEAN
 from data.io import IMAGE_EXTENSIONS, ImageReadError, write_image
 from irsde.diffusion.samplers import HIGHER_ORDER_SAMPLERS
 from irsde.inference.pipeline import RestorationPipeline
@@ -569,6 +570,7 @@ class _RestoreRun:
     max_pixels: int | None
     log: Callable[[str], None]
     reporter: ProgressReporter | None
+    keep_clean: bool = False
     run_id: str = field(
         default_factory=lambda: datetime.now().astimezone().isoformat(timespec="milliseconds")
     )
@@ -614,27 +616,42 @@ class _RestoreRun:
         self.reporter.finish()
         return restored
 
+    def _clean_mask(self, probs: Tensor | None, size: int) -> list[bool]:
+        """Per image: whether DA-CLIP's most probable entry is :data:`data.CLEAN` ("no degradation")."""
+        names = list(self.degradations or ())
+        if probs is None or CLEAN not in names:
+            return [False] * size
+        return [names[int(j)] == CLEAN for j in probs.argmax(dim=1)]
+
     def restore_batch(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
-        """Restore, check and write one batch; append its records."""
+        """Classify, restore, check and write one batch; append its records. With ``keep_clean``, an
+        image DA-CLIP finds nothing wrong with is written back as it came (the network skips it)."""
         lq = torch.stack([item["lq"] for _, item in batch])  # (B, 3, H, W)
         lq_clip = None
         if self.pipeline.embedder is not None:
             lq_clip = torch.stack([item["lq_clip"] for _, item in batch])  # (B, 3, S, S)
-        names = ", ".join(_input_name(item["path"]) for _, item in batch)
-        with pipeline_settings(self.pipeline, **self._auto_tiles(names, lq.shape[-2], lq.shape[-1])):
-            restored = self._run_network(lq, lq_clip, names)
-            settings = describe_settings(self.pipeline, self.seed)
         probs = None
         if self.classify is not None:
             probs = self.classify(lq_clip.to(self.pipeline.device), list(self.degradations))  # (B, K)
+        clean = self._clean_mask(probs, lq.shape[0])
+        kept = [c and self.keep_clean for c in clean]
+        restored = lq.clone()
+        todo = [i for i, k in enumerate(kept) if not k]
+        if todo:
+            names = ", ".join(_input_name(batch[i][1]["path"]) for i in todo)
+            sub_clip = lq_clip[todo] if lq_clip is not None else None
+            with pipeline_settings(self.pipeline, **self._auto_tiles(names, lq.shape[-2], lq.shape[-1])):
+                restored[todo] = self._run_network(lq[todo], sub_clip, names).to(restored.device)
+        settings = describe_settings(self.pipeline, self.seed)
         for i, (index, item) in enumerate(batch):
             row = probs[i] if probs is not None else None  # (K,)
             _check_finite(item["path"], restored[i], row)
-            warning = output_warning(_input_name(item["path"]), lq[i], restored[i])
+            warning = None if kept[i] else output_warning(_input_name(item["path"]), lq[i], restored[i])
             if warning:
                 self.log(warning)
             self._write(index, restored[i])
-            self.records.append(self._record(item, self.plan.targets[index], row, settings))
+            record = self._record(item, self.plan.targets[index], row, settings, kept=kept[i])
+            self.records.append(record)
         self.done += len(batch)
 
     def _write(self, index: int, image: Tensor) -> None:
@@ -648,11 +665,11 @@ class _RestoreRun:
             ) from None
 
     def _record(
-        self, item: dict[str, Any], target: Path, probs: Tensor | None, settings: str
+        self, item: dict[str, Any], target: Path, probs: Tensor | None, settings: str, *, kept: bool = False
     ) -> dict[str, Any]:
         """The record of one written image (with its predictions when classified); logs its line."""
         record: dict[str, Any] = {"input": item["path"], "output": str(target), "run": self.run_id}
-        record["settings"] = settings
+        record["settings"] = "kept as it came (--keep-clean)" if kept else settings
         if probs is None:
             self.log(f"{_input_name(item['path'])} -> {target}")
             return record
@@ -663,11 +680,17 @@ class _RestoreRun:
         present = multilabel_predictions(values[None], self.threshold)[0]
         ranked = sorted(range(len(values)), key=lambda j: -values[j])
         record["probabilities"] = {names[j]: float(values[j]) for j in range(len(values))}
-        record["degradations"] = [names[j] for j in ranked if present[j]]
-        record["threshold"] = self.threshold
         name, prob = record["top3"][0]
-        found = "+".join(record["degradations"])
-        self.log(f"{_input_name(item['path'])}: {name} ({prob:.1%}; present: {found}) -> {target}")
+        # "clean" is not a degradation: when it ranks first nothing is present, and it is never listed.
+        found = [] if name == CLEAN else [names[j] for j in ranked if present[j] and names[j] != CLEAN]
+        record["degradations"] = found
+        record["clean"] = name == CLEAN
+        record["threshold"] = self.threshold
+        if name == CLEAN:
+            verdict = f"no degradation found ({prob:.1%} clean{'; kept as it came' if kept else ''})"
+        else:
+            verdict = f"{name} ({prob:.1%}; present: {'+'.join(found)})"
+        self.log(f"{_input_name(item['path'])}: {verdict} -> {target}")
         return record
 
 
@@ -732,6 +755,7 @@ def restore_images(
     contact_sheet: bool = True,
     sheet_height: int = CONTACT_SHEET_HEIGHT,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    keep_clean: bool = False,
 ) -> list[dict[str, Any]]:
     """Restore every image of ``dataset`` into the folder (or, for one image, the file) ``output``.
 
@@ -739,7 +763,8 @@ def restore_images(
     the inputs (as :class:`data.paired.LQImageDataset` does), so that outputs are planned before any
     image is read. ``progress``: True reports progress within each image on stderr, or pass a
     :class:`ProgressReporter`. An image over ``max_pixels`` is restored in tiles of :data:`AUTO_TILE`
-    when the pipeline has no tile size (None: never).
+    when the pipeline has no tile size (None: never). ``keep_clean``: an image whose most probable
+    DA-CLIP entry is :data:`data.CLEAN` is written back unchanged (the default restores it too).
 
     Returns one record per restored image: ``input``, ``output``, ``run`` (this run's start time),
     ``settings`` (:func:`describe_settings`) and, when classified (a DA-CLIP and ``degradations``),
@@ -759,7 +784,7 @@ def restore_images(
     reporter = (
         progress if isinstance(progress, ProgressReporter) else (ProgressReporter() if progress else None)
     )
-    run = _RestoreRun(pipeline, plan, degradations, threshold, seed, max_pixels, log, reporter)
+    run = _RestoreRun(pipeline, plan, degradations, threshold, seed, max_pixels, log, reporter, keep_clean)
     sheet_rows = sheet_height if contact_sheet else None
     try:
         for batch in _batches(_items(dataset, plan, run.failures, log), batch_size):
@@ -820,8 +845,11 @@ def _contact_sheets(run: _RestoreRun, height: int) -> None:
     for path, target in zip(plan.paths, plan.targets):
         if str(path) in unreadable or not target.is_file() or not path.is_file():
             continue
-        found = predictions.get(str(target), {}).get("degradations")
-        rows.append((path, target, f"{path.name}: {'+'.join(found)}" if found else path.name))
+        prediction = predictions.get(str(target), {})
+        found = "+".join(prediction.get("degradations") or ()) or (
+            "no degradation found" if prediction.get("clean") else ""
+        )
+        rows.append((path, target, f"{path.name}: {found}" if found else path.name))
     if not rows:
         return
     sheets = write_contact_sheets(plan.folder, rows, height=height)
