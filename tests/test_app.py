@@ -40,7 +40,7 @@ from irsde.apps.app import (
 )
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.inference.restore import NonFiniteOutputError
-from tests.conftest import write_tiny_ir_checkpoint
+from tests.conftest import CleanOrNoisyDaclip, write_tiny_ir_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -311,7 +311,18 @@ def test_the_page_wires_its_components_to_the_events(tiny_pipeline, tmp_path):
     app = build_app(tiny_pipeline, output_dir=tmp_path / "out")
     config = app.get_config_file()
     ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
-    wanted = {"upload", "restore", "degradation", "sampler", "steps", "order", "grid", "tile", "seed"}
+    wanted = {
+        "upload",
+        "restore",
+        "degradation",
+        "sampler",
+        "steps",
+        "order",
+        "grid",
+        "tile",
+        "seed",
+        "keep-clean",
+    }
     assert wanted | {"status", "input-image", "output-image", "download"} <= set(ids.values())
     handlers = {}
     for dependency in config["dependencies"]:
@@ -329,10 +340,10 @@ def test_the_page_wires_its_components_to_the_events(tiny_pipeline, tmp_path):
     click, outputs = handlers["restore", "click"]
     assert outputs == ["input-image", "output-image", "download", "degradation", "status"]
     upload = write_image(tmp_path / "photo.png", _photo(32, 24))
-    result = click(str(upload), "mr", 1, "1", "uniform", "off", 0, progress=lambda *a, **k: None)
+    result = click(str(upload), "mr", 1, "1", "uniform", "off", 0, False, progress=lambda *a, **k: None)
     assert result[1].shape == (24, 32, 3) and result[4].startswith("restored photo.png")
     with pytest.warns(UserWarning, match="steps must be between"):  # gr.Warning: the page's pop-up
-        failed = click(str(upload), "mr", 99, "1", "uniform", "off", 0, progress=lambda *a, **k: None)
+        failed = click(str(upload), "mr", 99, "1", "uniform", "off", 0, False, progress=lambda *a, **k: None)
     assert failed[0] == failed[3] == {"__type__": "update"} and failed[4].startswith("**Error:** steps")
     order_update = handlers["sampler", "change"][0]("ode")
     assert order_update == {"__type__": "update", "interactive": False}
@@ -510,3 +521,29 @@ def test_page_restores_an_upload_in_a_real_browser(browser, tiny_pipeline, tmp_p
         assert restore_with_one_step() == {"w": width, "h": height}
     finally:
         app.close()
+
+
+def test_the_app_says_when_nothing_is_wrong_and_can_give_the_photo_back(tmp_path):
+    """A stand-in DA-CLIP that knows the answer: a bright photo is clean, a dark one noisy."""
+    path = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    pipeline = RestorationPipeline.from_checkpoint(path, device="cpu")
+    pipeline.embedder = CleanOrNoisyDaclip()
+    pipeline.degradations = ("noisy", "hazy", "clean")
+    events = PageEvents(AppRestorer(pipeline, output_dir=tmp_path / "out"))
+    rng = np.random.default_rng(0)
+    bright = write_image(tmp_path / "bright.png", 0.6 + 0.3 * rng.random((24, 32, 3)))
+    dark = write_image(tmp_path / "dark.png", 0.4 * rng.random((24, 32, 3)))
+    assert "no degradation found (clean" in events.upload(str(bright))[4]
+    assert "looks noisy" in events.upload(str(dark))[4]
+    before, after, _, label, status = events.restore(
+        str(bright), "mr", 1, "1", "uniform", "off", 0, None, True
+    )
+    assert (
+        np.array_equal(before, after)
+        and "given back unchanged" in status
+        and max(label, key=label.get) == "clean"
+    )
+    before, after, _, _, status = events.restore(str(bright), "mr", 1, "1", "uniform", "off", 0, None, False)
+    assert not np.array_equal(before, after) and "no degradation found" in status and "1 network" in status
+    before, after, _, _, status = events.restore(str(dark), "mr", 1, "1", "uniform", "off", 0, None, True)
+    assert not np.array_equal(before, after) and "no degradation found" not in status

@@ -18,7 +18,7 @@ from irsde.diffusion.sde import IRSDE
 from irsde.evaluation.evaluate import TestConfig, evaluate
 from irsde.evaluation.metrics import FIDMetric, LPIPSMetric
 from irsde.inference.pipeline import RestorationPipeline, load_restoration_checkpoint
-from tests.conftest import TEST_DEGRADATIONS, write_paired_set, write_tiny_ir_checkpoint
+from tests.conftest import TEST_DEGRADATIONS, CleanOrNoisyDaclip, write_paired_set, write_tiny_ir_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -611,23 +611,6 @@ def test_contact_sheet_after_a_failed_image_and_over_several_sheets(tmp_path, ca
     assert {p.name for p in out.glob("*.png")} >= {"a.png", "c.png"}
 
 
-class _CleanOrNoisy:
-    """A stand-in DA-CLIP that knows the answer: images brighter than 0.5 are clean, the others noisy."""
-
-    image_size, mean, std = 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-
-    def __call__(self, clip_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        zeros = torch.zeros(clip_images.shape[0], 32)
-        return zeros, zeros
-
-    def classify(self, clip_images: torch.Tensor, names: list[str]) -> torch.Tensor:
-        bright = clip_images.mean(dim=(1, 2, 3)) > 0.5  # (B,)
-        probs = torch.full((clip_images.shape[0], len(names)), 0.05)
-        probs[bright, names.index("clean")] = 0.9
-        probs[~bright, names.index("noisy")] = 0.9
-        return probs / probs.sum(dim=1, keepdim=True)
-
-
 def test_keep_clean_writes_back_what_daclip_finds_nothing_wrong_with(tmp_path):
     from data.paired import LQImageDataset
     from irsde.inference.pipeline import RestorationPipeline
@@ -638,7 +621,7 @@ def test_keep_clean_writes_back_what_daclip_finds_nothing_wrong_with(tmp_path):
     write_image(inputs / "bright.png", 0.6 + 0.3 * rng.random((24, 20, 3)))
     write_image(inputs / "dark.png", 0.4 * rng.random((24, 20, 3)))
     pipeline = RestorationPipeline.from_checkpoint(write_tiny_ir_checkpoint(tmp_path / "ir.pt"), device="cpu")
-    pipeline.embedder = _CleanOrNoisy()
+    pipeline.embedder = CleanOrNoisyDaclip()
     names = ["noisy", "hazy", "clean"]
     logs: list[str] = []
     runs = {}

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from daclip.engine.errors import UserError
+from data import CLEAN
 from data.io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, read_image, write_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 from irsde.diffusion.samplers import GRIDS, HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options
@@ -256,7 +257,9 @@ class AppRestorer:
         top = self.classify(image)
         height, width = image.shape[:2]
         status = f"{_display_name(path)}: {width}x{height}"
-        if top:
+        if top and top[0][0] == CLEAN:
+            status += f", no degradation found (clean, {top[0][1]:.0%})"
+        elif top:
             status += f", looks {top[0][0]} ({top[0][1]:.0%})"
         if width * height > self.max_pixels:
             status += f"; over {_megapixels(self.max_pixels)}: choose a tile size before restoring"
@@ -273,8 +276,10 @@ class AppRestorer:
         tile: str | int | None = None,
         seed: int = 0,
         progress: Callable[[int, int], None] | None = None,
+        keep_clean: bool = False,
     ) -> dict[str, Any]:
-        """Restore one upload with these settings.
+        """Restore one upload with these settings (``keep_clean``: an image DA-CLIP finds nothing wrong
+        with is given back unchanged, the network skipped).
 
         Returns ``input`` and ``output`` (uint8 arrays), ``png`` (the written file), ``top3`` and a
         ``status`` line (with a warning when the result is nearly constant or clipped against a normal
@@ -287,7 +292,7 @@ class AppRestorer:
         tile_size = parse_tile(tile)
         image = self._checked_upload(path, tile_size)
         settings = self._settings(sampler, steps, order, grid, tile_size)
-        restored, top, calls = self._run(image, settings, seed, progress)
+        restored, top, calls = self._run(image, settings, seed, progress, keep_clean)
         if not bool(torch.isfinite(restored).all()) or any(not math.isfinite(p) for _, p in top):
             raise NonFiniteOutputError(
                 "the restored image or its degradation probabilities have NaN or Inf values (the model "
@@ -302,11 +307,16 @@ class AppRestorer:
             if self.pipeline.one_pass
             else f"{settings['sampler']}, {int(settings['num_steps'])} step(s)"
         )
-        status = f"restored {name} ({width}x{height}) with {how}, {calls} network evaluation(s)"
-        status += f", tiles of {tile_size}" if tile_size else ""
-        warning = output_warning(name, image_to_tensor(image), restored)
-        if warning:
-            status += "; " + warning
+        clean = bool(top) and top[0][0] == CLEAN
+        if clean and calls == 0:
+            status = f"no degradation found in {name} ({width}x{height}): given back unchanged (keep clean)"
+        else:
+            status = f"restored {name} ({width}x{height}) with {how}, {calls} network evaluation(s)"
+            status += f", tiles of {tile_size}" if tile_size else ""
+            status += "; no degradation found (clean ranks first)" if clean else ""
+            warning = output_warning(name, image_to_tensor(image), restored)
+            if warning:
+                status += "; " + warning
         return {
             "input": to_uint8(image),
             "output": to_uint8(restored),
@@ -332,11 +342,17 @@ class AppRestorer:
         settings: dict[str, Any],
         seed: int,
         progress: Callable[[int, int], None] | None,
+        keep_clean: bool = False,
     ) -> tuple[torch.Tensor, list[tuple[str, float]], int]:
         """(restored ``(3, H, W)``, top-3, network calls) of one image, the model held for this request only."""
         lq = image_to_tensor(image)[None]  # (1, 3, H, W)
         lq_clip = self._clip_input(image)
         pipeline = self.pipeline
+        if keep_clean:
+            with self.lock:
+                top = pipeline.classify(lq, lq_clip, top_k=3)[0]
+            if top and top[0][0] == CLEAN:
+                return lq[0], top, 0
         with self.lock, pipeline_settings(pipeline, **settings):
             calls, _ = network_calls(pipeline, 1, lq.shape[-2], lq.shape[-1])
             done = [0]
@@ -454,6 +470,7 @@ class PageEvents:
         tile: str,
         seed: float | None,
         progress: Callable[[int, int], None] | None = None,
+        keep_clean: bool = False,
     ) -> tuple[Any, Any, Any, Any, str]:
         """Restore the upload with the page's settings (a failure keeps the input and the label shown)."""
         try:
@@ -466,6 +483,7 @@ class PageEvents:
                 tile=tile,
                 seed=int(seed or 0),
                 progress=progress,
+                keep_clean=bool(keep_clean),
             )
         except Exception as err:  # noqa: BLE001 - reported in the page; the server keeps serving
             return KEEP, None, None, KEEP, self.failed(err)
@@ -533,6 +551,12 @@ def _controls(gr: Any, restorer: AppRestorer) -> dict[str, Any]:
         elem_id="tile",
     )
     parts["seed"] = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+    parts["keep_clean"] = gr.Checkbox(
+        value=False,
+        label="Give back a photo DA-CLIP finds nothing wrong with unchanged",
+        elem_id="keep-clean",
+        visible=CLEAN in tuple(pipeline.degradations or ()),
+    )
     return parts
 
 
@@ -561,12 +585,13 @@ def _wire(gr: Any, parts: dict[str, Any], events: PageEvents) -> None:
         grid: str,
         tile: str,
         seed: float | None,
+        keep_clean: bool,
         progress: Any = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
     ) -> tuple[Any, ...]:
         def report(done: int, total: int) -> None:
             progress((done, total), desc="restoring", unit="network evaluations")
 
-        return page(events.restore(path, sampler, steps, order, grid, tile, seed, report))
+        return page(events.restore(path, sampler, steps, order, grid, tile, seed, report, keep_clean))
 
     model = dict(concurrency_limit=1, concurrency_id="model")
     outputs = [parts[k] for k in ("before", "after", "download", "label", "status")]
@@ -578,7 +603,8 @@ def _wire(gr: Any, parts: dict[str, Any], events: PageEvents) -> None:
         inputs=parts["sampler"],
         outputs=parts["order"],
     )
-    settings = [parts[k] for k in ("upload", "sampler", "steps", "order", "grid", "tile", "seed")]
+    keys = ("upload", "sampler", "steps", "order", "grid", "tile", "seed", "keep_clean")
+    settings = [parts[k] for k in keys]
     parts["button"].click(on_restore, inputs=settings, outputs=outputs, **model)
 
 
