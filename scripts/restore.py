@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.classify import DEFAULT_THRESHOLD  # noqa: E402
+from daclip.zero_shot import DEFAULT_THRESHOLD  # noqa: E402
 from daclip.engine.cli import int_at_least, run_main  # noqa: E402
 from daclip.engine.distributed import resolve_device  # noqa: E402
 from daclip.engine.errors import UserError  # noqa: E402
