@@ -9,9 +9,9 @@ export leaves nothing under ``out``; an existing non-empty ``out`` is never over
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from daclip.engine.folder import write_text_file
 from daclip.engine.run_folder import git_revision, run_dir_of_checkpoint
 from irsde.export.card import model_card
 from irsde.inference.pipeline import RestorationPipeline
-from irsde.inference.pretrained import MODEL_CARD, save_pretrained, write_config
+from irsde.inference.pretrained import MODEL_CARD, parse_config, save_pretrained, write_config
 
 __all__ = ["export_folder", "provenance", "read_results"]
 
@@ -41,11 +41,10 @@ def _last_command(run_dir: Path | None) -> tuple[str, str]:
 
 
 def provenance(checkpoint: str | os.PathLike, pipeline: RestorationPipeline) -> dict[str, Any]:
-    """Where the weights come from, for ``config.json`` and the model card (no absolute paths)."""
+    """Where the weights come from, for ``config.json`` and the model card: the checkpoint (by name), its
+    step, the training command and git revision of its run folder, the training config."""
     loaded = pipeline.loaded
     if loaded is not None and loaded.source == "pretrained":  # re-exporting a folder: keep its record
-        from irsde.inference.pretrained import parse_config
-
         return dict(parse_config(checkpoint).source)
     command, git = _last_command(run_dir_of_checkpoint(checkpoint))
     return {
@@ -96,9 +95,11 @@ def export_folder(
         checkpoint, daclip=daclip, clip_model=clip_model, model_config=model_config, device="cpu"
     )
     source = provenance(checkpoint, pipeline)
-    tag = hashlib.sha1(str(out.absolute()).encode()).hexdigest()[:8]
-    staging = out.parent / f".{out.name}.export-{os.getpid()}-{tag}"
-    staging.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))  # renamed at the end
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0o700 would keep a shared folder private
     try:
         config = save_pretrained(pipeline, staging, source=source)
         if onnx:
