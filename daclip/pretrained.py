@@ -39,6 +39,9 @@ from daclip.convert import (
     official_state_dict_from_checkpoint,
 )
 from daclip.engine.checkpoint import load_checkpoint
+from daclip.engine.config import ConfigError, from_dict
+from daclip.engine.errors import UserError
+from daclip.engine.folder import CONFIG_NAME, is_model_folder, load_weights, read_folder_config
 from daclip.model import DaCLIP, check_vision_tower
 from data.net import reachable
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -52,11 +55,15 @@ __all__ = [
     "build_daclip",
     "make_tokenizer",
     "load_daclip",
+    "load_daclip_folder",
     "CHECKPOINT_FORMAT",
+    "DACLIP_WEIGHTS",
 ]
 
 #: Marks checkpoints written by this project (see :func:`daclip.train.make_checkpoint`).
 CHECKPOINT_FORMAT = "daclip-uir/daclip-v1"
+#: The DA-CLIP's weights in a model folder (:mod:`daclip.engine.folder`).
+DACLIP_WEIGHTS = "daclip.safetensors"
 _PROBE_TIMEOUT_S = 3.0  #: seconds the connection probe (:func:`data.net.reachable`) waits
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
@@ -358,8 +365,12 @@ def load_daclip(
     logit scale) rebuilds the frozen CLIP from its recorded ``pretrained`` source. For the
     official format (bare state dict or ``{"state_dict": ...}``, optional ``module.``)
     ``clip_model`` names the architecture (``ViT-B-32`` for ``daclip_ViT-B-32.pt``).
-    Files are read with ``weights_only=True``.
+    Files are read with ``weights_only=True``; a model folder (``scripts/export.py``) is read by
+    :func:`load_daclip_folder`.
     """
+    if is_model_folder(path):
+        model, source = load_daclip_folder(path, cache_dir=cache_dir)
+        return model.to(device), source
     obj = load_checkpoint(path)
     source_name = str(path)
     if _is_our_checkpoint(obj):
@@ -392,3 +403,35 @@ def load_daclip(
     model = DaCLIP(clip)
     load_state_dict_strict(model, convert_official_state_dict(state_dict, source_name), source_name)
     return model.to(device), source
+
+
+def load_daclip_folder(folder: str | os.PathLike, cache_dir: str | None = None) -> tuple[DaCLIP, ClipSource]:
+    """The DA-CLIP of a model folder: its ``daclip`` description in ``config.json`` and
+    ``daclip.safetensors`` (frozen CLIP and controller), on the CPU; nothing is unpickled or downloaded.
+
+    Raises:
+        UserError: the folder holds no DA-CLIP, or a file is missing, malformed or does not fit
+            (one line naming the file).
+    """
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    section = read_folder_config(folder).get("daclip")
+    if not section:
+        raise UserError(
+            f"{config_path}: this model folder holds no DA-CLIP (its restorer is not conditioned on one)"
+        )
+    try:
+        source = from_dict(ClipSource, section)
+    except ConfigError as err:
+        raise UserError(f"{config_path}: section 'daclip': {err}") from None
+    weights = load_weights(folder / DACLIP_WEIGHTS)
+    try:
+        clip, _ = build_clip(source.clip_model, "", source.model_config, "cpu", cache_dir)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{config_path}: section 'daclip' does not describe a CLIP model: {err}") from None
+    model = DaCLIP(clip)
+    try:
+        load_state_dict_strict(model, weights, str(folder / DACLIP_WEIGHTS))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return model.eval(), source

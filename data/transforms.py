@@ -1,11 +1,9 @@
-"""The exact CLIP input transform DA-CLIP applies to low-quality images.
+"""The exact CLIP input transform DA-CLIP applies to low-quality images, for tensors.
 
-The official pipeline converts the RGB image in ``[0, 1]`` to uint8 by
-*truncation* (``(x * 255).astype(uint8)``, not rounding), then applies open_clip's
-evaluation preprocessing: bicubic resize of the shorter side to 224 (Pillow),
-centre crop 224, and OpenAI CLIP mean/std normalisation. Reproducing each step
-matters: the released DA-CLIP embeddings, and so the released U-Net, were
-computed on exactly these inputs.
+The transform itself (uint8 truncation, Pillow bicubic resize of the short side, centre crop,
+mean/std normalisation) is :func:`data.clip_input.clip_input_array`, on numpy arrays; these wrappers
+take and return tensors. Reproducing each step matters: the released DA-CLIP embeddings, and so the
+released U-Net, were computed on exactly these inputs.
 """
 
 from __future__ import annotations
@@ -14,12 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+
+from data.clip_input import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_input_array
 
 __all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "clip_transform", "clip_transform_batch"]
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def clip_transform(
@@ -40,24 +36,7 @@ def clip_transform(
     """
     if isinstance(img, torch.Tensor):
         img = img.detach().float().cpu().permute(1, 2, 0).numpy()
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"clip_transform expects an (H, W, 3) RGB image, got shape {img.shape}")
-    # Truncation, not rounding: this is what the official code does.
-    pil = Image.fromarray((np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8))
-    width, height = pil.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)  # torchvision's rule for Resize(int)
-    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-    if (new_w, new_h) != (width, height):
-        pil = pil.resize((new_w, new_h), Image.BICUBIC)
-    # torchvision CenterCrop: offsets rounded to nearest.
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
-    pil = pil.crop((left, top, left + size, top + size))
-    out = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (out - mean_t) / std_t
+    return torch.from_numpy(clip_input_array(img, size, mean, std))
 
 
 def clip_transform_batch(images: torch.Tensor, size: int = 224, **kwargs) -> torch.Tensor:

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="our stage-2 checkpoint or universal-ir.pth (default: the newest demo run under --experiments)",
+        help="our stage-2 checkpoint, universal-ir.pth or a model folder (default: the newest demo run under --experiments)",
     )
     add_daclip_arguments(p)
     p.add_argument(
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(missing_checkpoint_message(args.experiments))
             checkpoint = str(found)
             print(f"checkpoint: {checkpoint} (the newest demo run; --checkpoint to choose another)")
-        elif not Path(checkpoint).is_file():
+        elif not Path(checkpoint).exists():  # a file, or a model folder (scripts/export.py)
             raise UserError(f"checkpoint not found: {checkpoint}")
-        if args.daclip and not Path(args.daclip).is_file():
+        if args.daclip and not Path(args.daclip).exists():
             raise UserError(f"DA-CLIP weights not found: {args.daclip}")
         try:
             import gradio  # noqa: F401

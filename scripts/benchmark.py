@@ -12,6 +12,11 @@ spec NAME[:NFE[:ORDER]] (NFE defaults to T) and grid, each timed after a warm-up
 
 python scripts/benchmark.py -c configs/universal_ir.yml --size 256 384 \\
     --samplers posterior:100,posterior:10,mr:5,mr:10,mr:20,mr-sde:10:1 --grid uniform logsnr --json cpu.json
+
+onnxruntime against PyTorch, both on the CPU, seconds per image of a model folder with ONNX graphs
+(scripts/export.py --onnx; no config needed):
+
+python scripts/benchmark.py --onnx my_restorer/ --size 256
 """
 
 from __future__ import annotations
@@ -77,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="timed restorations per setting (after a warm-up)")
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--json", default="", help="also write the result to this file")
+    p.add_argument(
+        "--onnx", default="", metavar="FOLDER", help="time a model folder's ONNX graphs against PyTorch"
+    )
     return p
 
 
@@ -104,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     size = _checked_size(p, args)
 
     def body() -> None:
+        if args.onnx:  # a model folder: no config
+            from irsde.apps.benchmark_onnx import benchmark_onnx
+
+            _report(benchmark_onnx(args.onnx, size=size, repeats=args.repeats), args.json)
+            return
         # Benchmarks need no dataset: the data roots may point anywhere.
         overrides = ["data.train_root=", "data.val_root=", *args.overrides]
         cfg = load_config(IRTrainConfig, args.config, overrides)
@@ -125,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
                 tile=args.tile,
                 repeats=args.repeats,
             )
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.json:
-            Path(args.json).write_text(text + "\n")
+        _report(result, args.json)
 
     return run_main(body)
+
+
+def _report(result: dict, path: str) -> None:
+    """Print the result as JSON, and write it to ``path`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
 
 
 if __name__ == "__main__":

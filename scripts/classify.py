@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Classify degradations with DA-CLIP.")
     parser.add_argument("inputs", nargs="*", help="images or folders to classify (top-k per image)")
     parser.add_argument(
-        "-w", "--weights", required=True, help="DA-CLIP checkpoint (ours or the released file)"
+        "-w", "--weights", required=True, help="DA-CLIP checkpoint (ours, released) or a model folder"
     )
     parser.add_argument("--clip-model", default="ViT-B-32", help="architecture of a released checkpoint")
     parser.add_argument("--model-config", default=None, help="open_clip JSON for a custom architecture")

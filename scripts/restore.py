@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", required=True, help="output folder, or a .png file name for a single input"
     )
-    p.add_argument("--checkpoint", required=True, help="our stage-2 checkpoint or universal-ir.pth")
+    p.add_argument("--checkpoint", required=True, help="our checkpoint, universal-ir.pth or a folder")
     add_daclip_arguments(p)
     p.add_argument(
         "--sampler",

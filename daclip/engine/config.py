@@ -229,6 +229,12 @@ def _check_field(field: dataclasses.Field, value: Any, key: str) -> None:
             raise ConfigError(f"{key}: file or folder not found: {value}")
 
 
+def _optional_section(tp: Any) -> type | None:
+    """The section of an optional one (``Section | None``), so its keys are checked too; else None."""
+    options = [a for a in typing.get_args(tp) if a is not type(None)] if _is_optional(tp) else []
+    return options[0] if len(options) == 1 and dataclasses.is_dataclass(options[0]) else None
+
+
 def _check_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> None:
     """Fail on the first unknown key anywhere in the tree (before any value is checked)."""
     hints = typing.get_type_hints(cls)
@@ -245,7 +251,7 @@ def _check_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> None:
         section = (
             hints[name]
             if dataclasses.is_dataclass(hints[name])
-            else _family_section(hints[name], value, full)
+            else _family_section(hints[name], value, full) or _optional_section(hints[name])
         )
         if section is not None and isinstance(value, Mapping):
             _check_keys(section, value, full)

@@ -2,8 +2,9 @@
 
 :class:`RestorationPipeline` is what validation, ``scripts/test.py``, ``scripts/restore.py``,
 ``scripts/benchmark.py``, the demo and the web app call; :meth:`RestorationPipeline.from_checkpoint`
-loads any checkpoint of ours (every family of :mod:`irsde.models.families`) or the released
-``universal-ir.pth``. It embeds the LQ image once with DA-CLIP (the embeddings are global per image),
+loads any checkpoint of ours (every family of :mod:`irsde.models.families`), the released
+``universal-ir.pth``, or a model folder (:meth:`RestorationPipeline.from_pretrained`, written by
+``scripts/export.py``: JSON and safetensors, nothing unpickled). It embeds the LQ image once with DA-CLIP (the embeddings are global per image),
 then runs the reverse process of an IR-SDE restorer, or the one pass of a one-pass restorer (NAFNet);
 with ``tile`` set, every network call runs on overlapping tiles (:class:`irsde.inference.tiling.TiledModel`)
 while the sampler steps the whole image, so memory stays bounded on large images and the noise stays
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from daclip.engine.checkpoint import file_fingerprint, load_checkpoint
 from daclip.engine.distributed import resolve_device
 from daclip.engine.errors import UserError
+from daclip.engine.folder import is_model_folder
 from daclip.inference import DaCLIPSection, build_embedder
 from data import DEFAULT_DEGRADATIONS
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
@@ -156,8 +158,20 @@ class RestorationPipeline:
         a released DA-CLIP file. ``sampler`` None takes the checkpoint's validation setting
         (:meth:`LoadedRestorer.default_sampling`), and ``num_steps`` None its steps. ``options`` are the
         other keyword arguments of the constructor (``order``, ``grid``, ``tile``, ``self_ensemble``, ...).
-        ``daclip_option`` is how the caller's user sets ``daclip`` (named in error messages).
+        ``daclip_option`` is how the caller's user sets ``daclip`` (named in error messages). A folder is
+        loaded by :meth:`from_pretrained` (``use_ema`` does not apply: a folder holds the EMA weights).
         """
+        if is_model_folder(path):
+            return cls.from_pretrained(
+                path,
+                daclip=daclip,
+                clip_model=clip_model,
+                model_config=model_config,
+                device=device,
+                sampler=sampler,
+                num_steps=num_steps,
+                **options,
+            )
         device = resolve_device(device) if isinstance(device, str) else device
         loaded = load_restoration_checkpoint(path, use_ema=use_ema, map_location="cpu")
         if sampler is None:
@@ -177,6 +191,54 @@ class RestorationPipeline:
         )
         pipeline.loaded = loaded
         pipeline.degradations = loaded.degradations()
+        return pipeline
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        daclip: str | os.PathLike = "",
+        clip_model: str = "ViT-B-32",
+        model_config: str = "",
+        device: str | torch.device = "auto",
+        sampler: SamplerName | None = None,
+        num_steps: int | None = None,
+        **options: Any,
+    ) -> RestorationPipeline:
+        """The pipeline of a model folder (``scripts/export.py``), read from JSON and safetensors only.
+
+        ``sampler`` None takes the folder's default sampling (sampler and steps); ``order``, ``grid`` and
+        ``clamp_x0`` given as None (or not given) take the folder's too. ``daclip`` replaces the folder's
+        DA-CLIP with other weights (``clip_model`` / ``model_config`` describe a released file). ``options``
+        are the other keyword arguments of the constructor (``tile``, ``self_ensemble``, ...).
+        """
+        from irsde.inference.pretrained import load_pretrained
+
+        device = resolve_device(device) if isinstance(device, str) else device
+        loaded = load_pretrained(folder, with_daclip=not daclip)
+        defaults = loaded.config.sampling
+        if sampler is None:
+            sampler, num_steps = defaults.sampler, defaults.num_steps if num_steps is None else num_steps
+        for key in ("order", "grid", "clamp_x0"):
+            if options.get(key) is None:
+                options[key] = getattr(defaults, key)
+        embedder = loaded.daclip
+        if daclip:
+            embedder = build_embedder(DaCLIPSection(str(daclip), clip_model, model_config), device)
+        pipeline = cls(
+            loaded.model.to(device),
+            loaded.sde.to(device) if loaded.sde is not None else None,
+            embedder.to(device) if embedder is not None else None,
+            sampler=sampler,
+            num_steps=num_steps,
+            **options,
+        )
+        training_config = loaded.config.source.get("training_config")
+        pipeline.loaded = LoadedRestorer(
+            loaded.model, loaded.sde, training_config, None, "pretrained", path=str(folder)
+        )
+        pipeline.degradations = tuple(loaded.config.degradations) or tuple(DEFAULT_DEGRADATIONS)
         return pipeline
 
     @property
@@ -301,6 +363,7 @@ class LoadedRestorer:
     source: str  # "ours" or "official"
     daclip_sha256: str | None = None  # their content fingerprint (checkpoints written since it is recorded)
     path: str = ""  # the file this was loaded from
+    step: int | None = None  # the training step the weights are from (our checkpoints)
 
     @property
     def needs_daclip(self) -> bool:
@@ -393,8 +456,9 @@ def load_restoration_checkpoint(
         # Since the fingerprint: {"path": absolute path, "sha256": ...}; before: the config's (relative) path.
         record = obj.get("daclip") if isinstance(obj.get("daclip"), Mapping) else {}
         daclip_ckpt = record.get("path") or (cfg.get("daclip") or {}).get("checkpoint") or None
+        step = obj.get("step") if isinstance(obj.get("step"), int) else None
         return LoadedRestorer(
-            model.eval(), sde, dict(cfg), daclip_ckpt, "ours", record.get("sha256"), str(path)
+            model.eval(), sde, dict(cfg), daclip_ckpt, "ours", record.get("sha256"), str(path), step
         )
     unet = load_official_unet(obj)
     return LoadedRestorer(unet.eval(), IRSDE(**PAPER_SDE), None, None, "official", path=str(path))
