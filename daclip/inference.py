@@ -67,6 +67,8 @@ class FrozenDaCLIP(nn.Module):
         self.image_size: int = source.image_size
         self.mean: tuple[float, ...] = tuple(source.mean)
         self.std: tuple[float, ...] = tuple(source.std)
+        #: Test-time views of the classifier (1: the whole image resized; n: an n x n grid of native crops).
+        self.views: int = int(getattr(source, "views", 1))
         self._classifiers: dict[tuple[str, ...], ZeroShotClassifier] = {}
 
     def train(self, mode: bool = True) -> FrozenDaCLIP:
@@ -100,6 +102,13 @@ class FrozenDaCLIP(nn.Module):
     def forward(self, clip_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as :meth:`encode_image` (the stage-2 ``Embedder`` protocol calls the object)."""
         return self.encode_image(clip_images)
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The names this DA-CLIP was trained against (``clean`` last when it learned it), else the ten."""
+        from data import DEFAULT_DEGRADATIONS
+
+        return tuple(getattr(self.source, "vocabulary", ())) or tuple(DEFAULT_DEGRADATIONS)
 
     def classifier(self, degradations: Sequence[str]) -> ZeroShotClassifier:
         """A zero-shot classifier over ``degradations`` (use it on ``degra_emb``, or plain CLIP embeddings).

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.engine.cli import run_main  # noqa: E402
-from data import DEFAULT_DEGRADATIONS  # noqa: E402
+from data import CLEAN, DEFAULT_DEGRADATIONS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-model", default="ViT-B-32", help="architecture of a released checkpoint")
     parser.add_argument("--model-config", default=None, help="open_clip JSON for a custom architecture")
     parser.add_argument(
-        "--degradations", default=",".join(DEFAULT_DEGRADATIONS), help="comma-separated class names"
+        "--degradations",
+        default=None,
+        help="comma-separated class names (default: the names the DA-CLIP was trained against, "
+        f"'clean' included when it learned it; else {','.join(DEFAULT_DEGRADATIONS)})",
     )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--labelled", help="paired root or caption CSV: report accuracy and confusion")
@@ -94,24 +97,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
-        names = [n.strip() for n in args.degradations.split(",") if n.strip()]
-        if not names:
-            raise ValueError("--degradations: no class names given")
         daclip = load_frozen_daclip(
             args.weights, args.clip_model, args.model_config, resolve_device(args.device, option="--device")
         )
+        if args.degradations is None:
+            names = list(daclip.vocabulary)
+        else:
+            names = [n.strip() for n in args.degradations.split(",") if n.strip()]
+        if not names:
+            raise ValueError("--degradations: no class names given")
 
-        if args.multi_label:
-            return multi_label(daclip, names, threshold)
+        if args.multi_label:  # several types at once: "clean" is no type to add to a set
+            return multi_label(daclip, [n for n in names if n != CLEAN], threshold)
 
         if args.inputs:
             results = classify_paths(daclip, args.inputs, names, k=args.top_k, batch_size=args.batch_size)
             for path, top in results:
                 ranked = ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in top)
-                print(f"{path}: {ranked}")
+                verdict = "no degradation found | " if top and top[0][0] == CLEAN else ""
+                print(f"{path}: {verdict}{ranked}")
 
         if args.labelled:
-            dataset = labelled_images(args.labelled, names, daclip.image_size, daclip.mean, daclip.std)
+            dataset = labelled_images(
+                args.labelled, names, daclip.image_size, daclip.mean, daclip.std, daclip.views
+            )
             report = evaluate_classification(daclip, dataset, names, batch_size=args.batch_size)
             out = Path(args.out)
             folder = create_run_dir(out.parent, out.name, subdirs=())
