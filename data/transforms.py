@@ -137,5 +137,5 @@ def grid_views(
     h, w = img.shape[:2]
     tops = np.linspace(0, h - size, grid).round().astype(int)
     lefts = np.linspace(0, w - size, grid).round().astype(int)
-    crops = [_normalise(img[t : t + size, l : l + size], mean, std) for t in tops for l in lefts]
+    crops = [_normalise(img[t : t + size, x : x + size], mean, std) for t in tops for x in lefts]
     return torch.stack(crops)

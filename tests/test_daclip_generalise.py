@@ -138,7 +138,7 @@ def test_native_crop_keeps_pixels_and_grid_views_cover_the_image() -> None:
     crop = native_crop(image, 16, np.random.default_rng(1), mean=(0, 0, 0), std=(1, 1, 1))
     pixels = crop.permute(1, 2, 0).numpy()
     # Every crop pixel is an image pixel (a crop and flips: nothing is interpolated).
-    windows = [image[t : t + 16, l : l + 16] for t in range(0, 33) for l in range(0, 65)]
+    windows = [image[t : t + 16, x : x + 16] for t in range(0, 33) for x in range(0, 65)]
     flips = [w for win in windows for w in (win, win[:, ::-1], win[::-1], win[::-1, ::-1])]
     assert any(np.allclose(pixels, w, atol=1e-6) for w in flips)
     views = grid_views(image, 16, 3, mean=(0, 0, 0), std=(1, 1, 1))
