@@ -125,6 +125,20 @@ class FrozenDaCLIP(nn.Module):
         return cached
 
     @torch.no_grad()
+    def classify_images(self, images: torch.Tensor, degradations: Sequence[str]) -> torch.Tensor:
+        """``(B, K)`` probabilities of ``(B, 3, H, W)`` RGB images in ``[0, 1]``, from this DA-CLIP's own test
+        input: the whole image resized (the paper) or the average over its grid of native crops."""
+        if self.views <= 1:
+            return self.classify(self.preprocess(images), degradations)
+        from daclip.classify import view_probabilities
+        from data.transforms import grid_views
+
+        pixels = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+        views = torch.stack([grid_views(p, self.image_size, self.views, self.mean, self.std) for p in pixels])
+        embed = lambda x: self.encode_image(x)[1]  # noqa: E731 - the degradation embedding
+        return view_probabilities(embed, self.classifier(degradations), views.to(self.device))
+
+    @torch.no_grad()
     def classify(self, clip_images: torch.Tensor, degradations: Sequence[str]) -> torch.Tensor:
         """``(B, K)`` probabilities of each degradation from DA-CLIP's degradation embedding."""
         _, degra_emb = self.encode_image(clip_images)

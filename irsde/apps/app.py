@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data import CLEAN
 from data.io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, read_image, write_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 from irsde.diffusion.samplers import GRIDS, HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options
@@ -245,7 +246,9 @@ class AppRestorer:
         top = self.classify(image)
         height, width = image.shape[:2]
         status = f"{_display_name(path)}: {width}x{height}"
-        if top:
+        if top and top[0][0] == CLEAN:
+            status += f", no degradation found (clean {top[0][1]:.0%})"
+        elif top:
             status += f", looks {top[0][0]} ({top[0][1]:.0%})"
         if width * height > self.max_pixels:
             status += f"; over {_megapixels(self.max_pixels)}: choose a tile size before restoring"

@@ -41,6 +41,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from daclip.classify import DEFAULT_THRESHOLD, multilabel_predictions
+from data import CLEAN
 from data.io import IMAGE_EXTENSIONS, ImageReadError, atomic_open, read_image, write_image
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.inference.tiling import tile_starts
@@ -58,6 +59,8 @@ __all__ = [
 ]
 
 PREDICTIONS_NAME = "predictions.csv"
+#: What the predictions say of an image whose most likely class is ``clean``.
+NO_DEGRADATION = "no degradation found"
 PREDICTIONS_JSON_NAME = "predictions.json"
 CONTACT_SHEET_NAME = "contact_sheet.png"
 #: Height in pixels of a contact-sheet row (input and output scaled to it).
@@ -251,6 +254,17 @@ def _count_network_calls(module: torch.nn.Module, callback: Callable[[], None]) 
 # ----------------------------------------------------------------------------- predictions.csv
 
 
+def _probabilities(
+    pipeline: Any, lq: torch.Tensor, lq_clip: torch.Tensor | None, names: Sequence[str]
+) -> torch.Tensor:
+    """``(B, K)`` class probabilities of a batch, from the DA-CLIP's own test input (a grid of native
+    crops for a DA-CLIP trained on them, else the restorer's ``lq_clip``)."""
+    embedder = pipeline.embedder
+    if int(getattr(embedder, "views", 1)) > 1:
+        return embedder.classify_images(lq, list(names))
+    return embedder.classify(lq_clip.to(pipeline.device), list(names))
+
+
 def _write_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
     """Merge ``records`` into ``path`` (rows of outputs restored earlier are kept), atomically."""
     rows: dict[str, dict[str, str]] = {}
@@ -270,7 +284,7 @@ def _write_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
             "degradation": name,
             "probability": f"{prob:.4f}",
             "top3": "; ".join(f"{n} {p:.3f}" for n, p in r["top3"]),
-            "degradations": "+".join(r.get("degradations", [name])),
+            "degradations": "+".join(r.get("degradations", [name])) or NO_DEGRADATION,
         }
     with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=_PREDICTION_FIELDS)
@@ -509,9 +523,7 @@ def restore_images(
                 reporter.finish()
             else:
                 restored = pipeline(lq, lq_clip, generator=generator)
-            probs = (
-                classify(lq_clip.to(pipeline.device), list(degradations)) if classify is not None else None
-            )
+            probs = _probabilities(pipeline, lq, lq_clip, degradations) if classify is not None else None
             for i, (index, item) in enumerate(batch):
                 target = targets[index]
                 finite = bool(torch.isfinite(restored[i]).all())
@@ -530,10 +542,16 @@ def restore_images(
                     present = multilabel_predictions(row[None], threshold)[0]
                     ranked = sorted(range(len(row)), key=lambda j: -row[j])
                     record["probabilities"] = {degradations[j]: float(row[j]) for j in range(len(row))}
-                    record["degradations"] = [degradations[j] for j in ranked if present[j]]
+                    # "clean" is no degradation: first, it means none was found; otherwise it is left out.
+                    found_clean = degradations[ranked[0]] == CLEAN
+                    record["degradations"] = (
+                        []
+                        if found_clean
+                        else [degradations[j] for j in ranked if present[j] and degradations[j] != CLEAN]
+                    )
                     record["threshold"] = threshold
                     name, prob = record["top3"][0]
-                    found = "+".join(record["degradations"])
+                    found = "+".join(record["degradations"]) or NO_DEGRADATION
                     log(f"{Path(item['path']).name}: {name} ({prob:.1%}; present: {found}) -> {target}")
                 else:
                     log(f"{Path(item['path']).name} -> {target}")
@@ -578,6 +596,8 @@ def _contact_sheets(
         if str(path) in unreadable or not target.is_file() or not path.is_file():
             continue
         found = predictions.get(str(target), {}).get("degradations")
+        if found is not None and not found:  # classified, and nothing was found
+            found = [NO_DEGRADATION]
         rows.append((path, target, f"{path.name}: {'+'.join(found)}" if found else path.name))
     if not rows:
         return
