@@ -18,7 +18,7 @@ it is among the image's top ``k`` types, ``k`` being the number of true types
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,7 +37,7 @@ from data.captions import read_caption_csv
 from data.degradations import COMBINATION_SEPARATOR
 from data.io import is_image_file, list_images, read_image
 from data.paired import find_pairs
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
+from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform, grid_views
 
 __all__ = [
     "Method",
@@ -73,17 +73,45 @@ class LabelledImages(Dataset):
         image_size: int = 224,
         mean: Sequence[float] = OPENAI_CLIP_MEAN,
         std: Sequence[float] = OPENAI_CLIP_STD,
+        views: int = 1,
     ) -> None:
         self.items = list(items)
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        self.views = int(views)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
         path, label = self.items[index]
-        image = clip_transform(read_image(path), self.image_size, self.mean, self.std)  # (3, S, S)
+        image = clip_inputs(read_image(path), self.image_size, self.mean, self.std, self.views)
         return {"image": image, "degradation_index": label, "path": path}
+
+
+def clip_inputs(
+    image: np.ndarray,
+    size: int,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+    views: int = 1,
+) -> torch.Tensor:
+    """A classifier's input of one ``(H, W, 3)`` image: ``(3, S, S)`` (the paper's whole-image resize) or,
+    for a DA-CLIP trained on native crops (``views`` n > 1), ``(n², 3, S, S)`` native crops."""
+    if views > 1:
+        return grid_views(image, size, views, mean, std)
+    return clip_transform(image, size, mean, std)
+
+
+def view_probabilities(
+    embed: Callable[[torch.Tensor], torch.Tensor], classifier: ZeroShotClassifier, images: torch.Tensor
+) -> torch.Tensor:
+    """``(B, K)`` class probabilities of ``(B, 3, S, S)`` images, or of ``(B, V, 3, S, S)`` views of each
+    image averaged over the views (each view votes with its probabilities)."""
+    if images.ndim == 4:
+        return classifier(embed(images).float())
+    batch, views = images.shape[:2]
+    probs = classifier(embed(images.flatten(0, 1)).float())  # (B * V, K)
+    return probs.view(batch, views, -1).mean(dim=1)
 
 
 def labelled_images(
@@ -92,6 +120,7 @@ def labelled_images(
     image_size: int = 224,
     mean: Sequence[float] = OPENAI_CLIP_MEAN,
     std: Sequence[float] = OPENAI_CLIP_STD,
+    views: int = 1,
 ) -> LabelledImages:
     """A labelled set from a caption CSV (file) or a paired root ``<root>/<degradation>/LQ`` (folder).
 
@@ -114,7 +143,7 @@ def labelled_images(
         raise FileNotFoundError(f"labelled set not found (a caption CSV or a paired root): {source}")
     if not items:
         raise ValueError(f"{source}: no labelled images")
-    return LabelledImages(items, image_size, mean, std)
+    return LabelledImages(items, image_size, mean, std, views)
 
 
 @torch.no_grad()
@@ -134,17 +163,17 @@ def confusion_matrices(
     matrices = {m: torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device) for m in methods}
     was_training = model.training
     model.eval()
+    embedders = {
+        "daclip": lambda x: model.encode_image(x, control=True)[1],  # degra_emb (B, E)
+        "clip": lambda x: model.encode_image(x, control=False),  # (B, E)
+    }
     for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
+        images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) or (B, V, 3, S, S) views
         labels = batch["degradation_index"].to(device)  # (B,)
-        with autocast(device, precision):
-            embeddings = {}
-            if "daclip" in methods:
-                embeddings["daclip"] = model.encode_image(images, control=True)[1]  # degra_emb (B, E)
-            if "clip" in methods:
-                embeddings["clip"] = model.encode_image(images, control=False)  # (B, E)
-        for method, emb in embeddings.items():
-            predicted = classifier.predict(emb.float())  # (B,)
+        for method in methods:
+            with autocast(device, precision):
+                probs = view_probabilities(embedders[method], classifier, images)  # (B, K)
+            predicted = probs.argmax(dim=-1)  # (B,)
             flat = labels * num_classes + predicted
             matrices[method] += torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
     model.train(was_training)
@@ -258,11 +287,20 @@ def classify_paths(
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         images = torch.stack(
-            [clip_transform(read_image(p), daclip.image_size, daclip.mean, daclip.std) for p in chunk]
-        )  # (b, 3, S, S)
-        _, degra_emb = daclip.encode_image(images)
-        results += [(str(p), top) for p, top in zip(chunk, classifier.topk(degra_emb, k))]
+            [
+                clip_inputs(read_image(p), daclip.image_size, daclip.mean, daclip.std, daclip.views)
+                for p in chunk
+            ]
+        )  # (b, 3, S, S), or (b, V, 3, S, S) views
+        probs = view_probabilities(lambda x: daclip.encode_image(x)[1], classifier, images)  # (b, K)
+        results += [(str(p), top_names(probs_row, classifier.names, k)) for p, probs_row in zip(chunk, probs)]
     return results
+
+
+def top_names(probs: torch.Tensor, names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most likely ``(name, probability)`` of one ``(K,)`` probability row, best first."""
+    values, indices = probs.topk(min(k, len(names)))
+    return [(names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 
 
 def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:

@@ -71,6 +71,8 @@ class FrozenDaCLIP(nn.Module):
         self.image_size: int = source.image_size
         self.mean: tuple[float, ...] = tuple(source.mean)
         self.std: tuple[float, ...] = tuple(source.std)
+        #: Test-time views of the classifier (1: the whole image resized; n: an n x n grid of native crops).
+        self.views: int = int(getattr(source, "views", 1))
         self._classifiers: dict[tuple[str, ...], ZeroShotClassifier] = {}
 
     def train(self, mode: bool = True) -> FrozenDaCLIP:
@@ -105,6 +107,13 @@ class FrozenDaCLIP(nn.Module):
         """Same as :meth:`encode_image` (the stage-2 ``Embedder`` protocol calls the object)."""
         return self.encode_image(clip_images)
 
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The names this DA-CLIP was trained against (``clean`` last when it learned it), else the ten."""
+        from data import DEFAULT_DEGRADATIONS
+
+        return tuple(getattr(self.source, "vocabulary", ())) or tuple(DEFAULT_DEGRADATIONS)
+
     def classifier(self, degradations: Sequence[str]) -> ZeroShotClassifier:
         """A zero-shot classifier over ``degradations`` (use it on ``degra_emb``, or plain CLIP embeddings).
 
@@ -118,6 +127,20 @@ class FrozenDaCLIP(nn.Module):
             features = encode_names(self.model.encode_text, self.tokenizer, key, self.device)
             cached = self._classifiers[key] = ZeroShotClassifier(features, key).to(self.device)
         return cached
+
+    @torch.no_grad()
+    def classify_images(self, images: torch.Tensor, degradations: Sequence[str]) -> torch.Tensor:
+        """``(B, K)`` probabilities of ``(B, 3, H, W)`` RGB images in ``[0, 1]``, from this DA-CLIP's own test
+        input: the whole image resized (the paper) or the average over its grid of native crops."""
+        if self.views <= 1:
+            return self.classify(self.preprocess(images), degradations)
+        from daclip.classify import view_probabilities
+        from data.transforms import grid_views
+
+        pixels = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+        views = torch.stack([grid_views(p, self.image_size, self.views, self.mean, self.std) for p in pixels])
+        embed = lambda x: self.encode_image(x)[1]  # noqa: E731 - the degradation embedding
+        return view_probabilities(embed, self.classifier(degradations), views.to(self.device))
 
     @torch.no_grad()
     def classify(self, clip_images: torch.Tensor, degradations: Sequence[str]) -> torch.Tensor:

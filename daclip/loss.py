@@ -85,14 +85,17 @@ class DaCLIPLoss(nn.Module):
         degradation_loss: ``"clip"`` (the paper's) or ``"class_aware"``.
         gather: concatenates a ``(B, ...)`` tensor over ranks with gradient through the local
             shard; the default is the identity outside ``torch.distributed``.
+        content_weight: weight of the content term in the total (1 = the paper).
     """
 
     def __init__(
         self,
         degradation_loss: DegradationLoss = "clip",
         gather: Callable[[torch.Tensor], torch.Tensor] = all_gather_with_grad,
+        content_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        self.content_weight = float(content_weight)
         if degradation_loss not in ("clip", "class_aware"):
             raise ValueError(f"degradation_loss must be 'clip' or 'class_aware', got {degradation_loss!r}")
         self.degradation_loss = degradation_loss
@@ -129,4 +132,11 @@ class DaCLIPLoss(nn.Module):
             degradation = clip_loss(degra, names[labels], scale)
         else:
             degradation = class_aware_degradation_loss(degra, names, labels, scale)
-        return DaCLIPLossOutput(content_loss + degradation, content_loss, degradation)
+        # content_weight 1 is the paper's sum; a smaller weight leaves the shared controller to the
+        # degradation term (a tiny model from random weights otherwise spends it telling photos apart).
+        total = (
+            content_loss + degradation
+            if self.content_weight == 1.0
+            else self.content_weight * content_loss + degradation
+        )
+        return DaCLIPLossOutput(total, content_loss, degradation)

@@ -83,10 +83,17 @@ class ClipSource:
     image_size: int = 224
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
+    #: Test-time input of the degradation classifier: 1 = the whole image resized (the paper); n > 1 =
+    #: the average over an n x n grid of native-resolution crops (a DA-CLIP trained on such crops).
+    views: int = 1
+    #: The names the degradation embedding was trained against (with ``clean`` when it learned one);
+    #: empty = not recorded (the paper's ten).
+    vocabulary: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for checkpoints (``weights_only``-loadable)."""
-        return {
+        """Plain dict for checkpoints (``weights_only``-loadable); the defaults of ``views`` and
+        ``vocabulary`` are left out, so the paper's checkpoints keep their exact layout."""
+        out: dict[str, Any] = {
             "clip_model": self.clip_model,
             "model_config": copy.deepcopy(self.model_config),
             "pretrained": self.pretrained,
@@ -94,6 +101,11 @@ class ClipSource:
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
         }
+        if self.views != 1:
+            out["views"] = int(self.views)
+        if self.vocabulary:
+            out["vocabulary"] = list(self.vocabulary)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClipSource:
@@ -106,6 +118,8 @@ class ClipSource:
                 image_size=int(data.get("image_size", 224)),
                 mean=tuple(float(v) for v in data.get("mean", OPENAI_CLIP_MEAN)),
                 std=tuple(float(v) for v in data.get("std", OPENAI_CLIP_STD)),
+                views=int(data.get("views", 1)),
+                vocabulary=tuple(str(v) for v in data.get("vocabulary", ())),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed CLIP description in checkpoint: {err}") from None

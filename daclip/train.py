@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,7 +50,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from daclip.classify import DEFAULT_THRESHOLD, MultiLabelReport, confusion_matrices, multilabel_probabilities
+from daclip.classify import (
+    DEFAULT_THRESHOLD,
+    METHOD_TITLES,
+    MultiLabelReport,
+    confusion_matrices,
+    multilabel_probabilities,
+)
 from daclip.engine.checkpoint import require_format, save_checkpoint
 from daclip.engine.config import ConfigError, spec, to_dict
 from daclip.engine.distributed import (
@@ -71,7 +77,7 @@ from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
 from daclip.model import DaCLIP
 from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
 from daclip.zero_shot import ZeroShotClassifier, encode_names
-from data import DEFAULT_DEGRADATIONS
+from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.captions import CaptionDataset
 from data.synthetic import SynthesisConfig, SyntheticCaptionDataset
 
@@ -158,8 +164,33 @@ class DataSection:
         help="clean photos for a synthetic multi-label validation (per-type F1); '' = none",
     )
     val_samples: int = spec(100, minimum=1, help="synthetic validation samples drawn from val_clean_root")
+    clean_fraction: float = spec(
+        0.0,
+        minimum=0.0,
+        maximum=0.9,
+        help="source: synthetic: share of samples left clean, labelled 'clean', a vocabulary entry after "
+        "the degradations (0 = the paper: every sample degraded, ten names)",
+    )
+    clip_view: Literal["resize", "crop"] = spec(
+        "resize",
+        help="CLIP input in training: the whole image resized (the paper) or, source: synthetic, a random "
+        "native-resolution crop with flips (pixel-level degradations survive)",
+    )
+    test_views: int = spec(
+        3,
+        minimum=1,
+        maximum=8,
+        help="clip_view: crop: the classifier averages an n x n grid of native crops at test time "
+        "(recorded in the checkpoint)",
+    )
+
+    def vocabulary(self) -> tuple[str, ...]:
+        """The classifier's names: the degradations, then ``clean`` when clean samples are drawn."""
+        return (*self.degradations, CLEAN) if self.clean_fraction > 0 else tuple(self.degradations)
 
     def validate(self) -> None:
+        if CLEAN in self.degradations:
+            raise ConfigError(f"data.degradations: '{CLEAN}' is not a degradation (use data.clean_fraction)")
         if not self.degradations:
             raise ConfigError("data.degradations: needs at least one degradation name")
         duplicates = sorted({d for d in self.degradations if self.degradations.count(d) > 1})
@@ -168,6 +199,10 @@ class DataSection:
         if self.source == "csv":
             if not self.train_csv:
                 raise ConfigError("data.train_csv: required (a tab-separated caption CSV)")
+            if self.clean_fraction > 0:
+                raise ConfigError("data.clean_fraction: needs data.source: synthetic (clean photos to draw)")
+            if self.clip_view != "resize":
+                raise ConfigError("data.clip_view: 'crop' needs data.source: synthetic")
             return
         if not self.clean_root:
             raise ConfigError(
@@ -197,6 +232,21 @@ class TrainSection:
     precision: Literal["fp32", "bf16"] = "bf16"
     grad_checkpointing: bool = False
     degradation_loss: DegradationLoss = spec("clip", help="clip (the paper's) or class_aware")
+    content_loss_weight: float = spec(
+        1.0, minimum=0.0, help="weight of the content (caption) loss in the total (1 = the paper)"
+    )
+    logit_scale_init: float = spec(
+        0.0,
+        minimum=0.0,
+        maximum=100.0,
+        help="start DA-CLIP's temperature here (0 = CLIP's own; a random tiny CLIP's names are close "
+        "together, a high start separates them from the first step)",
+    )
+    image_tower: Literal["controller", "clip"] = spec(
+        "controller",
+        help="what trains: the controller (DA-CLIP) or, for the comparison, the plain CLIP image tower with "
+        "the same losses and data (its one embedding is both content and degradation embedding)",
+    )
     log_every: int = spec(10, minimum=1, help="steps between logged scalars")
     save_every_epochs: int = spec(1, minimum=1, help="epochs between numbered checkpoints")
     keep_last: int = spec(0, minimum=0, help="numbered checkpoints kept (the newest); 0 = all")
@@ -305,6 +355,18 @@ class _MultiLabelView(Dataset):
         return {"image": item["image"], "labels": item["multi_hot"], "path": item["path"]}
 
 
+def _configure_training(model: DaCLIP, train: TrainSection) -> None:
+    """Apply ``train.logit_scale_init`` and choose what trains (``train.image_tower``)."""
+    if train.logit_scale_init > 0:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(train.logit_scale_init))
+    if train.image_tower == "clip":  # the plain-CLIP comparison: its image tower trains, no controller
+        for param in model.controller.parameters():
+            param.requires_grad_(False)
+        for param in model.clip.visual.parameters():
+            param.requires_grad_(True)
+
+
 def _no_decay(name: str, param: nn.Parameter) -> bool:
     # Gains and biases (1-D), the class/positional embeddings and the logit scale are not decayed.
     return param.ndim < 2 or "embedding" in name or "logit_scale" in name
@@ -358,6 +420,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     precision: Literal["fp32", "bf16"] = "fp32",
+    image_tower: Literal["controller", "clip"] = "controller",
 ) -> DaCLIPLossOutput:
     """One optimisation step on a collated batch (see :class:`CaptionCollate`); returns the losses.
 
@@ -371,7 +434,10 @@ def train_step(
     with autocast(device, precision):
         with torch.no_grad():
             caption_features = model.encode_text(batch["caption_tokens"].to(device))  # (B, E)
-        content_emb, degra_emb = model(images)  # (B, E) each
+        if image_tower == "clip":  # the plain-CLIP comparison: one embedding serves both losses
+            content_emb = degra_emb = model.encode_image(images, control=False)  # (B, E)
+        else:
+            content_emb, degra_emb = model(images)  # (B, E) each
         losses = criterion(
             content_emb.float(),
             degra_emb.float(),
@@ -384,7 +450,8 @@ def train_step(
     total = losses.total.detach()
     if finite_on_all_ranks(total):  # every rank takes (or skips) the step together
         losses.total.backward()
-        sync_gradients(model.controller.parameters(), [model.logit_scale])
+        sharded = [p for name, p in model.named_parameters() if name != "logit_scale"]
+        sync_gradients(sharded, [model.logit_scale])  # sync_gradients skips the frozen ones
         optimizer.step()
     else:  # skipped: report it as non-finite on every rank, whatever this rank's own value
         total = torch.full_like(total, float("nan")) if torch.isfinite(total) else total
@@ -405,9 +472,12 @@ def make_checkpoint(
 ) -> dict[str, Any]:
     """A checkpoint dict this project's :func:`daclip.pretrained.load_daclip` reads.
 
-    ``full`` stores the frozen CLIP weights too (forced when the CLIP has no pretrained source).
+    ``full`` stores the frozen CLIP weights too (forced when the CLIP has no pretrained source, or when
+    its image tower was trained: ``train.image_tower: clip``).
     """
-    weights = model.state_dict() if (full or not source.pretrained) else model.trainable_state_dict()
+    tower_trained = cfg is not None and cfg.train.image_tower == "clip"
+    full = full or not source.pretrained or tower_trained
+    weights = model.state_dict() if full else model.trainable_state_dict()
     out: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "model": {k: v.detach().cpu() for k, v in weights.items()},
@@ -455,6 +525,8 @@ def _train_set(cfg: DaCLIPTrainConfig, data_kwargs: dict[str, Any]) -> Dataset:
         length=data.samples_per_epoch or None,
         seed=cfg.experiment.seed,
         missing_caption=data.missing_caption,
+        clean_fraction=data.clean_fraction,
+        clip_view=data.clip_view,
     )
     return EpochKeyedCaptions(synthetic, cfg.experiment.seed)
 
@@ -496,7 +568,10 @@ def _data_loaders(
     val_loader = None
     if cfg.data.val_csv:
         val_set = CaptionDataset(
-            cfg.data.val_csv, **data_kwargs, allow_outside_root=cfg.data.allow_outside_root
+            cfg.data.val_csv,
+            **data_kwargs,
+            allow_outside_root=cfg.data.allow_outside_root,
+            views=source.views,
         )
         # Headers only (cheap): an unreadable validation image fails now, not after an epoch.
         check_images((row.filepath for row in val_set.rows), f"validation set {cfg.data.val_csv}")
@@ -567,11 +642,15 @@ class DaCLIPStage(Stage):
             for tensor in self.model.state_dict().values():
                 dist.broadcast(tensor, src=0)
         self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
+        _configure_training(self.model, cfg.train)
+        views = cfg.data.test_views if cfg.data.clip_view == "crop" else 1
+        self.source = replace(self.source, views=views, vocabulary=cfg.data.vocabulary())
         tokenizer = make_tokenizer(self.source)
         degradations = tuple(cfg.data.degradations)
-        # (K, E), frozen: the degradation names are embedded once.
-        self.name_features = encode_names(self.model.encode_text, tokenizer, degradations, device)
-        self.classifier = ZeroShotClassifier(self.name_features, degradations).to(device)
+        vocabulary = cfg.data.vocabulary()  # the degradations, then "clean" when it is learned
+        # (K, E), frozen: the names are embedded once.
+        self.name_features = encode_names(self.model.encode_text, tokenizer, vocabulary, device)
+        self.classifier = ZeroShotClassifier(self.name_features, vocabulary).to(device)
         self.loader, self.val_loader = _data_loaders(cfg, self.source, tokenizer, info)
         # The loss's vocabulary, indexed by each sample's degradation_index: the names or, for synthetic
         # mixtures, every combination text a sample can get ("hazy, rainy"), embedded once.
@@ -595,7 +674,7 @@ class DaCLIPStage(Stage):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_warmup_lambda(self.total_steps, train.warmup_steps)
         )
-        self.criterion = DaCLIPLoss(train.degradation_loss)
+        self.criterion = DaCLIPLoss(train.degradation_loss, content_weight=train.content_loss_weight)
         self.epoch_started = time.perf_counter()
 
     # -- checkpoints
@@ -627,6 +706,7 @@ class DaCLIPStage(Stage):
         return make_checkpoint(
             self.model,
             self.source,
+            full=self.cfg.train.image_tower == "clip",
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             epoch=self._epoch_of(self.run_step),
@@ -661,6 +741,7 @@ class DaCLIPStage(Stage):
             self.optimizer,
             self.scheduler,
             self.cfg.train.precision,
+            self.cfg.train.image_tower,
         )
         finite = bool(torch.isfinite(losses.total))  # train_step already agreed on it over ranks
         return StepResult(
@@ -678,6 +759,8 @@ class DaCLIPStage(Stage):
     def _accuracy(self, methods: Sequence[Literal["clip", "daclip"]]) -> dict[str, float]:
         if self.val_loader is None:
             return {}
+        if self.cfg.train.image_tower == "clip":  # the trained plain tower classifies (control off)
+            methods = tuple(dict.fromkeys("clip" for _ in methods))
         matrices = confusion_matrices(
             self.model, self.val_loader, self.classifier, self.run.device, methods, self.cfg.train.precision
         )
@@ -749,10 +832,11 @@ class DaCLIPStage(Stage):
         if run.start_step == 0 and self.val_loader is not None:
             baseline = self._accuracy(("clip", "daclip"))
             run.logger.info(
-                "validation before training: CLIP %.4f, DA-CLIP %.4f", baseline["clip"], baseline["daclip"]
+                "validation before training: %s",
+                ", ".join(f"{METHOD_TITLES[m]} {v:.4f}" for m, v in baseline.items()),
             )
-            run.scalar("val/clip_accuracy", baseline["clip"], 0)
-            run.scalar("val/daclip_accuracy", baseline["daclip"], 0)
+            for method, value in baseline.items():
+                run.scalar(f"val/{method}_accuracy", value, 0)
         if run.start_step == 0:
             self._multilabel(run, 0, "before training")
 
@@ -761,9 +845,10 @@ class DaCLIPStage(Stage):
             return
         epoch = self._epoch_of(step)
         accuracy = self._accuracy(("daclip",))
-        if accuracy:
-            run.logger.info("epoch %d: DA-CLIP validation accuracy %.4f", epoch, accuracy["daclip"])
-            run.scalar("val/daclip_accuracy", accuracy["daclip"], step)
+        for method, value in accuracy.items():
+            title = METHOD_TITLES[method]
+            run.logger.info("epoch %d: %s validation accuracy %.4f", epoch, title, value)
+            run.scalar(f"val/{method}_accuracy", value, step)
         self._multilabel(run, step, f"epoch {epoch}")
         run.logger.info("epoch %d done in %.1f s", epoch, time.perf_counter() - self.epoch_started)
 

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from data import DEFAULT_DEGRADATIONS
 from data.io import atomic_open, is_image_file, read_image
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
+from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform, grid_views
 
 __all__ = [
     "TITLE_SEPARATOR",
@@ -313,7 +313,8 @@ class CaptionDataset(Dataset):
 
     Each item is a dict:
 
-    * ``image``: ``(3, S, S)`` the LQ image after the exact DA-CLIP CLIP transform;
+    * ``image``: ``(3, S, S)`` the LQ image after the exact DA-CLIP CLIP transform (with ``views``
+      n > 1: ``(n², 3, S, S)``, an n x n grid of native-resolution crops, :func:`data.transforms.grid_views`);
     * ``caption``: the clean caption (of the GT image);
     * ``degradation``: the degradation name, ``degradation_index``: its index in
       :attr:`degradations`;
@@ -330,9 +331,11 @@ class CaptionDataset(Dataset):
         image_size: int = 224,
         mean: Sequence[float] = OPENAI_CLIP_MEAN,
         std: Sequence[float] = OPENAI_CLIP_STD,
+        views: int = 1,
         *,
         allow_outside_root: bool = False,
     ) -> None:
+        self.views = int(views)
         self.degradations: tuple[str, ...] = tuple(degradations)
         if not self.degradations:
             raise ValueError("CaptionDataset needs at least one degradation name")
@@ -355,8 +358,12 @@ class CaptionDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | int]:
         row = self.rows[index]
         lq = read_image(row.filepath)  # (H, W, 3)
+        if self.views > 1:  # a classifier's test-time views: (views², 3, S, S) native crops
+            image = grid_views(lq, self.image_size, self.views, self.mean, self.std)
+        else:
+            image = clip_transform(lq, self.image_size, self.mean, self.std)  # (3, S, S)
         return {
-            "image": clip_transform(lq, self.image_size, self.mean, self.std),  # (3, S, S)
+            "image": image,
             "caption": row.caption,
             "degradation": row.degradation,
             "degradation_index": self._index[row.degradation],

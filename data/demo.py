@@ -36,7 +36,15 @@ from data.degradations import DEGRADATIONS
 from data.io import atomic_open, read_image, write_image
 from data.paired import claim_output_root, finish_output_root
 
-__all__ = ["DemoPaths", "DEMO_PHOTOS", "DEMO_PARAMS", "skimage_photo_path", "build_demo_dataset"]
+__all__ = [
+    "DemoPaths",
+    "DEMO_PHOTOS",
+    "DEMO_PARAMS",
+    "SECOND_SET_PHOTOS",
+    "skimage_photo_path",
+    "build_demo_dataset",
+    "build_second_set",
+]
 
 #: Photograph file inside ``skimage/data`` -> (split, hand-written clean caption). Training and validation
 #: never share a scene: ``motorcycle_right.png`` (the other half of the validation stereo pair) is left out.
@@ -61,6 +69,18 @@ DEMO_PHOTOS: dict[str, tuple[str, str]] = {
     "coffee.png": ("val", "a cup of espresso on a red saucer with a spoon on a wooden table"),
     "motorcycle_left.png": ("val", "a red motorcycle parked in a garage in front of shelves of boxes"),
 }
+
+#: Photographs bundled with scikit-image that the demo never trains or validates on: the "second set" on
+#: which the demo checks that its DA-CLIP generalises (``motorcycle_right`` is the stereo twin of a
+#: validation photo; the others are new scenes: a retina, a deep-sky field, cells, text, a page).
+SECOND_SET_PHOTOS: tuple[str, ...] = (
+    "motorcycle_right.png",
+    "retina.jpg",
+    "hubble_deep_field.jpg",
+    "cell.png",
+    "text.png",
+    "page.png",
+)
 
 #: Generator settings adapted to the small demo crops (defaults target 256-720 px photos).
 DEMO_PARAMS: dict[str, dict] = {"motion-blurry": {"kernel_size": (5, 13)}}
@@ -180,3 +200,32 @@ def build_demo_dataset(
             writer.writerows(clean)
     finish_output_root(root, _MANIFEST, identity)
     return paths
+
+
+def build_second_set(root: str | os.PathLike, *, per_photo: int = 2, size: int = 128, seed: int = 7) -> Path:
+    """Crops of :data:`SECOND_SET_PHOTOS` in the paired layout ``<root>/<type>/{LQ,GT}``, ``per_photo``
+    per photo and type, degraded as the demo data (and ``clean/``: LQ = GT); reused when complete."""
+    from data import CLEAN
+
+    root = Path(root)
+    names = (*DEFAULT_DEGRADATIONS, CLEAN)
+    expected = len(SECOND_SET_PHOTOS) * per_photo
+    if all(
+        len(list((root / n / "LQ").glob("*.png"))) == expected for n in names if (root / n).is_dir()
+    ) and all((root / n).is_dir() for n in names):
+        return root
+    photos = {name: read_image(skimage_photo_path(name)) for name in SECOND_SET_PHOTOS}
+    for degradation in names:
+        for photo, image in photos.items():
+            for i in range(per_photo):
+                stem = f"{Path(photo).stem}_{i}"
+                rng = np.random.default_rng([seed, zlib.crc32(f"{degradation}/{stem}".encode())])
+                gt = _crop(image, size, rng)
+                lq = (
+                    gt
+                    if degradation == CLEAN
+                    else DEGRADATIONS[degradation](gt, rng, **DEMO_PARAMS.get(degradation, {}))
+                )
+                write_image(root / degradation / "GT" / f"{stem}.png", gt)
+                write_image(root / degradation / "LQ" / f"{stem}.png", lq)
+    return root

@@ -61,7 +61,7 @@ from data.paired import (
     pair_tensors,
     write_pairs,
 )
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
+from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform, native_crop
 
 __all__ = [
     "SynthesisConfig",
@@ -528,6 +528,11 @@ class SyntheticCaptionDataset(_SyntheticBase):
             ``image_size`` keeps samples cheap.
         image_size, mean, std: the CLIP transform.
         missing_caption: caption of photos without one: ``""`` or (``"stem"``) the file stem.
+        clean_fraction: the share of samples left clean: text :data:`data.CLEAN`, the last entry of
+            :attr:`degradation_texts` (added only when the fraction is positive), all-zero ``multi_hot``.
+        clip_view: ``"resize"`` (the paper's transform of the whole photo) or ``"crop"``: a random
+            ``image_size`` crop at native resolution, randomly flipped (:func:`data.transforms.native_crop`),
+            so pixel-level degradations are not averaged away by the resize.
     """
 
     def __init__(
@@ -543,7 +548,13 @@ class SyntheticCaptionDataset(_SyntheticBase):
         seed: int = 0,
         missing_caption: Literal["empty", "stem"] = "empty",
         config_key: str = "data.synthesis",
+        clean_fraction: float = 0.0,
+        clip_view: Literal["resize", "crop"] = "resize",
     ) -> None:
+        if not 0.0 <= clean_fraction < 1.0:
+            raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
+        if clip_view not in ("resize", "crop"):
+            raise ValueError(f"clip_view must be 'resize' or 'crop', got {clip_view!r}")
         super().__init__(
             source,
             config,
@@ -556,17 +567,31 @@ class SyntheticCaptionDataset(_SyntheticBase):
         self.image_size = image_size
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.clean_fraction = float(clean_fraction)
+        self.clip_view = clip_view
+        if self.clean_fraction > 0:  # "no degradation" is one more text of the loss's vocabulary
+            self.degradation_texts = (*self.degradation_texts, CLEAN)
 
     def get_item(self, index: int, seed: int | Sequence[int] | None = None) -> dict[str, Any]:
         """Sample ``index`` with draw key ``seed = (run_seed, draw_key)`` (default ``(self.seed, index)``)."""
-        pick, degrade, _ = self._generators(index, seed)
+        pick, degrade, crop = self._generators(index, seed)
         image, names = self._sample(index, pick)
-        lq = degrade_chain(self._read(image), names, degrade, self._params)
+        # Drawn after the types, so clean_fraction = 0 keeps the random stream of earlier runs.
+        if self.clean_fraction > 0 and pick.random() < self.clean_fraction:
+            names = ()
+        lq = degrade_chain(self._read(image), names, degrade, self._params) if names else self._read(image)
+        if self.clip_view == "crop":
+            clip_image = native_crop(lq, self.image_size, crop, self.mean, self.std)  # (3, S, S)
+        else:
+            clip_image = clip_transform(lq, self.image_size, self.mean, self.std)  # (3, S, S)
+        labels = self._labels(names)
+        if not names:
+            labels["degradation_index"] = len(self.degradation_texts) - 1  # CLEAN, the last text
         return {
-            "image": clip_transform(lq, self.image_size, self.mean, self.std),  # (3, S, S)
+            "image": clip_image,
             "caption": image.caption,
-            "degradation_text": degradation_text(names),
-            **self._labels(names),
+            "degradation_text": degradation_text(names) if names else CLEAN,
+            **labels,
             "path": str(image.path),
         }
 

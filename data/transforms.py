@@ -12,10 +12,18 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from data.clip_input import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_input_array
 
-__all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "clip_transform", "clip_transform_batch"]
+__all__ = [
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "clip_transform",
+    "clip_transform_batch",
+    "native_crop",
+    "grid_views",
+]
 
 
 def clip_transform(
@@ -43,3 +51,71 @@ def clip_transform_batch(images: torch.Tensor, size: int = 224, **kwargs) -> tor
     """:func:`clip_transform` over a ``(B, 3, H, W)`` batch; returns ``(B, 3, size, size)`` on its device."""
     out = torch.stack([clip_transform(image, size, **kwargs) for image in images])
     return out.to(images.device)
+
+
+def _normalise(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(H, W, 3)`` in [0, 1] -> CLIP-normalised ``(3, H, W)``, truncated to uint8 levels first (as above)."""
+    levels = (np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8).astype(np.float32) / 255.0
+    out = torch.from_numpy(np.ascontiguousarray(levels)).permute(2, 0, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (out - mean_t) / std_t
+
+
+def _at_least(img: np.ndarray, size: int) -> np.ndarray:
+    """Upscale (bicubic) an image whose shorter side is below ``size``; larger images are untouched."""
+    h, w = img.shape[:2]
+    if min(h, w) >= size:
+        return img
+    return clip_transform_resized(img, size)
+
+
+def clip_transform_resized(img: np.ndarray, short: int) -> np.ndarray:
+    """``img`` with its shorter side resized (bicubic, uint8 levels) to ``short`` pixels."""
+    pil = Image.fromarray((np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8))
+    width, height = pil.size
+    scale = short / min(width, height)
+    size = (max(short, round(width * scale)), max(short, round(height * scale)))
+    return np.asarray(pil.resize(size, Image.BICUBIC), dtype=np.float32) / 255.0
+
+
+def native_crop(
+    img: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
+    """A random ``size`` crop at the image's own resolution, randomly flipped: ``(3, size, size)``.
+
+    Unlike :func:`clip_transform` nothing is resized (an image smaller than ``size`` excepted), so
+    pixel-level degradations (noise, JPEG blocks, rain streaks) reach CLIP as they are; flips keep them.
+    """
+    img = _at_least(img, size)
+    h, w = img.shape[:2]
+    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    crop = img[top : top + size, left : left + size]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    if rng.random() < 0.5:
+        crop = crop[::-1]
+    return _normalise(crop, mean, std)
+
+
+def grid_views(
+    img: np.ndarray,
+    size: int,
+    grid: int,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
+    """``grid x grid`` crops of ``size`` at native resolution, evenly spread over the image: ``(grid², 3, S, S)``.
+
+    The test-time counterpart of :func:`native_crop`: a classifier averages its predictions over them.
+    """
+    img = _at_least(img, size)
+    h, w = img.shape[:2]
+    tops = np.linspace(0, h - size, grid).round().astype(int)
+    lefts = np.linspace(0, w - size, grid).round().astype(int)
+    crops = [_normalise(img[t : t + size, x : x + size], mean, std) for t in tops for x in lefts]
+    return torch.stack(crops)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from daclip.engine.cli import run_main  # noqa: E402
-from data import DEFAULT_DEGRADATIONS  # noqa: E402
+from data import CLEAN, DEFAULT_DEGRADATIONS  # noqa: E402
 
 if TYPE_CHECKING:
     from daclip.inference import FrozenDaCLIP
@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-model", default="ViT-B-32", help="architecture of a released checkpoint")
     parser.add_argument("--model-config", default=None, help="open_clip JSON for a custom architecture")
     parser.add_argument(
-        "--degradations", default=",".join(DEFAULT_DEGRADATIONS), help="comma-separated class names"
+        "--degradations",
+        default=None,
+        help="comma-separated class names (default: the names the DA-CLIP was trained against, "
+        f"'clean' included when it learned it; else {','.join(DEFAULT_DEGRADATIONS)})",
     )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--labelled", help="paired root or caption CSV: report accuracy and confusion")
@@ -84,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         daclip = load_frozen_daclip(
             args.weights, args.clip_model, args.model_config, resolve_device(args.device, option="--device")
         )
-        if args.multi_label:
+        names = names or list(daclip.vocabulary)
+        if args.multi_label:  # several types at once: "clean" is no type to add to a set
+            names = [n for n in names if n != CLEAN]
             if args.inputs:
                 _print_multi_label(daclip, args, names, threshold)
             if args.labelled:
@@ -112,6 +117,8 @@ def _checked_options(args: argparse.Namespace) -> tuple[list[str], float]:
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
+    if args.degradations is None:
+        return [], threshold  # the DA-CLIP's own vocabulary, once it is loaded
     names = [n.strip() for n in args.degradations.split(",") if n.strip()]
     if not names:
         raise ValueError("--degradations: no class names given")
@@ -125,14 +132,15 @@ def _print_top_k(daclip: FrozenDaCLIP, args: argparse.Namespace, names: list[str
     results = classify_paths(daclip, args.inputs, names, k=args.top_k, batch_size=args.batch_size)
     for path, top in results:
         ranked = ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in top)
-        print(f"{path}: {ranked}")
+        verdict = "no degradation found | " if top and top[0][0] == CLEAN else ""
+        print(f"{path}: {verdict}{ranked}")
 
 
 def _confusion_report(daclip: FrozenDaCLIP, args: argparse.Namespace, names: list[str]) -> None:
     """CLIP vs DA-CLIP on a labelled set: the table, the confusion matrices (text and PNG), the JSON."""
     from daclip.classify import METHOD_TITLES, evaluate_classification, labelled_images, save_confusion_png
 
-    dataset = labelled_images(args.labelled, names, daclip.image_size, daclip.mean, daclip.std)
+    dataset = labelled_images(args.labelled, names, daclip.image_size, daclip.mean, daclip.std, daclip.views)
     report = evaluate_classification(daclip, dataset, names, batch_size=args.batch_size)
     folder = _report_folder(args)
     text = "\n\n".join([report.format_table(), *(report.format_confusion(m) for m in report.confusion)])

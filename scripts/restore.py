@@ -38,11 +38,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.zero_shot import DEFAULT_THRESHOLD  # noqa: E402
 from daclip.engine.cli import int_at_least, run_main  # noqa: E402
 from daclip.engine.distributed import resolve_device  # noqa: E402
 from daclip.engine.errors import UserError  # noqa: E402
 from daclip.inference import add_daclip_arguments  # noqa: E402
+from daclip.zero_shot import DEFAULT_THRESHOLD  # noqa: E402
 from data.paired import LQImageDataset  # noqa: E402
 from irsde.diffusion.samplers import GRIDS, SAMPLERS, check_sampler_options  # noqa: E402
 from irsde.inference.pipeline import RestorationPipeline  # noqa: E402

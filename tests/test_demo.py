@@ -30,7 +30,7 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
     demo_dir = run_demo(
         data_root=tmp_path / "demo_data",
         experiments_root=tmp_path / "experiments",
-        settings=DemoSettings(daclip_epochs=1, ir_steps=2, sampling_steps=1),
+        settings=DemoSettings(daclip_epochs=1, daclip_samples=32, ir_steps=2, sampling_steps=1),
         compare="all",
         log=lambda _: None,
     )
@@ -38,7 +38,15 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
     report = (demo_dir / "report.md").read_text()
     for name in DEFAULT_DEGRADATIONS:
         assert f"| {name} | 4 |" in report  # two crops of each of the two validation photographs
-    assert "**average**" in report and "Accuracy over 10 types" in report and "random weights" in report
+    assert "**average**" in report and "random weights" in report
+    # Classification: per type (clean included), on the validation crops and the second photo set, for
+    # the DA-CLIP and (compare) the plain tiny CLIP trained at the same budget; a confusion matrix.
+    assert "## Degradation classification" in report and "| clean |" in report
+    assert re.search(
+        r"- DA-CLIP, validation: \*\*[\d.]+%\*\* over the 10 types; clean crops called clean", report
+    )
+    assert re.search(r"- plain CLIP, second set: \*\*[\d.]+%\*\*", report)
+    assert (demo_dir / "confusion_daclip.png").is_file() and (demo_dir / "plain_clip").is_dir()
     # What a user needs to judge it: the input's scores, the gain, the sampler and its NFE.
     assert "input_psnr" in report and "psnr_gain" in report
     assert "sampled with `mr` at 1 network evaluation(s)" in report and "predicting `residual`" in report

@@ -212,7 +212,10 @@ BREAKAGES = {
         lambda f: _truncate(f / "restorer.safetensors"),
         "restorer.safetensors: not a complete",
     ),
-    "wrong shapes": (_wrong_shape, "restorer.safetensors: the weights do not fit the network its config.json describes (1 shape"),
+    "wrong shapes": (
+        _wrong_shape,
+        "restorer.safetensors: the weights do not fit the network its config.json describes (1 shape",
+    ),
     "missing DA-CLIP": (lambda f: (f / "daclip.safetensors").unlink(), "daclip.safetensors: missing"),
 }
 

@@ -26,7 +26,7 @@ from daclip.engine.distributed import resolve_device
 from daclip.engine.errors import UserError
 from daclip.engine.folder import is_model_folder
 from daclip.inference import DaCLIPSection, build_embedder
-from data import DEFAULT_DEGRADATIONS
+from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
 from irsde.diffusion.samplers import GridName, SamplerName, check_sampler_options, sample
 from irsde.diffusion.sde import IRSDE, PredictionType
@@ -133,7 +133,8 @@ class RestorationPipeline:
         self.self_ensemble = bool(self_ensemble)
         #: What :meth:`from_checkpoint` loaded (None for a pipeline built from modules).
         self.loaded: LoadedRestorer | None = None
-        #: The classifier vocabulary: the degradations the model was trained on, when recorded.
+        #: The classifier vocabulary: the degradations the model was trained on, when recorded (plus
+        #: ``clean`` when the DA-CLIP learned it).
         self.degradations: tuple[str, ...] = tuple(DEFAULT_DEGRADATIONS)
 
     @classmethod
@@ -191,6 +192,8 @@ class RestorationPipeline:
         )
         pipeline.loaded = loaded
         pipeline.degradations = loaded.degradations()
+        if CLEAN in getattr(embedder, "vocabulary", ()) and CLEAN not in pipeline.degradations:
+            pipeline.degradations = (*pipeline.degradations, CLEAN)  # the DA-CLIP can say "no degradation"
         return pipeline
 
     @classmethod
@@ -256,17 +259,27 @@ class RestorationPipeline:
 
         Empty lists when the pipeline has no DA-CLIP (a plain baseline).
         """
-        classify = getattr(self.embedder, "classify", None)
-        if classify is None:
+        probs = self.class_probabilities(lq, lq_clip)  # (B, K)
+        if probs is None:
             return [[] for _ in range(lq.shape[0])]
-        if lq_clip is None:
-            lq_clip = self.clip_inputs(lq.to(self.device))
-        probs = classify(lq_clip.to(self.device), list(self.degradations))  # (B, K)
         top = torch.topk(probs, k=min(top_k, probs.shape[1]), dim=1)
         return [
             [(self.degradations[j], float(p)) for p, j in zip(values, indices)]
             for values, indices in zip(top.values.tolist(), top.indices.tolist())
         ]
+
+    @torch.no_grad()
+    def class_probabilities(self, lq: Tensor, lq_clip: Tensor | None = None) -> Tensor | None:
+        """``(B, K)`` probabilities over :attr:`degradations` (None without DA-CLIP). A DA-CLIP trained on
+        native crops classifies from its own grid of them (``lq``); otherwise from ``lq_clip``."""
+        if getattr(self.embedder, "classify", None) is None:
+            return None
+        names = list(self.degradations)
+        if int(getattr(self.embedder, "views", 1)) > 1:
+            return self.embedder.classify_images(lq, names)
+        if lq_clip is None:
+            lq_clip = self.clip_inputs(lq.to(self.device))
+        return self.embedder.classify(lq_clip.to(self.device), names)
 
     @property
     def device(self) -> torch.device:

@@ -632,7 +632,7 @@ class _RestoreRun:
             lq_clip = torch.stack([item["lq_clip"] for _, item in batch])  # (B, 3, S, S)
         probs = None
         if self.classify is not None:
-            probs = self.classify(lq_clip.to(self.pipeline.device), list(self.degradations))  # (B, K)
+            probs = _probabilities(self.pipeline, lq, lq_clip, self.degradations or ())  # (B, K)
         clean = self._clean_mask(probs, lq.shape[0])
         kept = [c and self.keep_clean for c in clean]
         restored = lq.clone()
@@ -692,6 +692,17 @@ class _RestoreRun:
             verdict = f"{name} ({prob:.1%}; present: {'+'.join(found)})"
         self.log(f"{_input_name(item['path'])}: {verdict} -> {target}")
         return record
+
+
+def _probabilities(
+    pipeline: RestorationPipeline, lq: Tensor, lq_clip: Tensor | None, names: Sequence[str]
+) -> Tensor:
+    """``(B, K)`` class probabilities of a batch, from the DA-CLIP's own test input (a grid of native
+    crops for a DA-CLIP trained on them, else the restorer's ``lq_clip``)."""
+    embedder = pipeline.embedder
+    if int(getattr(embedder, "views", 1)) > 1:
+        return embedder.classify_images(lq.to(pipeline.device), list(names))
+    return embedder.classify(lq_clip.to(pipeline.device), list(names))
 
 
 def _check_finite(path: str, restored: Tensor, probs: Tensor | None) -> None:
