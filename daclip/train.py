@@ -242,6 +242,12 @@ class TrainSection:
         help="start DA-CLIP's temperature here (0 = CLIP's own; a random tiny CLIP's names are close "
         "together, a high start separates them from the first step)",
     )
+    num_threads: int = spec(
+        0,
+        minimum=0,
+        help="torch CPU threads while stage 1 trains (0 = torch's default); 1 suits a tiny model on a small "
+        "CPU whose other core runs the data worker (restored when training ends)",
+    )
     image_tower: Literal["controller", "clip"] = spec(
         "controller",
         help="what trains: the controller (DA-CLIP) or, for the comparison, the plain CLIP image tower with "
@@ -624,6 +630,9 @@ class DaCLIPStage(Stage):
     def setup(self, run: RunContext) -> None:
         cfg, info, device = self.cfg, run.info, run.device
         self.run = run
+        self.threads_before = torch.get_num_threads()
+        if cfg.train.num_threads:  # tiny models: thread hand-offs cost more than the maths they split
+            torch.set_num_threads(cfg.train.num_threads)
         # Weights first (a missing download fails before any folder is written). The main rank
         # resolves (and, online, downloads) them; the others then read the cache. Every rank
         # builds with the same seed (a random CLIP must be the same everywhere), and rank 0's
@@ -864,6 +873,7 @@ class DaCLIPStage(Stage):
             is_main=run.is_main,
         )
         run.logger.info("final model (frozen CLIP included): %s", final)
+        torch.set_num_threads(self.threads_before)
 
 
 def train_daclip(cfg: DaCLIPTrainConfig, argv: Sequence[str] | None = None, *, progress: bool = True) -> Path:
