@@ -792,9 +792,7 @@ def restore_images(
     _check_arguments(batch_size, threshold, contact_sheet, sheet_height)
     plan = plan_outputs(_input_paths(dataset), output, overwrite=overwrite, contact_sheet=contact_sheet)
     _prepare_folder(plan, log)
-    reporter = (
-        progress if isinstance(progress, ProgressReporter) else (ProgressReporter() if progress else None)
-    )
+    reporter = ProgressReporter() if progress is True else (progress or None)
     run = _RestoreRun(pipeline, plan, degradations, threshold, seed, max_pixels, log, reporter, keep_clean)
     sheet_rows = sheet_height if contact_sheet else None
     try:
