@@ -18,7 +18,7 @@ it is among the image's top ``k`` types, ``k`` being the number of true types
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,7 +32,7 @@ from daclip.engine.distributed import get_world_size, is_distributed
 from daclip.engine.runtime import autocast
 from daclip.inference import FrozenDaCLIP
 from daclip.model import DaCLIP
-from daclip.zero_shot import DEFAULT_THRESHOLD, ZeroShotClassifier, multilabel_predictions
+from daclip.zero_shot import DEFAULT_THRESHOLD, ZeroShotClassifier, multilabel_predictions, view_probabilities
 from data.captions import read_caption_csv
 from data.degradations import COMBINATION_SEPARATOR
 from data.io import is_image_file, list_images, read_image
@@ -100,18 +100,6 @@ def clip_inputs(
     if views > 1:
         return grid_views(image, size, views, mean, std)
     return clip_transform(image, size, mean, std)
-
-
-def view_probabilities(
-    embed: Callable[[torch.Tensor], torch.Tensor], classifier: ZeroShotClassifier, images: torch.Tensor
-) -> torch.Tensor:
-    """``(B, K)`` class probabilities of ``(B, 3, S, S)`` images, or of ``(B, V, 3, S, S)`` views of each
-    image averaged over the views (each view votes with its probabilities)."""
-    if images.ndim == 4:
-        return classifier(embed(images).float())
-    batch, views = images.shape[:2]
-    probs = classifier(embed(images.flatten(0, 1)).float())  # (B * V, K)
-    return probs.view(batch, views, -1).mean(dim=1)
 
 
 def labelled_images(

@@ -134,7 +134,7 @@ class FrozenDaCLIP(nn.Module):
         input: the whole image resized (the paper) or the average over its grid of native crops."""
         if self.views <= 1:
             return self.classify(self.preprocess(images), degradations)
-        from daclip.classify import view_probabilities
+        from daclip.zero_shot import view_probabilities
         from data.transforms import grid_views
 
         pixels = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DEFAULT_THRESHOLD", "encode_names", "multilabel_predictions", "ZeroShotClassifier"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "encode_names",
+    "multilabel_predictions",
+    "ZeroShotClassifier",
+    "view_probabilities",
+]
 
 #: CLIP's usual zero-shot temperature (the trained logit scale saturates at ln 100).
 ZERO_SHOT_SCALE = 100.0
@@ -75,6 +81,18 @@ class ZeroShotClassifier(nn.Module):
             [(self.names[i], float(p)) for p, i in zip(row_v.tolist(), row_i.tolist())]
             for row_v, row_i in zip(values, indices)
         ]
+
+
+def view_probabilities(
+    embed: Callable[[torch.Tensor], torch.Tensor], classifier: ZeroShotClassifier, images: torch.Tensor
+) -> torch.Tensor:
+    """``(B, K)`` class probabilities of ``(B, 3, S, S)`` images, or of ``(B, V, 3, S, S)`` views of each
+    image averaged over the views (each view votes with its probabilities)."""
+    if images.ndim == 4:
+        return classifier(embed(images).float())
+    batch, views = images.shape[:2]
+    probs = classifier(embed(images.flatten(0, 1)).float())  # (B * V, K)
+    return probs.view(batch, views, -1).mean(dim=1)
 
 
 def multilabel_predictions(

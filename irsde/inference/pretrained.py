@@ -39,7 +39,6 @@ from irsde.models.unet import UNetConfig
 
 if TYPE_CHECKING:
     from daclip.inference import FrozenDaCLIP
-    from irsde.inference.pipeline import RestorationPipeline
 
 __all__ = [
     "MODEL_CARD",
@@ -186,9 +185,7 @@ def load_pretrained(folder: str | os.PathLike, *, with_daclip: bool = True) -> P
     return PretrainedRestorer(config, model.eval(), sde, daclip, str(folder))
 
 
-def describe_pipeline(
-    pipeline: RestorationPipeline, source: dict[str, Any] | None = None
-) -> PretrainedConfig:
+def describe_pipeline(pipeline: Any, source: dict[str, Any] | None = None) -> PretrainedConfig:
     """The :class:`PretrainedConfig` of a loaded pipeline (its network, SDE, sampler, vocabulary, DA-CLIP)."""
     model_config = getattr(pipeline.model, "config", None)
     if model_config is None:
@@ -222,7 +219,7 @@ def _inference_settings(model_config: ModelConfig) -> dict[str, Any]:
 
 
 def save_pretrained(
-    pipeline: RestorationPipeline,
+    pipeline: Any,  # a RestorationPipeline (not imported: the pipeline module imports this one)
     folder: str | os.PathLike,
     *,
     source: dict[str, Any] | None = None,
