@@ -643,7 +643,10 @@ def test_keep_clean_writes_back_what_daclip_finds_nothing_wrong_with(tmp_path):
         assert not entries["dark.png"]["clean"] and entries["dark.png"]["degradations"][0] == "noisy"
         with open(out / "predictions.csv") as handle:
             rows = {Path(r["output"]).name: r for r in csv.DictReader(handle)}
-        assert rows["bright.png"]["degradations"] == "none" and rows["bright.png"]["degradation"] == "clean"
+        assert (
+            rows["bright.png"]["degradations"] == "no degradation found"
+            and rows["bright.png"]["degradation"] == "clean"
+        )
         assert ("kept as it came" in rows["bright.png"]["settings"]) == keep
     said = [line for line in logs if line.startswith("bright.png:")]
     assert len(said) == 2 and all("no degradation found" in line for line in said)

@@ -71,7 +71,7 @@ def _csv_row(record: dict[str, Any]) -> dict[str, str]:
         "top3": "; ".join(f"{n} {p:.3f}" for n, p in record["top3"]),
         # an image DA-CLIP finds nothing wrong with says so ("clean" ranks first; no type is present)
         "degradations": "+".join(record.get("degradations", [name]))
-        or ("none" if record.get("clean") else ""),
+        or ("no degradation found" if record.get("clean") else ""),
         "run": record.get("run", ""),
         "settings": record.get("settings", ""),
     }
