@@ -637,12 +637,13 @@ class _RestoreRun:
         kept = [c and self.keep_clean for c in clean]
         restored = lq.clone()
         todo = [i for i, k in enumerate(kept) if not k]
+        settings = describe_settings(self.pipeline, self.seed)
         if todo:
             names = ", ".join(_input_name(batch[i][1]["path"]) for i in todo)
             sub_clip = lq_clip[todo] if lq_clip is not None else None
             with pipeline_settings(self.pipeline, **self._auto_tiles(names, lq.shape[-2], lq.shape[-1])):
                 restored[todo] = self._run_network(lq[todo], sub_clip, names).to(restored.device)
-        settings = describe_settings(self.pipeline, self.seed)
+                settings = describe_settings(self.pipeline, self.seed)  # auto-tiles included
         for i, (index, item) in enumerate(batch):
             row = probs[i] if probs is not None else None  # (K,)
             _check_finite(item["path"], restored[i], row)
