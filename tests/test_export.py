@@ -105,6 +105,7 @@ def test_folder_round_trip_is_exact(family, folders, checkpoints):
         expected, got = ours.state_dict(), theirs.state_dict()
         assert list(got) == list(expected)
         assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert loaded.embedder.source == original.embedder.source  # architecture, input, views, vocabulary
     assert (loaded.sampler, loaded.num_steps, loaded.clamp_x0, loaded.degradations) == (
         original.sampler,
         original.num_steps,
@@ -115,6 +116,29 @@ def test_folder_round_trip_is_exact(family, folders, checkpoints):
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     assert torch.equal(loaded(lq, generator=gen()), original(lq, generator=gen()))
     assert loaded.classify(lq) == original.classify(lq)
+
+
+def test_a_vocabulary_with_clean_survives_the_folder(tmp_path):
+    """A DA-CLIP that learned "clean" keeps it through the folder: the restorer's classifier can say
+    "no degradation" when loaded from the folder as from the checkpoint."""
+    import dataclasses
+
+    from daclip.pretrained import build_daclip
+    from daclip.train import make_checkpoint
+    from data import CLEAN
+    from tests.test_daclip_model import TINY_CONFIG, TINY_NAME
+
+    torch.manual_seed(0)
+    model, source = build_daclip(TINY_NAME, "", TINY_CONFIG)
+    source = dataclasses.replace(source, vocabulary=(*DEFAULT_DEGRADATIONS, CLEAN))
+    save_checkpoint(tmp_path / "daclip.pt", make_checkpoint(model, source, full=True))
+    checkpoint = perturbed_checkpoint(tmp_path / "nafnet.pt", tmp_path / "daclip.pt", "nafnet")
+    folder = export(checkpoint, tmp_path / "folder")
+    assert read_folder_config(folder)["daclip"]["vocabulary"][-1] == CLEAN
+    original = RestorationPipeline.from_checkpoint(checkpoint, device="cpu")
+    loaded = RestorationPipeline.from_pretrained(folder, device="cpu")
+    assert loaded.degradations == original.degradations and loaded.degradations[-1] == CLEAN
+    assert loaded.embedder.vocabulary == original.embedder.vocabulary
 
 
 def test_from_pretrained_unpickles_nothing(folders, monkeypatch):

@@ -191,9 +191,7 @@ class RestorationPipeline:
             **options,
         )
         pipeline.loaded = loaded
-        pipeline.degradations = loaded.degradations()
-        if CLEAN in getattr(embedder, "vocabulary", ()) and CLEAN not in pipeline.degradations:
-            pipeline.degradations = (*pipeline.degradations, CLEAN)  # the DA-CLIP can say "no degradation"
+        pipeline.degradations = _vocabulary(loaded.degradations(), embedder)
         return pipeline
 
     @classmethod
@@ -241,7 +239,7 @@ class RestorationPipeline:
         pipeline.loaded = LoadedRestorer(
             loaded.model, loaded.sde, training_config, None, "pretrained", path=str(folder)
         )
-        pipeline.degradations = tuple(loaded.config.degradations) or tuple(DEFAULT_DEGRADATIONS)
+        pipeline.degradations = _vocabulary(loaded.config.degradations or DEFAULT_DEGRADATIONS, embedder)
         return pipeline
 
     @property
@@ -363,6 +361,13 @@ class RestorationPipeline:
                 out = out.flip(dims) if dims else out
                 total += out.transpose(-2, -1) if transpose else out
         return (total / 8).clamp(0.0, 1.0)
+
+
+def _vocabulary(degradations: Sequence[str], embedder: Embedder | None) -> tuple[str, ...]:
+    """The classifier's names: the restorer's degradations, plus ``clean`` when its DA-CLIP learned it (it can
+    then say "no degradation")."""
+    names = tuple(degradations)
+    return (*names, CLEAN) if CLEAN in getattr(embedder, "vocabulary", ()) and CLEAN not in names else names
 
 
 @dataclass
