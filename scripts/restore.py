@@ -9,7 +9,7 @@
 
 Large images: ``--tile`` runs the network on overlapping tiles (smoothly blended) so memory stays
 bounded; an image over ``--max-pixels`` (default 2048x2048, the web app's limit) without ``--tile`` is
-restored in tiles of 512 with a notice. Progress within each image goes to stderr (a line every 10 s
+restored in tiles of 256 with a notice. Progress within each image goes to stderr (a line every 10 s
 when it is not a terminal).
 
 Outputs are PNGs named after the inputs (``photo_jpg.png`` and ``photo_png.png`` when two inputs share

@@ -310,13 +310,13 @@ def test_an_image_over_max_pixels_is_restored_in_tiles_with_a_notice(tmp_path):
         pipeline, LQImageDataset(tmp_path / "in"), tmp_path / "out", log=lines.append, max_pixels=20_000
     )
     assert len(records) == 1 and read_image(tmp_path / "out" / "wide.png").shape == (40, 600, 3)
-    assert set(widths) == {512}  # two 512-pixel tiles per network call, never the whole 600
+    assert set(widths) == {256}  # 256-pixel tiles, never the whole 600
     notice = [line for line in lines if "tiles" in line]
     assert notice == [
         "wide.png: 600x40 (0.0 MP) is over the 0.0 MP restored in one piece (--max-pixels): restoring it in "
-        "tiles of 512 pixels (--tile to choose the size)"
+        "tiles of 256 pixels (--tile to choose the size)"
     ]
-    assert "tile=512" in records[0]["settings"] and pipeline.tile is None  # for that image only
+    assert "tile=256" in records[0]["settings"] and pipeline.tile is None  # for that image only
     widths.clear()
     restore_images(pipeline, LQImageDataset(tmp_path / "in"), tmp_path / "again", log=lines.append)
     assert set(widths) == {600}  # under the default limit: one piece
@@ -326,7 +326,7 @@ def test_restore_help_says_what_happens_over_max_pixels(capsys):
     with pytest.raises(SystemExit):
         _script("restore").main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--max-pixels" in text and "without --tile is restored in tiles of 512" in text
+    assert "--max-pixels" in text and "without --tile is restored in tiles of 256" in text
 
 
 # ----------------------------------------------------------------------------- 4: silent garbage

@@ -89,8 +89,10 @@ __all__ = [
 #: Largest image (in pixels) restored in one piece: 2048 x 2048. The web app refuses a larger one without
 #: a tile size; :func:`restore_images` restores it in tiles of :data:`AUTO_TILE` pixels.
 DEFAULT_MAX_PIXELS = 2048 * 2048
-#: The tile size :func:`restore_images` picks for an image over its ``max_pixels`` when none is set.
-AUTO_TILE = 512
+#: The tile size :func:`restore_images` picks for an image over its ``max_pixels`` when none is set: the
+#: paper's training patch. Memory then stays bounded whatever the image size, and the progress line,
+#: which counts network calls, moves every few tiles.
+AUTO_TILE = 256
 #: Output extensions refused: lossy formats would throw away part of the restoration.
 LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
