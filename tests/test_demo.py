@@ -103,6 +103,15 @@ def test_demo_validation_photos_are_colour_and_unseen():
         assert image.ndim == 3 and float(abs(image[..., 0] - image[..., 1]).mean()) > 0.01  # colour
 
 
+def test_config_dir_is_the_checkouts_configs_folder():
+    """A checkout run (``python scripts/demo.py`` in a fresh clone, nothing installed) reads the configs
+    next to the code: the checkout's ``configs/``, not a path one level off inside the package."""
+    from irsde.apps.demo import config_dir
+
+    root = Path(__file__).resolve().parents[1]
+    assert config_dir() == root / "configs"
+    assert (config_dir() / "daclip_demo.yml").is_file()
+
 def test_the_demo_finds_its_configs_after_a_non_editable_install(tmp_path):
     """`pip install .` (not editable): the tiny configs come with the package (daclip_uir_configs)."""
     import shutil

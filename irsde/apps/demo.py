@@ -37,7 +37,7 @@ def config_dir() -> Path:
     A checkout run (``python scripts/demo.py``) reads the files next to the code; after a
     non-editable ``pip install .`` they are package data of ``daclip_uir_configs`` (pyproject.toml).
     """
-    checkout = Path(__file__).resolve().parents[1] / "configs"
+    checkout = Path(__file__).resolve().parents[2] / "configs"  # irsde/apps/demo.py -> the checkout
     if checkout.is_dir():
         return checkout
     from importlib.resources import files
