@@ -152,7 +152,7 @@ def confusion_matrices(
     was_training = model.training
     model.eval()
     embedders = {
-        "daclip": lambda x: model.encode_image(x, control=True)[1],  # degra_emb (B, E)
+        "daclip": lambda x: model.controller(x)[0],  # degra_emb (B, E): the controller alone
         "clip": lambda x: model.encode_image(x, control=False),  # (B, E)
     }
     for batch in loader:
@@ -280,7 +280,7 @@ def classify_paths(
                 for p in chunk
             ]
         )  # (b, 3, S, S), or (b, V, 3, S, S) views
-        probs = view_probabilities(lambda x: daclip.encode_image(x)[1], classifier, images)  # (b, K)
+        probs = view_probabilities(daclip.encode_degradation, classifier, images)  # (b, K)
         results += [(str(p), top_names(probs_row, classifier.names, k)) for p, probs_row in zip(chunk, probs)]
     return results
 
@@ -635,7 +635,7 @@ def classify_paths_multilabel(
         images = torch.stack(
             [clip_transform(read_image(p), daclip.image_size, daclip.mean, daclip.std) for p in chunk]
         )  # (b, 3, S, S)
-        probs = classifier(daclip.encode_image(images)[1]).cpu().numpy()  # (b, K)
+        probs = classifier(daclip.encode_degradation(images)).cpu().numpy()  # (b, K)
         present = multilabel_predictions(probs, threshold)
         for path, row, mask in zip(chunk, probs, present):
             ranked = sorted(zip(names, map(float, row)), key=lambda item: -item[1])

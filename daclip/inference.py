@@ -94,6 +94,12 @@ class FrozenDaCLIP(nn.Module):
         return self.model.encode_image(clip_images.to(self.device), control=True, normalize=False)
 
     @torch.no_grad()
+    def encode_degradation(self, clip_images: torch.Tensor) -> torch.Tensor:
+        """The ``(B, E)`` degradation embedding alone (the controller; the frozen tower is not run)."""
+        degra_emb, _ = self.model.controller(clip_images.to(self.device))
+        return degra_emb
+
+    @torch.no_grad()
     def encode_plain_image(self, clip_images: torch.Tensor) -> torch.Tensor:
         """Plain CLIP's ``(B, E)`` image embedding (no control), unnormalised."""
         return self.model.encode_image(clip_images.to(self.device), control=False, normalize=False)
@@ -125,7 +131,10 @@ class FrozenDaCLIP(nn.Module):
             from daclip.zero_shot import ZeroShotClassifier, encode_names
 
             features = encode_names(self.model.encode_text, self.tokenizer, key, self.device)
-            cached = self._classifiers[key] = ZeroShotClassifier(features, key).to(self.device)
+            weight = float(getattr(self.source, "clean_weight", 1.0))
+            cached = self._classifiers[key] = ZeroShotClassifier(features, key, clean_weight=weight).to(
+                self.device
+            )
         return cached
 
     @torch.no_grad()
@@ -139,14 +148,12 @@ class FrozenDaCLIP(nn.Module):
 
         pixels = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
         views = torch.stack([grid_views(p, self.image_size, self.views, self.mean, self.std) for p in pixels])
-        embed = lambda x: self.encode_image(x)[1]  # noqa: E731 - the degradation embedding
-        return view_probabilities(embed, self.classifier(degradations), views.to(self.device))
+        return view_probabilities(self.encode_degradation, self.classifier(degradations), views.to(self.device))
 
     @torch.no_grad()
     def classify(self, clip_images: torch.Tensor, degradations: Sequence[str]) -> torch.Tensor:
         """``(B, K)`` probabilities of each degradation from DA-CLIP's degradation embedding."""
-        _, degra_emb = self.encode_image(clip_images)
-        return self.classifier(degradations)(degra_emb)
+        return self.classifier(degradations)(self.encode_degradation(clip_images))
 
 
 def load_frozen_daclip(

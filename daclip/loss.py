@@ -101,6 +101,30 @@ class DaCLIPLoss(nn.Module):
         self.degradation_loss = degradation_loss
         self.gather = gather
 
+    def _degradation(
+        self, degra: torch.Tensor, names: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        if self.degradation_loss == "clip":
+            # The paper: each image's own degradation-name text is its only positive.
+            return clip_loss(degra, names[labels], scale)
+        return class_aware_degradation_loss(degra, names, labels, scale)
+
+    def degradation_only(
+        self,
+        degra_emb: torch.Tensor,
+        name_features: torch.Tensor,
+        degradation_index: torch.Tensor,
+        logit_scale: torch.Tensor,
+    ) -> DaCLIPLossOutput:
+        """The loss when ``content_weight`` is 0: the degradation term alone (the content term is NaN,
+        not computed); equal to :meth:`forward`'s total then, without running the frozen tower."""
+        if self.content_weight != 0.0:
+            raise ValueError(f"degradation_only needs content_weight 0, got {self.content_weight}")
+        degra = self.gather(F.normalize(degra_emb, dim=-1))  # (N, E)
+        labels = self.gather(degradation_index)  # (N,)
+        loss = self._degradation(degra, F.normalize(name_features, dim=-1), labels, logit_scale.exp())
+        return DaCLIPLossOutput(loss, torch.full_like(loss, float("nan")).detach(), loss)
+
     def forward(
         self,
         content_emb: torch.Tensor,
@@ -127,11 +151,7 @@ class DaCLIPLoss(nn.Module):
         scale = logit_scale.exp()
 
         content_loss = clip_loss(content, captions, scale)
-        if self.degradation_loss == "clip":
-            # The paper: each image's own degradation-name text is its only positive.
-            degradation = clip_loss(degra, names[labels], scale)
-        else:
-            degradation = class_aware_degradation_loss(degra, names, labels, scale)
+        degradation = self._degradation(degra, names, labels, scale)
         # content_weight 1 is the paper's sum; a smaller weight leaves the shared controller to the
         # degradation term (a tiny model from random weights otherwise spends it telling photos apart).
         total = (

@@ -89,6 +89,8 @@ class ClipSource:
     #: The names the degradation embedding was trained against (with ``clean`` when it learned one);
     #: empty = not recorded (the paper's ten).
     vocabulary: tuple[str, ...] = ()
+    #: The calibrated odds factor of the ``clean`` answer (:meth:`ZeroShotClassifier.adjust`); 1 = none.
+    clean_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for checkpoints (``weights_only``-loadable); the defaults of ``views`` and
@@ -105,6 +107,8 @@ class ClipSource:
             out["views"] = int(self.views)
         if self.vocabulary:
             out["vocabulary"] = list(self.vocabulary)
+        if self.clean_weight != 1.0:
+            out["clean_weight"] = float(self.clean_weight)
         return out
 
     @classmethod
@@ -120,6 +124,7 @@ class ClipSource:
                 std=tuple(float(v) for v in data.get("std", OPENAI_CLIP_STD)),
                 views=int(data.get("views", 1)),
                 vocabulary=tuple(str(v) for v in data.get("vocabulary", ())),
+                clean_weight=float(data.get("clean_weight", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed CLIP description in checkpoint: {err}") from None

@@ -38,6 +38,7 @@ written. Resuming follows :func:`daclip.engine.run_folder.plan_resume` (the rule
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -76,7 +78,7 @@ from daclip.engine.runtime import autocast, seed_everything
 from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
 from daclip.model import DaCLIP
 from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
-from daclip.zero_shot import ZeroShotClassifier, encode_names
+from daclip.zero_shot import ZeroShotClassifier, clean_weight_for_rate, encode_names
 from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.captions import CaptionDataset
 from data.synthetic import SynthesisConfig, SyntheticCaptionDataset
@@ -171,10 +173,27 @@ class DataSection:
         help="source: synthetic: share of samples left clean, labelled 'clean', a vocabulary entry after "
         "the degradations (0 = the paper: every sample degraded, ten names)",
     )
+    clean_calibration: float = spec(
+        0.05,
+        minimum=0.0,
+        maximum=0.5,
+        help="with clean_fraction > 0: calibrate the 'clean' answer at the end so that this share of "
+        "freshly degraded training samples is called clean (recorded in the checkpoint; 0 = no calibration)",
+    )
+    calibration_samples: int = spec(
+        256, minimum=16, help="fresh training samples the clean calibration draws"
+    )
     clip_view: Literal["resize", "crop"] = spec(
         "resize",
         help="CLIP input in training: the whole image resized (the paper) or, source: synthetic, a random "
         "native-resolution crop with flips (pixel-level degradations survive)",
+    )
+    crops_per_sample: int = spec(
+        1,
+        minimum=1,
+        maximum=8,
+        help="clip_view: crop: native crops taken from each synthesised sample (a batch of B samples "
+        "trains on B x n crops; synthesis, the costly part on CPU, is shared by the n)",
     )
     test_views: int = spec(
         3,
@@ -203,7 +222,11 @@ class DataSection:
                 raise ConfigError("data.clean_fraction: needs data.source: synthetic (clean photos to draw)")
             if self.clip_view != "resize":
                 raise ConfigError("data.clip_view: 'crop' needs data.source: synthetic")
+            if self.crops_per_sample != 1:
+                raise ConfigError("data.crops_per_sample: needs data.source: synthetic and clip_view: crop")
             return
+        if self.crops_per_sample != 1 and self.clip_view != "crop":
+            raise ConfigError("data.crops_per_sample: needs data.clip_view: crop")
         if not self.clean_root:
             raise ConfigError(
                 "data.clean_root: required with data.source: synthetic (a folder or CSV of clean photos)"
@@ -291,8 +314,12 @@ class CaptionCollate:
         self.tokenizer = tokenizer
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        # Several crops of one sample ((n, 3, S, S), data.crops_per_sample) are rows of their own with
+        # that sample's labels: the batch then has B x n rows.
+        images = [item["image"] if item["image"].ndim == 4 else item["image"][None] for item in items]
+        items = [item for item, crops in zip(items, images) for _ in range(len(crops))]
         batch = {
-            "image": torch.stack([item["image"] for item in items]),  # (B, 3, S, S)
+            "image": torch.cat(images),  # (B, 3, S, S)
             "caption_tokens": self.tokenizer([item["caption"] for item in items]),  # (B, context_length)
             "degradation_index": torch.tensor(
                 [item["degradation_index"] for item in items], dtype=torch.long
@@ -438,20 +465,26 @@ def train_step(
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
     labels = batch["degradation_index"].to(device)  # (B,)
     with autocast(device, precision):
-        with torch.no_grad():
-            caption_features = model.encode_text(batch["caption_tokens"].to(device))  # (B, E)
-        if image_tower == "clip":  # the plain-CLIP comparison: one embedding serves both losses
-            content_emb = degra_emb = model.encode_image(images, control=False)  # (B, E)
+        if criterion.content_weight == 0.0 and image_tower == "controller":
+            # No content term: only the controller's degradation embedding enters the loss, so the
+            # frozen tower and the captions are not run (about half the step); the same gradients.
+            degra_emb, _ = model.controller(images)  # (B, E)
+            losses = criterion.degradation_only(degra_emb.float(), name_features, labels, model.logit_scale)
         else:
-            content_emb, degra_emb = model(images)  # (B, E) each
-        losses = criterion(
-            content_emb.float(),
-            degra_emb.float(),
-            caption_features.float(),
-            name_features,
-            labels,
-            model.logit_scale,
-        )
+            with torch.no_grad():
+                caption_features = model.encode_text(batch["caption_tokens"].to(device))  # (B, E)
+            if image_tower == "clip":  # the plain-CLIP comparison: one embedding serves both losses
+                content_emb = degra_emb = model.encode_image(images, control=False)  # (B, E)
+            else:
+                content_emb, degra_emb = model(images)  # (B, E) each
+            losses = criterion(
+                content_emb.float(),
+                degra_emb.float(),
+                caption_features.float(),
+                name_features,
+                labels,
+                model.logit_scale,
+            )
     optimizer.zero_grad(set_to_none=True)
     total = losses.total.detach()
     if finite_on_all_ranks(total):  # every rank takes (or skips) the step together
@@ -533,6 +566,7 @@ def _train_set(cfg: DaCLIPTrainConfig, data_kwargs: dict[str, Any]) -> Dataset:
         missing_caption=data.missing_caption,
         clean_fraction=data.clean_fraction,
         clip_view=data.clip_view,
+        crops_per_sample=data.crops_per_sample,
     )
     return EpochKeyedCaptions(synthetic, cfg.experiment.seed)
 
@@ -610,6 +644,18 @@ def _validation_loader(dataset, batch_size: int, info: DistInfo, workers: int) -
 
 
 # ----------------------------------------------------------------------------- the stage
+
+
+def _same_size_groups(
+    draws: Sequence[tuple[np.ndarray, ...]], batch: int
+) -> Iterator[list[tuple[np.ndarray, ...]]]:
+    """``draws`` in groups of at most ``batch`` whose first images share one shape (to stack them)."""
+    by_shape: dict[tuple[int, ...], list[tuple[np.ndarray, ...]]] = {}
+    for draw in draws:
+        by_shape.setdefault(draw[0].shape, []).append(draw)
+    for items in by_shape.values():
+        for start in range(0, len(items), batch):
+            yield items[start : start + batch]
 
 
 class DaCLIPStage(Stage):
@@ -753,9 +799,10 @@ class DaCLIPStage(Stage):
             self.cfg.train.image_tower,
         )
         finite = bool(torch.isfinite(losses.total))  # train_step already agreed on it over ranks
-        return StepResult(
-            {"loss": losses.total, "content": losses.content, "degradation": losses.degradation}, finite
-        )
+        scalars = {"loss": losses.total, "content": losses.content, "degradation": losses.degradation}
+        if self.criterion.content_weight == 0.0 and self.cfg.train.image_tower == "controller":
+            del scalars["content"]  # not computed (train.content_loss_weight: 0)
+        return StepResult(scalars, finite)
 
     def log_scalars(self) -> dict[str, float]:
         return {
@@ -861,9 +908,57 @@ class DaCLIPStage(Stage):
         self._multilabel(run, step, f"epoch {epoch}")
         run.logger.info("epoch %d done in %.1f s", epoch, time.perf_counter() - self.epoch_started)
 
+    #: The draw key of the clean calibration's samples (epochs key theirs from 0 upwards).
+    CALIBRATION_KEY = 2**31 - 1
+
+    @torch.no_grad()
+    def _calibrate_clean(self, run: RunContext) -> None:
+        """Record the ``clean`` odds factor (:func:`daclip.zero_shot.clean_weight_for_rate`) measured on
+        fresh draws from the training photos (keys no epoch uses), classified as at test time."""
+        data = self.cfg.data
+        if data.source != "synthetic" or data.clean_fraction <= 0 or data.clean_calibration <= 0:
+            return
+        from daclip.inference import FrozenDaCLIP
+        from data.synthetic import SyntheticCaptionDataset
+
+        synthetic = self.loader.dataset.dataset
+        assert isinstance(synthetic, SyntheticCaptionDataset)
+        frozen = FrozenDaCLIP(copy.deepcopy(self.model).eval(), self.source)
+        names = frozen.vocabulary
+        clean_index = names.index(CLEAN)
+        raw = frozen.classifier(names)
+        draws = [
+            synthetic.degraded(i % len(synthetic), seed=[self.cfg.experiment.seed, self.CALIBRATION_KEY, i])
+            for i in range(data.calibration_samples)
+        ]  # (clean, degraded, types) each, drawn with a key no epoch uses
+        degraded, clean = [], []
+        for group in _same_size_groups(draws, batch=32):
+            pixels = np.stack([lq for _, lq, _ in group] + [gt for gt, _, _ in group])  # (2b, H, W, 3)
+            probs = frozen.classify_images(
+                torch.from_numpy(pixels).permute(0, 3, 1, 2), names
+            )  # uncalibrated
+            degraded += [p for p, (_, _, types) in zip(probs[: len(group)], group) if types]
+            clean += list(probs[len(group) :])
+        if not degraded:
+            return
+        weight = clean_weight_for_rate(torch.stack(degraded), names, data.clean_calibration)
+        self.source = replace(self.source, clean_weight=weight)
+        calibrated = ZeroShotClassifier(raw.name_features, names, clean_weight=weight)
+
+        def called(rows: list[torch.Tensor]) -> float:  # the share of rows answered "clean"
+            return float((calibrated.adjust(torch.stack(rows)).argmax(-1) == clean_index).float().mean())
+
+        run.logger.info(
+            "clean calibration on %d fresh training samples: weight %.3g; degraded called clean %.0f%%, "
+            "their clean photos called clean %.0f%%",
+            len(degraded), weight, 100 * called(degraded), 100 * called(clean),
+        )  # fmt: skip
+
     def on_finish(self, run: RunContext) -> None:
         """``daclip_final.pt``: the full model (frozen CLIP included), readable from the file alone."""
         assert run.run_dir is not None
+        torch.set_num_threads(self.threads_before)  # train.num_threads was for training alongside the loader
+        self._calibrate_clean(run)
         final = run.run_dir / "checkpoints" / "daclip_final.pt"
         epoch, step = self.cfg.train.epochs, self.total_steps
         main_rank_call(

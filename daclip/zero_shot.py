@@ -18,12 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data import CLEAN
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "encode_names",
     "multilabel_predictions",
     "ZeroShotClassifier",
     "view_probabilities",
+    "clean_weight_for_rate",
 ]
 
 #: CLIP's usual zero-shot temperature (the trained logit scale saturates at ln 100).
@@ -51,9 +54,17 @@ class ZeroShotClassifier(nn.Module):
     name_features: torch.Tensor
 
     def __init__(
-        self, name_features: torch.Tensor, names: Sequence[str], scale: float = ZERO_SHOT_SCALE
+        self,
+        name_features: torch.Tensor,
+        names: Sequence[str],
+        scale: float = ZERO_SHOT_SCALE,
+        clean_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if not clean_weight > 0:
+            raise ValueError(f"clean_weight must be positive, got {clean_weight}")
+        #: The calibrated odds factor of the ``clean`` answer (1 = none; see :meth:`adjust`).
+        self.clean_weight = float(clean_weight)
         if name_features.ndim != 2 or name_features.shape[0] != len(names):
             raise ValueError(f"expected ({len(names)}, E) name features, got {tuple(name_features.shape)}")
         self.names: tuple[str, ...] = tuple(names)
@@ -65,13 +76,31 @@ class ZeroShotClassifier(nn.Module):
         image_emb = F.normalize(image_emb.float(), dim=-1)  # (B, E)
         return self.scale * image_emb @ self.name_features.T  # (B, K)
 
-    def forward(self, image_emb: torch.Tensor) -> torch.Tensor:
-        """``(B, K)`` class probabilities."""
+    def softmax(self, image_emb: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` probabilities before the ``clean`` calibration."""
         return self.logits(image_emb).softmax(dim=-1)
+
+    def adjust(self, probs: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` probabilities with the odds of ``clean`` multiplied by ``clean_weight`` (renormalised).
+
+        "Nothing is wrong" is judged against every type at once, so its raw probability is calibrated:
+        stage 1 picks the weight at which a set share of freshly degraded training samples is called
+        clean (``data.clean_calibration``). A vocabulary without ``clean``, or weight 1, is unchanged.
+        """
+        if self.clean_weight == 1.0 or CLEAN not in self.names:
+            return probs
+        weights = torch.ones(len(self.names), dtype=probs.dtype, device=probs.device)
+        weights[self.names.index(CLEAN)] = self.clean_weight
+        scaled = probs * weights
+        return scaled / scaled.sum(dim=-1, keepdim=True)
+
+    def forward(self, image_emb: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` class probabilities (with the ``clean`` calibration)."""
+        return self.adjust(self.softmax(image_emb))
 
     def predict(self, image_emb: torch.Tensor) -> torch.Tensor:
         """``(B,)`` index of the most likely degradation."""
-        return self.logits(image_emb).argmax(dim=-1)
+        return self.forward(image_emb).argmax(dim=-1)
 
     def topk(self, image_emb: torch.Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
         """The ``k`` most likely degradations of each image as ``(name, probability)``, best first."""
@@ -87,12 +116,12 @@ def view_probabilities(
     embed: Callable[[torch.Tensor], torch.Tensor], classifier: ZeroShotClassifier, images: torch.Tensor
 ) -> torch.Tensor:
     """``(B, K)`` class probabilities of ``(B, 3, S, S)`` images, or of ``(B, V, 3, S, S)`` views of each
-    image averaged over the views (each view votes with its probabilities)."""
+    image combined by :func:`combine_views`."""
     if images.ndim == 4:
         return classifier(embed(images).float())
     batch, views = images.shape[:2]
-    probs = classifier(embed(images.flatten(0, 1)).float())  # (B * V, K)
-    return probs.view(batch, views, -1).mean(dim=1)
+    probs = classifier.softmax(embed(images.flatten(0, 1)).float())  # (B * V, K)
+    return classifier.adjust(probs.view(batch, views, -1).mean(dim=1))
 
 
 def multilabel_predictions(
@@ -114,3 +143,22 @@ def multilabel_predictions(
     for row, (ranked, k) in enumerate(zip(order, counts)):
         present[row, ranked[:k]] = True
     return present
+
+
+def clean_weight_for_rate(probs: torch.Tensor, names: Sequence[str], rate: float) -> float:
+    """The ``clean_weight`` at which a share ``rate`` of degraded images is called clean.
+
+    ``probs``: ``(N, K)`` probabilities (before any calibration) of N *degraded* images over ``names``
+    (which hold ``clean``). Image ``i`` is called clean once ``w * p_i(clean)`` exceeds its best type,
+    i.e. for ``w > r_i = max_type p_i / p_i(clean)``; the weight is the ``rate`` quantile of ``r``.
+    """
+    if CLEAN not in names:
+        raise ValueError(f"no '{CLEAN}' among the names {list(names)}")
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] != len(names):
+        raise ValueError(f"expected (N, {len(names)}) probabilities with N > 0, got {tuple(probs.shape)}")
+    clean = list(names).index(CLEAN)
+    others = torch.cat([probs[:, :clean], probs[:, clean + 1 :]], dim=1).max(dim=1).values
+    ratio = others.double() / probs[:, clean].double().clamp_min(1e-12)  # (N,)
+    return float(torch.quantile(ratio, rate))

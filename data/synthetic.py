@@ -61,7 +61,7 @@ from data.paired import (
     pair_tensors,
     write_pairs,
 )
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform, native_crop
+from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform, native_crop, native_crops
 
 __all__ = [
     "SynthesisConfig",
@@ -533,6 +533,8 @@ class SyntheticCaptionDataset(_SyntheticBase):
         clip_view: ``"resize"`` (the paper's transform of the whole photo) or ``"crop"``: a random
             ``image_size`` crop at native resolution, randomly flipped (:func:`data.transforms.native_crop`),
             so pixel-level degradations are not averaged away by the resize.
+        crops_per_sample: with ``clip_view="crop"``, ``image`` is ``(n, 3, S, S)``: ``n`` crops of the one
+            degraded sample, those where the degradation shows most (:func:`data.transforms.native_crops`).
     """
 
     def __init__(
@@ -550,7 +552,10 @@ class SyntheticCaptionDataset(_SyntheticBase):
         config_key: str = "data.synthesis",
         clean_fraction: float = 0.0,
         clip_view: Literal["resize", "crop"] = "resize",
+        crops_per_sample: int = 1,
     ) -> None:
+        if crops_per_sample < 1 or (crops_per_sample > 1 and clip_view != "crop"):
+            raise ValueError(f"crops_per_sample {crops_per_sample} needs clip_view 'crop' (1: one image)")
         if not 0.0 <= clean_fraction < 1.0:
             raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
         if clip_view not in ("resize", "crop"):
@@ -569,19 +574,39 @@ class SyntheticCaptionDataset(_SyntheticBase):
         self.std = tuple(std)
         self.clean_fraction = float(clean_fraction)
         self.clip_view = clip_view
+        self.crops_per_sample = int(crops_per_sample)
         if self.clean_fraction > 0:  # "no degradation" is one more text of the loss's vocabulary
             self.degradation_texts = (*self.degradation_texts, CLEAN)
 
-    def get_item(self, index: int, seed: int | Sequence[int] | None = None) -> dict[str, Any]:
-        """Sample ``index`` with draw key ``seed = (run_seed, draw_key)`` (default ``(self.seed, index)``)."""
+    def _draw(
+        self, index: int, seed: int | Sequence[int] | None
+    ) -> tuple[CleanImage, tuple[str, ...], np.ndarray, np.ndarray, np.random.Generator]:
         pick, degrade, crop = self._generators(index, seed)
         image, names = self._sample(index, pick)
         # Drawn after the types, so clean_fraction = 0 keeps the random stream of earlier runs.
         if self.clean_fraction > 0 and pick.random() < self.clean_fraction:
             names = ()
-        lq = degrade_chain(self._read(image), names, degrade, self._params) if names else self._read(image)
-        if self.clip_view == "crop":
-            clip_image = native_crop(lq, self.image_size, crop, self.mean, self.std)  # (3, S, S)
+        clean = self._read(image)
+        lq = degrade_chain(clean, names, degrade, self._params) if names else clean
+        return image, names, clean, lq, crop
+
+    def degraded(
+        self, index: int, seed: int | Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        """The whole sample behind :meth:`get_item` (same key): ``(clean, degraded, names)``, images
+        ``(H, W, 3)`` in [0, 1]; ``names`` is empty for a clean draw."""
+        _, names, clean, lq, _ = self._draw(index, seed)
+        return clean, lq, names
+
+    def get_item(self, index: int, seed: int | Sequence[int] | None = None) -> dict[str, Any]:
+        """Sample ``index`` with draw key ``seed = (run_seed, draw_key)`` (default ``(self.seed, index)``)."""
+        image, names, clean, lq, crop = self._draw(index, seed)
+        if self.clip_view == "crop" and self.crops_per_sample > 1:  # (n, 3, S, S)
+            clip_image = native_crops(
+                lq, self.image_size, crop, self.crops_per_sample, self.mean, self.std, reference=clean
+            )
+        elif self.clip_view == "crop":  # the crop where the degradation shows most (of a few tries)
+            clip_image = native_crop(lq, self.image_size, crop, self.mean, self.std, reference=clean)
         else:
             clip_image = clip_transform(lq, self.image_size, self.mean, self.std)  # (3, S, S)
         labels = self._labels(names)

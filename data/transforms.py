@@ -22,6 +22,7 @@ __all__ = [
     "clip_transform",
     "clip_transform_batch",
     "native_crop",
+    "native_crops",
     "grid_views",
 ]
 
@@ -79,27 +80,77 @@ def clip_transform_resized(img: np.ndarray, short: int) -> np.ndarray:
     return np.asarray(pil.resize(size, Image.BICUBIC), dtype=np.float32) / 255.0
 
 
+#: Crops and views start on multiples of this (JPEG's 8 x 8 block grid starts at the image's corner,
+#: so an aligned crop keeps the block phase, which an 8-px-patch ViT then sees at its patch edges).
+CROP_ALIGN = 8
+
+
+def _aligned_offsets(rng: np.random.Generator, h: int, w: int, size: int, count: int) -> np.ndarray:
+    """``(count, 2)`` random (top, left) offsets on the :data:`CROP_ALIGN` grid (any offset when the
+    image leaves no aligned room)."""
+    tops = np.arange(0, h - size + 1, CROP_ALIGN) if h - size >= CROP_ALIGN else np.arange(h - size + 1)
+    lefts = np.arange(0, w - size + 1, CROP_ALIGN) if w - size >= CROP_ALIGN else np.arange(w - size + 1)
+    return np.stack([rng.choice(tops, count), rng.choice(lefts, count)], axis=1)
+
+
 def native_crop(
     img: np.ndarray,
     size: int,
     rng: np.random.Generator,
     mean: Sequence[float] = OPENAI_CLIP_MEAN,
     std: Sequence[float] = OPENAI_CLIP_STD,
+    reference: np.ndarray | None = None,
+    tries: int = 4,
 ) -> torch.Tensor:
     """A random ``size`` crop at the image's own resolution, randomly flipped: ``(3, size, size)``.
 
     Unlike :func:`clip_transform` nothing is resized (an image smaller than ``size`` excepted), so
     pixel-level degradations (noise, JPEG blocks, rain streaks) reach CLIP as they are; flips keep them.
+    Offsets lie on the 8-px grid (:data:`CROP_ALIGN`).
+
+    ``reference``: the clean image ``img`` was degraded from (same shape). Of ``tries`` random offsets
+    the crop where most pixels differ from it is taken, so a local degradation (a few raindrops, a
+    shadow, a hole) is in view: a crop that misses it would teach that a clean-looking crop is
+    "raindrop". A global degradation differs everywhere, so any offset is as good.
     """
-    img = _at_least(img, size)
-    h, w = img.shape[:2]
-    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    crop = img[top : top + size, left : left + size]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    if rng.random() < 0.5:
-        crop = crop[::-1]
-    return _normalise(crop, mean, std)
+    return native_crops(img, size, rng, 1, mean, std, reference, tries)[0]
+
+
+def native_crops(
+    img: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    count: int,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+    reference: np.ndarray | None = None,
+    tries: int = 4,
+) -> torch.Tensor:
+    """``count`` crops as :func:`native_crop` from one image: ``(count, 3, size, size)``; with a
+    ``reference``, the ``count`` of ``max(tries, 2 * count)`` offsets where most pixels changed."""
+    resized = _at_least(img, size)
+    h, w = resized.shape[:2]
+    draws = max(tries, 2 * count) if reference is not None else count
+    offsets = _aligned_offsets(rng, h, w, size, draws)
+    if reference is not None and draws > count and resized is img:
+        changed = (np.abs(img - reference).max(axis=2) > 1.5 / 255.0).astype(np.float64)
+        table = np.pad(changed.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
+        t, x = offsets[:, 0], offsets[:, 1]
+        counts = table[t + size, x + size] - table[t, x + size] - table[t + size, x] + table[t, x]
+        offsets = offsets[np.argsort(-counts, kind="stable")]
+    crops = []
+    for top, left in offsets[:count]:
+        crop = resized[top : top + size, left : left + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        if rng.random() < 0.5:
+            crop = crop[::-1]
+        crops.append(_normalise(crop, mean, std))
+    return torch.stack(crops)
+
+
+def _on_grid(offsets: np.ndarray) -> np.ndarray:
+    return offsets // CROP_ALIGN * CROP_ALIGN
 
 
 def grid_views(
@@ -115,7 +166,8 @@ def grid_views(
     """
     img = _at_least(img, size)
     h, w = img.shape[:2]
-    tops = np.linspace(0, h - size, grid).round().astype(int)
-    lefts = np.linspace(0, w - size, grid).round().astype(int)
+    # Evenly spread, each offset moved down to the 8-px grid (JPEG's block phase, as in training).
+    tops = _on_grid(np.linspace(0, h - size, grid).round().astype(int))
+    lefts = _on_grid(np.linspace(0, w - size, grid).round().astype(int))
     crops = [_normalise(img[t : t + size, x : x + size], mean, std) for t in tops for x in lefts]
     return torch.stack(crops)

@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="demo_data", help="where the demo dataset is built (reused if present)")
     p.add_argument("--experiments", default="experiments", help="where the demo folder is created")
-    p.add_argument("--daclip-epochs", type=int_at_least(1), default=defaults.daclip_epochs)
+    p.add_argument(
+        "--daclip-epochs",
+        type=int_at_least(1),
+        default=defaults.daclip_epochs,
+        help="stage-1 epochs (default: configs/daclip_demo.yml's)",
+    )
     p.add_argument("--ir-steps", type=int_at_least(1), default=defaults.ir_steps)
     p.add_argument("--sampler", default=defaults.sampler, choices=list(SAMPLERS))
     p.add_argument(
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-nafnet",
         action="store_true",
-        help="skip the NAFNet + DA-CLIP restorer (trained after the IR-SDE one, about 2.5 min on 2 CPU cores)",
+        help="skip the NAFNet + DA-CLIP restorer (trained after the IR-SDE one, about 1 min on 2 CPU cores)",
     )
     args = p.parse_args(argv)
     settings = DemoSettings(

@@ -147,8 +147,18 @@ def test_resume_follows_the_uninterrupted_loss_sequence(paired_root, tmp_path):
     assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-6, abs=1e-7)
     final_straight = load_checkpoint(straight / "checkpoints" / "latest.pt")
     final_resumed = load_checkpoint(resumed / "checkpoints" / "latest.pt")
-    for key, value in final_straight["ema"].items():
-        torch.testing.assert_close(final_resumed["ema"][key], value, rtol=1e-5, atol=1e-7)
+    for part in ("model", "ema"):  # the trained weights and their average
+        assert final_resumed[part].keys() == final_straight[part].keys()
+        for key, value in final_straight[part].items():
+            torch.testing.assert_close(final_resumed[part][key], value, rtol=1e-5, atol=1e-7)
+    # The optimiser's moments and step counts, and the schedule, continue where they stopped.
+    optim_straight, optim_resumed = final_straight["optimizer"], final_resumed["optimizer"]
+    assert optim_resumed["param_groups"] == optim_straight["param_groups"]
+    assert optim_resumed["state"].keys() == optim_straight["state"].keys()
+    for index, state in optim_straight["state"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(optim_resumed["state"][index][name], value, rtol=1e-5, atol=1e-7)
+    assert final_resumed["scheduler"] == final_straight["scheduler"]
 
 
 def test_context_without_daclip_fails_naming_the_key(paired_root, tmp_path):

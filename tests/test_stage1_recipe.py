@@ -1,0 +1,165 @@
+"""The demo's stage-1 levers: crops on the JPEG grid that show the degradation, several crops per
+synthesised sample, a content-free step when the content loss is off, and the calibrated 'clean' answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from daclip.loss import DaCLIPLoss
+from daclip.model import DaCLIP
+from daclip.pretrained import ClipSource
+from daclip.train import CaptionCollate
+from daclip.zero_shot import ZeroShotClassifier, clean_weight_for_rate, view_probabilities
+from data import CLEAN
+from data.io import write_image
+from data.synthetic import SyntheticCaptionDataset
+from data.transforms import CROP_ALIGN, grid_views, native_crops
+
+PLAIN = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+
+def _offset(crop: torch.Tensor, image: np.ndarray) -> tuple[int, int]:
+    """Where an unflipped-or-flipped ``(3, S, S)`` crop sits in ``image`` (``(H, W, 3)``)."""
+    pixels = crop.permute(1, 2, 0).numpy()
+    size = pixels.shape[0]
+    for top in range(image.shape[0] - size + 1):
+        for left in range(image.shape[1] - size + 1):
+            window = image[top : top + size, left : left + size]
+            if any(
+                np.allclose(pixels, w, atol=1e-6)
+                for w in (window, window[:, ::-1], window[::-1], window[::-1, ::-1])
+            ):
+                return top, left
+    raise AssertionError("the crop is not a window of the image")
+
+
+def test_native_crops_lie_on_the_jpeg_grid_and_show_a_local_degradation() -> None:
+    rng = np.random.default_rng(0)
+    clean = (rng.integers(0, 256, size=(64, 64, 3)) / 255.0).astype(np.float32)
+    degraded = clean.copy()
+    degraded[48:60, 50:62] = 1.0  # a small hole in one corner only (like 'uncompleted')
+    hits_evidence, hits_random = 0, 0
+    for seed in range(40):
+        picked = native_crops(
+            degraded, 16, np.random.default_rng(seed), 1, reference=clean, tries=8, **PLAIN
+        )[0]
+        random = native_crops(degraded, 16, np.random.default_rng(seed), 1, **PLAIN)[0]
+        for crop in (picked, random):
+            top, left = _offset(crop, degraded)
+            assert top % CROP_ALIGN == 0 and left % CROP_ALIGN == 0
+        hits_evidence += bool((picked == 1.0).all(dim=0).any())
+        hits_random += bool((random == 1.0).all(dim=0).any())
+    # The hole touches 4 of the 49 aligned 16-px windows: a random crop rarely shows it, the picked one
+    # whenever one of its 8 tries does (1 - (45/49)^8, about 50%).
+    assert hits_random <= 8 and hits_evidence >= 12, (hits_random, hits_evidence)
+
+
+def test_several_crops_per_sample_are_rows_with_the_samples_labels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_image(tmp_path / f"p{i}.png", rng.uniform(0.2, 0.8, size=(48, 48, 3)).astype(np.float32))
+    dataset = SyntheticCaptionDataset(
+        tmp_path, None, image_size=16, length=4, clip_view="crop", crops_per_sample=3, clean_fraction=0.3
+    )
+    items = [dataset[i] for i in range(4)]
+    assert all(item["image"].shape == (3, 3, 16, 16) for item in items)
+    batch = CaptionCollate(lambda texts: torch.zeros(len(texts), 4, dtype=torch.long))(items)
+    assert batch["image"].shape == (12, 3, 16, 16)
+    expected = torch.tensor([item["degradation_index"] for item in items]).repeat_interleave(3)
+    assert torch.equal(batch["degradation_index"], expected)
+    assert torch.equal(batch["image"][3:6], items[1]["image"])
+    with pytest.raises(ValueError, match="crops_per_sample"):
+        SyntheticCaptionDataset(tmp_path, None, image_size=16, crops_per_sample=2)  # needs crops
+
+
+def test_grid_views_start_on_the_jpeg_grid() -> None:
+    image = (np.random.default_rng(0).integers(0, 256, size=(100, 90, 3)) / 255.0).astype(np.float32)
+    views = grid_views(image, 32, 3, **PLAIN)
+    offsets = [_offset(view, image) for view in views]
+    assert all(t % CROP_ALIGN == 0 and x % CROP_ALIGN == 0 for t, x in offsets)
+    assert {t for t, _ in offsets} == {0, 32, 64} and {x for _, x in offsets} == {0, 24, 56}
+
+
+def _tiny_daclip() -> DaCLIP:
+    import open_clip
+
+    torch.manual_seed(0)
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 16, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+    }
+    model = DaCLIP(open_clip.CLIP(**cfg))
+    for linear in model.controller.zero_linears:  # as after some training: the control is on
+        torch.nn.init.normal_(linear.weight, std=0.1)
+    return model
+
+
+def test_the_content_free_step_has_the_full_losss_value_and_gradients() -> None:
+    """With ``content_weight`` 0 the trainer runs the controller alone (half the work); the loss and
+    every gradient equal those of the full forward with the content term weighted 0."""
+    images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    names = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    captions = torch.randn(6, 16)
+    results = []
+    for content_free in (False, True):
+        model = _tiny_daclip()
+        criterion = DaCLIPLoss("class_aware", gather=lambda t: t, content_weight=0.0)
+        if content_free:
+            degra, _ = model.controller(images)
+            loss = criterion.degradation_only(degra, names, labels, model.logit_scale)
+        else:
+            content, degra = model(images)
+            loss = criterion(content, degra, captions, names, labels, model.logit_scale)
+        loss.total.backward()
+        grads = {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and p.grad.any()
+        }
+        results.append((loss.total.detach(), grads))
+    (full_loss, full_grads), (free_loss, free_grads) = results
+    assert torch.allclose(full_loss, free_loss)
+    assert full_grads.keys() == free_grads.keys() and len(free_grads) > 10
+    assert all(torch.allclose(full_grads[n], free_grads[n], atol=1e-7) for n in full_grads)
+    with pytest.raises(ValueError, match="content_weight 0"):
+        DaCLIPLoss("class_aware", content_weight=0.1).degradation_only(
+            degra, names, labels, model.logit_scale
+        )
+
+
+def test_clean_weight_hits_the_asked_share_of_degraded_images_called_clean() -> None:
+    names = ("hazy", "noisy", CLEAN)
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(400, 3) * 2, dim=-1)  # (N, K) of degraded images
+    for rate in (0.05, 0.2):
+        weight = clean_weight_for_rate(probs, names, rate)
+        calibrated = ZeroShotClassifier(torch.eye(3), names, clean_weight=weight)
+        called = (calibrated.adjust(probs).argmax(-1) == 2).float().mean().item()
+        assert abs(called - rate) <= 0.01, (rate, called)
+        assert torch.allclose(calibrated.adjust(probs).sum(-1), torch.ones(400))
+    # Weight 1, or a vocabulary without 'clean', leaves the probabilities alone.
+    assert torch.equal(ZeroShotClassifier(torch.eye(3), names).adjust(probs), probs)
+    assert torch.equal(
+        ZeroShotClassifier(torch.eye(3), ("a", "b", "c"), clean_weight=3.0).adjust(probs), probs
+    )
+    with pytest.raises(ValueError, match="no 'clean'"):
+        clean_weight_for_rate(probs, ("a", "b", "c"), 0.05)
+
+
+def test_views_are_averaged_before_the_clean_calibration() -> None:
+    names = ("hazy", "noisy", CLEAN)
+    classifier = ZeroShotClassifier(torch.eye(3), names, clean_weight=2.0)
+    views = torch.randn(2, 4, 3)  # embeddings of 4 views of 2 images, the identity embeds them
+    out = view_probabilities(lambda x: x.flatten(1), classifier, views[..., None, None])  # (2, 4, 3, 1, 1)
+    expected = classifier.adjust(classifier.softmax(views.flatten(0, 1)).view(2, 4, 3).mean(1))
+    assert torch.allclose(out, expected)
+
+
+def test_clip_source_records_the_clean_weight_only_when_calibrated() -> None:
+    paper = ClipSource("ViT-B-32", {"embed_dim": 512})
+    assert "clean_weight" not in paper.to_dict()
+    demo = ClipSource("ViT-Tiny-8", {"embed_dim": 32}, views=3, vocabulary=("hazy", CLEAN), clean_weight=0.4)
+    assert ClipSource.from_dict(demo.to_dict()) == demo
