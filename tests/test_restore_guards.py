@@ -377,10 +377,19 @@ def test_nearly_constant_or_clipped_outputs_are_warnings_naming_the_image(tmp_pa
     assert warnings[0].startswith("warning: a.png: ") and warnings[1].startswith("warning: b.png: ")
     normal = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
     washed = (normal * 8).clamp(0, 1)  # most values at 1
-    assert "clipped to black or white" in output_warning("x.png", normal, washed)
+    assert "clipped to white" in output_warning("x.png", normal, washed)
     assert output_warning("x.png", normal, normal * 0.9 + 0.05) is None
     assert output_warning("flat.png", torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), 0.5)) is None
     assert output_warning("night.png", torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)) is None  # a black input
+    # A low-light input, a quarter of it black, that comes back mostly white (the off-default sampler
+    # the issue found): the white end is judged on its own.
+    dark = torch.rand(3, 8, 8) * 0.2
+    dark[:, :4, :4] = 0.0
+    white = torch.ones(3, 8, 8)
+    white[:, 0, :] = 0.8
+    assert "88% of the restored values are clipped to white (the input's: 0%)" in output_warning(
+        "low.png", dark, white
+    )
 
 
 # ----------------------------------------------------------------------------- the NaN guard, audited

@@ -488,30 +488,34 @@ def vocabulary_notice(pipeline: RestorationPipeline, degradations: Sequence[str]
 CONSTANT_STD = 0.01
 #: ... but only when the input's spread is at least this (a flat input may give a flat output).
 NORMAL_INPUT_STD = 0.03
-#: An output with at least this fraction of its values at 0 or 1 is "saturated" ...
+#: An output with at least this fraction of its values at 0 (or at 1) is "saturated" ...
 SATURATED_FRACTION = 0.5
-#: ... when at most this fraction of the input's values are.
+#: ... when at most this fraction of the input's values are at that same end (a dark input may have
+#: much black and still must not come back white).
 NORMAL_INPUT_SATURATED = 0.1
 
 
-def _clipped_fraction(image: Tensor) -> float:
-    """Fraction of the values of an 8-bit image at 0 or 255."""
-    return float(((image <= 0.5 / 255) | (image >= 254.5 / 255)).float().mean())
+def _clipped_fractions(image: Tensor) -> tuple[float, float]:
+    """Fractions of the values of an 8-bit image at 0 and at 255."""
+    return float((image <= 0.5 / 255).float().mean()), float((image >= 254.5 / 255).float().mean())
 
 
 def output_warning(name: str, lq: Tensor, restored: Tensor) -> str | None:
     """A one-line warning when the restoration of a normal input is nearly constant or mostly clipped
     to black or white (what an unsuitable sampler or step count gives without any NaN), else None.
 
-    ``lq`` and ``restored`` are ``(3, H, W)`` in [0, 1].
+    ``lq`` and ``restored`` are ``(3, H, W)`` in [0, 1]. Each end is judged on its own: a low-light
+    input with a quarter of its values black that comes back mostly white is warned about.
     """
     lq, restored = lq.detach().float().cpu(), restored.detach().float().cpu()
-    clipped, input_clipped = _clipped_fraction(restored), _clipped_fraction(lq)
-    if clipped >= SATURATED_FRACTION and input_clipped <= NORMAL_INPUT_SATURATED:
-        return (
-            f"warning: {name}: {clipped:.0%} of the restored values are clipped to black or white (the "
-            f"input's: {input_clipped:.0%}): the sampler or the number of steps may not suit this model"
-        )
+    for end, clipped, input_clipped in zip(
+        ("black", "white"), _clipped_fractions(restored), _clipped_fractions(lq)
+    ):
+        if clipped >= SATURATED_FRACTION and input_clipped <= NORMAL_INPUT_SATURATED:
+            return (
+                f"warning: {name}: {clipped:.0%} of the restored values are clipped to {end} (the "
+                f"input's: {input_clipped:.0%}): the sampler or the number of steps may not suit this model"
+            )
     spread, input_spread = float(restored.std()), float(lq.std())
     if spread < CONSTANT_STD and input_spread >= NORMAL_INPUT_STD:
         return (
