@@ -338,6 +338,23 @@ def low_light(
     return _finish(dark + rng.standard_normal(img.shape).astype(np.float32) * std)
 
 
+def dark_exposure(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    gamma: Range = (1.5, 3.0),
+    gain: Range = (0.3, 0.9),
+) -> np.ndarray:
+    """A dark but *clean* picture of the scene: ``gain * img ** gamma`` without noise.
+
+    Not a degradation: night scenes and dark rooms are correctly exposed photos too. Shown to a
+    restorer as an identity pair (input = target), it teaches that darkness alone is not
+    :func:`low_light` (which also has the read noise of an under-exposed sensor).
+    """
+    img = _as_image(img)
+    return _finish(_draw(rng, gain, "gain") * np.power(img, _draw(rng, gamma, "gamma")))
+
+
 def hazy(
     img: np.ndarray,
     rng: np.random.Generator,

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.captions import CaptionRow, write_caption_csv
-from data.degradations import DEGRADATIONS, DegradationFn, parameter_names
+from data.degradations import DEGRADATIONS, DegradationFn, dark_exposure, parameter_names
 from data.io import atomic_open, image_to_tensor, is_image_file, list_images, read_image, write_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 
@@ -185,6 +185,8 @@ class PairedDataset(Dataset):
         clean_fraction: in training, the share of samples that are clean identity pairs: a pair drawn
             as usual whose GT crop is both LQ and GT (DA-CLIP sees the clean image), labelled
             :data:`CLEAN` with ``degradation_index`` -1. 0 (default) draws exactly what it always did.
+        clean_dark: the share of those clean pairs shown as a dark, noise-free exposure of the photo
+            (:func:`data.degradations.dark_exposure`), so darkness alone does not read as low light.
         seed: base seed of the training sampler. In the main process the
             sampler's generator is seeded with it; in a DataLoader worker it is
             combined with the worker's torch seed, so workers draw different
@@ -212,6 +214,7 @@ class PairedDataset(Dataset):
         length: int | None = None,
         seed: int = 0,
         clean_fraction: float = 0.0,
+        clean_dark: float = 0.0,
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
@@ -226,6 +229,9 @@ class PairedDataset(Dataset):
         if not 0.0 <= clean_fraction < 1.0:
             raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
         self.clean_fraction = float(clean_fraction)
+        if not 0.0 <= clean_dark <= 1.0:
+            raise ValueError(f"clean_dark must be in [0, 1], got {clean_dark}")
+        self.clean_dark = float(clean_dark)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root not found: {self.root}")
@@ -339,6 +345,8 @@ class PairedDataset(Dataset):
             pair = candidates[int(rng.integers(len(candidates)))]
             full_lq, full_gt = self._load(pair)
             if clean:  # an identity pair: the restorer must give the clean image back
+                if self.clean_dark > 0 and rng.random() < self.clean_dark:
+                    full_gt = dark_exposure(full_gt, rng)  # a dark scene, correctly captured
                 full_lq = full_gt
             lq, gt = self._crop(pair, full_lq, full_gt, rng)
             augment = rng if self.augment else None

@@ -45,6 +45,7 @@ from data.degradations import (
     DEGRADATIONS,
     canonical_order,
     combination_name,
+    dark_exposure,
     degrade_chain,
     parameter_names,
 )
@@ -420,6 +421,7 @@ class SyntheticPairedDataset(_SyntheticBase):
         seed: the run seed used when ``get_item`` gets no key (``dataset[i]`` = draw key ``i``).
         clean_fraction: the share of samples left clean (an identity pair, no degradation drawn),
             labelled :data:`data.CLEAN` with ``degradation_index`` -1 and an all-zero ``multi_hot``.
+        clean_dark: as :class:`data.paired.PairedDataset` (a share of the clean pairs shown dark).
         patch_size, small_images, augment, clip_size, clip_mean, clip_std, clip_input: as
             :class:`data.paired.PairedDataset`.
     """
@@ -442,6 +444,7 @@ class SyntheticPairedDataset(_SyntheticBase):
         seed: int = 0,
         config_key: str = "data.synthesis",
         clean_fraction: float = 0.0,
+        clean_dark: float = 0.0,
     ) -> None:
         if clip_input not in ("patch", "image"):
             raise ValueError(f"clip_input must be 'patch' or 'image', got {clip_input!r}")
@@ -465,6 +468,9 @@ class SyntheticPairedDataset(_SyntheticBase):
         if not 0.0 <= clean_fraction < 1.0:
             raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
         self.clean_fraction = float(clean_fraction)
+        if not 0.0 <= clean_dark <= 1.0:
+            raise ValueError(f"clean_dark must be in [0, 1], got {clean_dark}")
+        self.clean_dark = float(clean_dark)
 
     def _crop(
         self, image: CleanImage, arrays: list[np.ndarray], rng: np.random.Generator
@@ -494,6 +500,8 @@ class SyntheticPairedDataset(_SyntheticBase):
             names = ()  # an identity pair: degrade_chain of no types is the clean image
         clean = self._read(image)
         if not names:
+            if self.clean_dark > 0 and pick.random() < self.clean_dark:  # a dark scene, correctly captured
+                clean = dark_exposure(clean, degrade)
             (gt,) = self._crop(image, [clean], crop)
             lq, full_lq = gt, clean
         elif self.degrade_at == "image":

@@ -298,3 +298,20 @@ def test_clean_fraction_makes_identity_pairs_that_daclip_sees_clean(tmp_path):
         assert a["lq_path"] == b["lq_path"] and torch.equal(a["lq"], b["lq"])
     with pytest.raises(ValueError, match="clean_fraction"):
         PairedDataset(tmp_path, ["noisy"], clean_fraction=1.0, **kwargs)
+
+
+def test_clean_dark_shows_a_share_of_the_clean_pairs_as_a_dark_noise_free_exposure(tmp_path):
+    for i in range(3):
+        _write_pair(tmp_path, "noisy", f"n{i}", _gt(24, 20, i))
+    kwargs = dict(mode="train", patch_size=16, clip_size=16, clip_input="image", length=300, augment=False)
+    dataset = PairedDataset(tmp_path, ["noisy"], clean_fraction=0.5, clean_dark=0.5, **kwargs)
+    items = [dataset.get_item(i, seed=(0, i)) for i in range(300)]
+    clean = [item for item in items if item["degradation"] == "clean"]
+    # The photos are uniform noise in [0, 1] (a 16-px crop peaks near 1); a dark exposure is at most
+    # gain 0.9 times the photo (and gamma >= 1.5), so it peaks below 0.9.
+    peaks = [float(item["gt"].max()) for item in clean]
+    assert all(torch.equal(item["lq"], item["gt"]) for item in clean)  # still identity pairs
+    assert all(p < 0.9 or p > 0.95 for p in peaks)  # dark, or the photo itself
+    assert 0.3 < sum(p < 0.9 for p in peaks) / len(clean) < 0.7  # about half of them dark
+    with pytest.raises(ValueError, match="clean_dark"):
+        PairedDataset(tmp_path, ["noisy"], clean_fraction=0.5, clean_dark=1.5, **kwargs)

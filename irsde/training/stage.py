@@ -112,6 +112,13 @@ class IRDataSection:
         help="share of training samples that are clean identity pairs (LQ = GT, DA-CLIP sees the clean "
         "image): the restorer learns to leave clean input alone (0 = the paper: every sample degraded)",
     )
+    clean_dark: float = spec(
+        0.0,
+        minimum=0.0,
+        maximum=1.0,
+        help="share of the clean pairs shown as a dark, noise-free exposure (a night scene is not low "
+        "light: without it a restorer brightens every dark photo)",
+    )
     num_workers: int = spec(4, minimum=0)
     val_images_per_degradation: int = spec(2, minimum=0, help="validation subset size (0 = all)")
 
@@ -406,6 +413,7 @@ class IRStage(Stage):
                 length=cfg.data.samples_per_epoch or None,
                 seed=cfg.experiment.seed,
                 clean_fraction=cfg.data.clean_fraction,
+                clean_dark=cfg.data.clean_dark,
                 **clip_kwargs,
             )
         else:
@@ -417,6 +425,7 @@ class IRStage(Stage):
                 small_images=cfg.data.small_images,
                 clip_input=cfg.data.clip_input,
                 clean_fraction=cfg.data.clean_fraction,
+                clean_dark=cfg.data.clean_dark,
                 **clip_kwargs,
             )
         if not (cfg.data.val_root and cfg.train.val_every):
