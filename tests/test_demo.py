@@ -112,6 +112,7 @@ def test_config_dir_is_the_checkouts_configs_folder():
     assert config_dir() == root / "configs"
     assert (config_dir() / "daclip_demo.yml").is_file()
 
+
 def test_the_demo_finds_its_configs_after_a_non_editable_install(tmp_path):
     """`pip install .` (not editable): the tiny configs come with the package (daclip_uir_configs)."""
     import shutil

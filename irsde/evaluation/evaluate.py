@@ -287,7 +287,9 @@ def _build_metrics(
             unavailable["fid"] = reason
         else:
             fid_factory = lambda: probe  # noqa: E731 - one network, reset per degradation
-    classify = getattr(pipeline.embedder, "classify", None) if cfg.metrics.classification else None
+    # The DA-CLIP's own test input (the whole image resized, or its grid of native crops), as
+    # classify.py and the demo's classification report use it.
+    classify = getattr(pipeline.embedder, "classify_images", None) if cfg.metrics.classification else None
     if cfg.metrics.classification and classify is None:
         unavailable["accuracy"] = "no DA-CLIP model to classify with"
     return _Metrics(lpips_metric, fid_factory, classify, unavailable)
@@ -348,7 +350,7 @@ def _score_image(
         fid.update(gt, real=True)
         fid.update(out, real=False)
     if metrics.classify is not None:
-        probs = metrics.classify(item["lq_clip"][None].to(device), cfg.data.degradations)  # (1, K)
+        probs = metrics.classify(item["lq"][None], cfg.data.degradations)  # (1, K)
         predicted = cfg.data.degradations[int(probs.argmax(dim=-1))]
         scores["accuracy"].append(float(predicted == name))
     if cfg.save_images:
