@@ -148,7 +148,9 @@ class FrozenDaCLIP(nn.Module):
 
         pixels = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
         views = torch.stack([grid_views(p, self.image_size, self.views, self.mean, self.std) for p in pixels])
-        return view_probabilities(self.encode_degradation, self.classifier(degradations), views.to(self.device))
+        return view_probabilities(
+            self.encode_degradation, self.classifier(degradations), views.to(self.device)
+        )
 
     @torch.no_grad()
     def classify(self, clip_images: torch.Tensor, degradations: Sequence[str]) -> torch.Tensor:
