@@ -553,3 +553,27 @@ def test_clean_pairs_teach_the_restorer_to_leave_clean_input_alone(tmp_path):
 def test_clean_fraction_out_of_range_names_the_key(paired_root, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.clean_fraction"):
         _config(paired_root, tmp_path, "data.clean_fraction=1.0")
+
+
+def test_rank_shards_are_disjoint_and_together_the_single_process_order():
+    """Stage 2 under torchrun: each rank's samples (index and augmentation draw key) are its own, and
+    rank 0's batch followed by rank 1's is, step by step, the batch of one process at twice the batch
+    size; so two ranks train on exactly the samples one process would. Mid-epoch resume included."""
+    from irsde.training.stage import EpochSampler
+
+    size, batch = 24, 3
+    for epoch, skip in ((0, 0), (2, 1)):
+        single = EpochSampler(size, 2 * batch, rank=0, world_size=1, seed=5)
+        ranks = [EpochSampler(size, batch, rank=r, world_size=2, seed=5) for r in range(2)]
+        for sampler in (single, *ranks):
+            sampler.epoch, sampler.skip_batches = epoch, skip
+        whole, parts = list(single), [list(r) for r in ranks]
+        assert len(parts[0]) == len(parts[1]) == len(whole) // 2 > 0
+        assert not set(parts[0]) & set(parts[1])  # disjoint, draw keys included
+        interleaved = [
+            key
+            for step in range(len(whole) // (2 * batch))
+            for part in parts
+            for key in part[step * batch : (step + 1) * batch]
+        ]
+        assert interleaved == whole
