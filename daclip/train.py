@@ -465,7 +465,7 @@ def train_step(
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
     labels = batch["degradation_index"].to(device)  # (B,)
     with autocast(device, precision):
-        if criterion.content_weight == 0.0 and image_tower == "controller":
+        if getattr(criterion, "content_weight", 1.0) == 0.0 and image_tower == "controller":
             # No content term: only the controller's degradation embedding enters the loss, so the
             # frozen tower and the captions are not run (about half the step); the same gradients.
             degra_emb, _ = model.controller(images)  # (B, E)
