@@ -918,6 +918,8 @@ class DaCLIPStage(Stage):
         data = self.cfg.data
         if data.source != "synthetic" or data.clean_fraction <= 0 or data.clean_calibration <= 0:
             return
+        if self.cfg.train.image_tower != "controller":  # the plain-CLIP comparison: no degradation embedding
+            return
         from daclip.inference import FrozenDaCLIP
         from data.synthetic import SyntheticCaptionDataset
 
