@@ -213,6 +213,26 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_written(
     assert [Path(r["output"]).name for r in rows] == ["a.png"]  # only what this run wrote
 
 
+def test_a_full_disk_before_any_image_leaves_the_old_contact_sheet_and_says_one_line(
+    tmp_path, monkeypatch, capsys, daclip_checkpoint
+):
+    inputs = _photos(tmp_path / "photos")
+    out = tmp_path / "restored"
+    args = ["--checkpoint", daclip_checkpoint, "--device", "cpu"]
+    assert _restore("-i", inputs, "-o", out, *args) == 0
+    sheet = (out / "contact_sheet.png").read_bytes()
+    capsys.readouterr()
+
+    def full(path, image):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("irsde.inference.restore.write_image", full)
+    assert _restore("-i", inputs, "-o", out, *args, "--overwrite") == 2
+    err = _one_line_error(capsys)  # the image's error only, not a second one for the contact sheet
+    assert f"could not write {out / 'a.png'}: No space left on device (0 image(s)" in err
+    assert (out / "contact_sheet.png").read_bytes() == sheet  # still shows the folder as it is
+
+
 def test_predictions_say_which_run_and_settings_made_each_image(tmp_path, capsys, daclip_checkpoint):
     inputs = _photos(tmp_path / "photos", names=("a.png", "b.png"))
     out = tmp_path / "restored"

@@ -839,7 +839,9 @@ def _write_reports(run: _RestoreRun, sheet_height: int | None, *, strict: bool) 
         )
         json_path = plan.folder / PREDICTIONS_JSON_NAME
         writers.append((json_path, lambda: write_json_predictions(json_path, predicted)))
-    if sheet_height is not None:
+    # After an error that left the folder as it was (no image of this run written), the old contact
+    # sheets still show it: redrawing them would only add a second error line on a full disk.
+    if sheet_height is not None and (strict or run.records):
         writers.append((plan.folder / "contact_sheet.png", lambda: _contact_sheets(run, sheet_height)))
     for path, write in writers:
         try:
