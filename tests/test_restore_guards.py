@@ -226,7 +226,8 @@ def test_a_full_disk_before_any_image_leaves_the_old_contact_sheet_and_says_one_
     def full(path, image):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("irsde.inference.restore.write_image", full)
+    monkeypatch.setattr("irsde.inference.restore.write_image", full)  # the disk is full for everything
+    monkeypatch.setattr("irsde.inference.restore.write_contact_sheets", full)
     assert _restore("-i", inputs, "-o", out, *args, "--overwrite") == 2
     err = _one_line_error(capsys)  # the image's error only, not a second one for the contact sheet
     assert f"could not write {out / 'a.png'}: No space left on device (0 image(s)" in err
