@@ -201,7 +201,7 @@ def restore(args: argparse.Namespace) -> None:
         self_ensemble=args.self_ensemble,
     )
     degradations = args.degradations or pipeline.degradations
-    _announce(pipeline, args.sampler, args.degradations)
+    _announce(pipeline, args.sampler, args.steps, args.degradations)
     embedder = pipeline.embedder
     clip = {}
     if embedder is not None:
@@ -223,15 +223,19 @@ def restore(args: argparse.Namespace) -> None:
     )
 
 
-def _announce(pipeline: RestorationPipeline, sampler: str | None, degradations: list[str] | None) -> None:
+def _announce(
+    pipeline: RestorationPipeline, sampler: str | None, steps: int | None, degradations: list[str] | None
+) -> None:
     """How the images will be restored, and the warnings about settings nobody validated."""
     if pipeline.one_pass:
         print(f"a one-pass restorer: {pipeline.nfe} network evaluation(s) per image")
     elif sampler is None:
-        print(
-            f"sampler: {pipeline.sampler}, {pipeline.nfe} network evaluation(s) per image "
-            "(the checkpoint's validation setting; --sampler / --steps to change)"
+        origin = (
+            "the checkpoint's validation setting; --sampler / --steps to change"
+            if steps is None
+            else "the checkpoint's validation sampler, --steps as given"
         )
+        print(f"sampler: {pipeline.sampler}, {pipeline.nfe} network evaluation(s) per image ({origin})")
     for notice in (sampling_notice(pipeline), vocabulary_notice(pipeline, degradations)):
         if notice:
             print(notice)
