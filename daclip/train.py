@@ -955,6 +955,9 @@ class DaCLIPStage(Stage):
             "their clean photos called clean %.0f%%",
             len(degraded), weight, 100 * called(degraded), 100 * called(clean),
         )  # fmt: skip
+        self.classifier.clean_weight = weight  # validation from now on answers as the checkpoint will
+        for method, value in self._accuracy(("daclip",)).items():
+            run.logger.info("%s validation accuracy, calibrated: %.4f", METHOD_TITLES[method], value)
 
     def on_finish(self, run: RunContext) -> None:
         """``daclip_final.pt``: the full model (frozen CLIP included), readable from the file alone."""
