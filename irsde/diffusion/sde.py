@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-__all__ = ["IRSDE", "PREDICTIONS", "PredictionType", "ScheduleName", "Timestep"]
+from daclip.engine.config import spec
+
+__all__ = ["IRSDE", "PREDICTIONS", "PredictionType", "ScheduleName", "SDEConfig", "Timestep"]
 
 ScheduleName = Literal["cosine", "linear", "constant"]
 Timestep = int | Tensor
@@ -37,6 +40,17 @@ PredictionType = Literal["noise", "x0", "residual"]
 PREDICTIONS: tuple[str, ...] = get_args(PredictionType)
 
 _SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
+
+
+@dataclass
+class SDEConfig:
+    """The arguments of :class:`IRSDE` as a config section: a training config's ``sde:`` and a model
+    folder's ``config.json`` describe the SDE with it."""
+
+    max_sigma: float = spec(50.0, minimum=0.0, exclusive_minimum=True, help="in 0..255 units")
+    T: int = spec(100, minimum=1)
+    schedule: ScheduleName = "cosine"
+    eps: float = spec(0.005, minimum=0.0, exclusive_minimum=True, maximum=1.0)
 
 
 def _theta_schedule(schedule: ScheduleName, T: int, dtype: torch.dtype) -> Tensor:

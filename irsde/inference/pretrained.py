@@ -33,7 +33,7 @@ from daclip.engine.folder import (
 )
 from daclip.pretrained import DACLIP_WEIGHTS, ClipSource
 from irsde.diffusion.samplers import check_sampler_options
-from irsde.diffusion.sde import IRSDE
+from irsde.diffusion.sde import IRSDE, SDEConfig
 from irsde.models.families import ModelConfig, build_model, is_one_pass, uses_daclip
 from irsde.models.unet import UNetConfig
 
@@ -47,7 +47,6 @@ __all__ = [
     "OnnxGraphs",
     "PretrainedConfig",
     "PretrainedRestorer",
-    "SDEDescription",
     "SamplingDefaults",
     "describe_pipeline",
     "load_pretrained",
@@ -59,16 +58,6 @@ __all__ = [
 RESTORER_WEIGHTS = "restorer.safetensors"
 MODEL_CARD = "README.md"
 ONNX_DIR = "onnx"
-
-
-@dataclass
-class SDEDescription:
-    """The IR-SDE of an ``irsde`` restorer (the arguments of :class:`irsde.diffusion.sde.IRSDE`)."""
-
-    max_sigma: float = spec(50.0, minimum=0.0, exclusive_minimum=True, help="in 0..255 units")
-    T: int = spec(100, minimum=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    eps: float = spec(0.005, minimum=0.0, exclusive_minimum=True, maximum=1.0)
 
 
 @dataclass
@@ -109,7 +98,7 @@ class PretrainedConfig:
     format: Literal["daclip-uir/pretrained"] = FOLDER_FORMAT
     format_version: int = spec(FOLDER_VERSION, minimum=1, maximum=FOLDER_VERSION)
     model: ModelConfig = field(default_factory=UNetConfig)
-    sde: SDEDescription | None = None
+    sde: SDEConfig | None = None
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     degradations: list[str] = field(default_factory=list)
     daclip: ClipSource | None = None
@@ -199,7 +188,7 @@ def describe_pipeline(pipeline: Any, source: dict[str, Any] | None = None) -> Pr
         raise ValueError("only a DA-CLIP embedder (daclip.inference.FrozenDaCLIP) can be saved in a folder")
     return PretrainedConfig(
         model=dataclasses.replace(model_config, **_inference_settings(model_config)),
-        sde=None if sde is None else SDEDescription(sde.max_sigma_255, sde.T, sde.schedule, sde.eps),
+        sde=None if sde is None else SDEConfig(sde.max_sigma_255, sde.T, sde.schedule, sde.eps),
         sampling=SamplingDefaults(
             sampler="one-pass" if pipeline.one_pass else pipeline.sampler,
             num_steps=pipeline.num_steps,

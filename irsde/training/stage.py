@@ -41,7 +41,7 @@ from daclip.inference import DaCLIPSection, build_embedder
 from data import DEFAULT_DEGRADATIONS
 from data.synthetic import SynthesisConfig, synthetic_collate
 from irsde.diffusion.samplers import make_timesteps
-from irsde.diffusion.sde import IRSDE
+from irsde.diffusion.sde import IRSDE, SDEConfig
 from irsde.evaluation.metrics import psnr
 from irsde.inference.pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from irsde.inference.pipeline import RestorationPipeline
@@ -53,7 +53,6 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "DaCLIPSection",
     "IRStage",
-    "SDESection",
     "IRDataSection",
     "IRTrainSection",
     "IRTrainConfig",
@@ -62,14 +61,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class SDESection:
-    max_sigma: float = spec(50.0, minimum=0.0, exclusive_minimum=True, help="in 0..255 units")
-    T: int = spec(100, minimum=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    eps: float = spec(0.005, minimum=0.0, exclusive_minimum=True, maximum=1.0)
 
 
 @dataclass
@@ -174,7 +165,7 @@ class IRTrainConfig:
     experiment: ExperimentConfig = field(default_factory=lambda: ExperimentConfig(name="universal-ir"))
     daclip: DaCLIPSection = field(default_factory=DaCLIPSection)
     model: ModelConfig = field(default_factory=UNetConfig)  # the family's section (irsde.models.families)
-    sde: SDESection = field(default_factory=SDESection)
+    sde: SDEConfig = field(default_factory=SDEConfig)
     data: IRDataSection = field(default_factory=IRDataSection)
     train: IRTrainSection = field(default_factory=IRTrainSection)
 
