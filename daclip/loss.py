@@ -71,10 +71,10 @@ def class_aware_degradation_loss(
 
 @dataclass
 class DaCLIPLossOutput:
-    """The total loss and its two terms (each a scalar tensor)."""
+    """The total loss and its two terms (each a scalar tensor; ``content`` None when not computed)."""
 
     total: torch.Tensor
-    content: torch.Tensor
+    content: torch.Tensor | None
     degradation: torch.Tensor
 
 
@@ -116,14 +116,14 @@ class DaCLIPLoss(nn.Module):
         degradation_index: torch.Tensor,
         logit_scale: torch.Tensor,
     ) -> DaCLIPLossOutput:
-        """The loss when ``content_weight`` is 0: the degradation term alone (the content term is NaN,
-        not computed); equal to :meth:`forward`'s total then, without running the frozen tower."""
+        """The loss when ``content_weight`` is 0: the degradation term alone (``content`` None, not
+        computed); equal to :meth:`forward`'s total then, without running the frozen tower."""
         if self.content_weight != 0.0:
             raise ValueError(f"degradation_only needs content_weight 0, got {self.content_weight}")
         degra = self.gather(F.normalize(degra_emb, dim=-1))  # (N, E)
         labels = self.gather(degradation_index)  # (N,)
         loss = self._degradation(degra, F.normalize(name_features, dim=-1), labels, logit_scale.exp())
-        return DaCLIPLossOutput(loss, torch.full_like(loss, float("nan")).detach(), loss)
+        return DaCLIPLossOutput(loss, None, loss)
 
     def forward(
         self,

@@ -498,7 +498,8 @@ def train_step(
         scheduler.step()
     with torch.no_grad():
         model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
-    return DaCLIPLossOutput(total, losses.content.detach(), losses.degradation.detach())
+    content = None if losses.content is None else losses.content.detach()
+    return DaCLIPLossOutput(total, content, losses.degradation.detach())
 
 
 def make_checkpoint(
@@ -800,9 +801,9 @@ class DaCLIPStage(Stage):
         )
         finite = bool(torch.isfinite(losses.total))  # train_step already agreed on it over ranks
         scalars = {"loss": losses.total, "content": losses.content, "degradation": losses.degradation}
-        if self.criterion.content_weight == 0.0 and self.cfg.train.image_tower == "controller":
-            del scalars["content"]  # not computed (train.content_loss_weight: 0)
-        return StepResult(scalars, finite)
+        return StepResult(
+            {k: v for k, v in scalars.items() if v is not None}, finite
+        )  # content: maybe not run
 
     def log_scalars(self) -> dict[str, float]:
         return {
@@ -928,7 +929,6 @@ class DaCLIPStage(Stage):
         frozen = FrozenDaCLIP(copy.deepcopy(self.model).eval(), self.source)
         names = frozen.vocabulary
         clean_index = names.index(CLEAN)
-        raw = frozen.classifier(names)
         draws = [
             synthetic.degraded(i % len(synthetic), seed=[self.cfg.experiment.seed, self.CALIBRATION_KEY, i])
             for i in range(data.calibration_samples)
@@ -945,17 +945,18 @@ class DaCLIPStage(Stage):
             return
         weight = clean_weight_for_rate(torch.stack(degraded), names, data.clean_calibration)
         self.source = replace(self.source, clean_weight=weight)
-        calibrated = ZeroShotClassifier(raw.name_features, names, clean_weight=weight)
+        # The training classifier (the same names) answers as the checkpoint will from now on.
+        self.classifier.clean_weight = weight
 
         def called(rows: list[torch.Tensor]) -> float:  # the share of rows answered "clean"
-            return float((calibrated.adjust(torch.stack(rows)).argmax(-1) == clean_index).float().mean())
+            adjusted = self.classifier.adjust(torch.stack(rows).to(self.classifier.name_features.device))
+            return float((adjusted.argmax(-1) == clean_index).float().mean())
 
         run.logger.info(
             "clean calibration on %d fresh training samples: weight %.3g; degraded called clean %.0f%%, "
             "their clean photos called clean %.0f%%",
             len(degraded), weight, 100 * called(degraded), 100 * called(clean),
         )  # fmt: skip
-        self.classifier.clean_weight = weight  # validation from now on answers as the checkpoint will
         for method, value in self._accuracy(("daclip",)).items():
             run.logger.info("%s validation accuracy, calibrated: %.4f", METHOD_TITLES[method], value)
 
