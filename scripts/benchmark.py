@@ -8,7 +8,7 @@ Restoration is timed with the config's validation sampler (train.val_sampler / v
 posterior sampler at T for configs/universal_ir.yml, mr at 1 step for the demo's) unless --sampler is given.
 
 Samplers side by side (no training benchmark): one model, one image size, one JSON row per sampler
-spec NAME[:NFE[:ORDER]] (NFE defaults to T) and grid, each timed after a warm-up run:
+spec NAME[:NFE[:ORDER[:GRID]]] (NFE defaults to T) and grid, each timed after a warm-up run:
 
 python scripts/benchmark.py -c configs/universal_ir.yml --size 256 384 \\
     --samplers posterior:100,posterior:10,mr:5,mr:10,mr:20,mr-sde:10:1 --grid uniform logsnr --json cpu.json
@@ -37,7 +37,7 @@ from irsde.training.stage import IRTrainConfig  # noqa: E402
 
 
 def _sampler_specs(text: str) -> list[SamplerSpec]:
-    """An argparse type: comma-separated NAME[:NFE[:ORDER]] specs."""
+    """An argparse type: comma-separated NAME[:NFE[:ORDER[:GRID]]] specs."""
     try:
         return [SamplerSpec.parse(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_sampler_specs,
         nargs="+",
         default=None,
-        metavar="NAME[:NFE[:ORDER]]",
+        metavar="NAME[:NFE[:ORDER[:GRID]]]",
         help="time these sampler settings side by side (comma- or space-separated) instead of training",
     )
     p.add_argument("--repeats", type=int, default=2, help="timed restorations per setting (after a warm-up)")

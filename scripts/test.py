@@ -14,7 +14,7 @@ and says which sampler it took and why.
 
 The quality-speed table of one model over several samplers (the first one is the reference):
     python scripts/test.py -c configs/test.yml --samplers posterior,posterior:10,mr:5,mr:10,mr:20
-writes one evaluation per NAME[:NFE[:ORDER]] spec plus samplers.md / samplers.json to <output_root>/<name>/.
+writes one evaluation per NAME[:NFE[:ORDER[:GRID]]] spec plus samplers.md / samplers.json to <output_root>/<name>/.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--samplers",
         default="",
-        help="comma-separated NAME[:NFE[:ORDER]] specs, e.g. posterior,posterior:10,mr:5,mr:10 "
+        help="comma-separated NAME[:NFE[:ORDER[:GRID]]] specs, e.g. posterior,posterior:10,mr:5,mr:10 "
         "(evaluates each and writes the quality-speed table samplers.md; the first is the reference)",
     )
     args = parser.parse_args(argv)

@@ -63,6 +63,7 @@ def test_sampler_benchmark_rows_and_network_calls(tmp_path, network_calls, capsy
         "posterior:10,posterior:3,mr:1",
         "mr:4:1",
         "mr-sde:5",
+        "mr:3:1:logsnr",  # its own grid: timed on that one only
         "--grid",
         "uniform",
         "logsnr",
@@ -84,7 +85,7 @@ def test_sampler_benchmark_rows_and_network_calls(tmp_path, network_calls, capsy
             ("mr", 1, 4),
             ("mr-sde", 2, 5),
         )
-    ]
+    ] + [("mr", 1, 3, "logsnr")]
     rows = result["rows"]
     assert [(r["sampler"], r["order"], r["nfe"], r["grid"]) for r in rows] == expected
     assert result["device"].startswith("CPU") and result["size"] == [16, 24] and result["T"] == 10

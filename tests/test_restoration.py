@@ -202,28 +202,34 @@ def test_test_script_reports_unavailable_metrics_and_bad_keys(tmp_path, capsys):
 
 def test_sampler_sweep_table_matches_each_evaluation(tmp_path, capsys):
     args = _test_script_args(tmp_path, "metrics.lpips=false", "metrics.fid=false", "name=sweep")
-    assert _script("test").main([*args, "--samplers", "posterior:3,mr:2:1,ode:2"]) == 0
+    specs = "posterior:3,mr:2:1,ode:2,mr:2:1:logsnr"
+    assert _script("test").main([*args, "--samplers", specs]) == 0
     sweep = tmp_path / "results" / "sweep"
     table = json.loads((sweep / "samplers.json").read_text())
-    assert [(r["sampler"], r["nfe"], r["order"]) for r in table["rows"]] == [
-        ("posterior", 3, 1),
-        ("mr", 2, 1),
-        ("ode", 2, 1),
+    assert [(r["sampler"], r["nfe"], r["order"], r["grid"]) for r in table["rows"]] == [
+        ("posterior", 3, 1, "uniform"),
+        ("mr", 2, 1, "uniform"),
+        ("ode", 2, 1, "uniform"),
+        ("mr", 2, 1, "logsnr"),  # a spec's own grid wins over sampling.grid
     ]
     reference = table["rows"][0]["psnr"]
-    for row, folder in zip(table["rows"], ("posterior_3", "mr_2_1", "ode_2")):
+    for row, folder in zip(table["rows"], ("posterior_3", "mr_2_1", "ode_2", "mr_2_1_logsnr")):
         own = json.loads((sweep / folder / "results.json").read_text())
-        assert own["sampler"] == row["sampler"] and own["nfe"] == row["nfe"]
+        assert own["sampler"] == row["sampler"] and own["nfe"] == row["nfe"] and own["grid"] == row["grid"]
         assert row["psnr"] == pytest.approx(own["rows"]["average"]["psnr"])
         assert row["psnr_vs_reference"] == pytest.approx(row["psnr"] - reference)
         assert row["speedup_vs_reference"] == pytest.approx(table["rows"][0]["seconds"] / row["seconds"])
-    # Different samplers really ran (the deterministic ODE and the stochastic posterior give other images).
-    assert len({round(r["psnr"], 6) for r in table["rows"]}) == 3
+    # Different samplers really ran (the deterministic ODE and the stochastic posterior give other images;
+    # at T = 5 the log-SNR grid visits the uniform grid's timesteps, so its row is checked by its grid).
+    assert len({round(r["psnr"], 6) for r in table["rows"][:3]}) == 3
     assert "| mr | 1 | 2 | uniform |" in (sweep / "samplers.md").read_text()
     capsys.readouterr()
     assert _script("test").main([*args, "--samplers", "posterior,fast:3"]) == 2
     err = capsys.readouterr().err
     assert "--samplers" in err and "fast" in err and err.count("\n") == 1
+    assert _script("test").main([*args, "--samplers", "mr:2:1:cosine"]) == 2
+    err = capsys.readouterr().err
+    assert "--samplers" in err and "unknown grid 'cosine'" in err and err.count("\n") == 1
 
 
 def test_restore_script_images_predictions_and_no_overwrite(tmp_path, tiny_daclip_checkpoint, capsys):

@@ -530,27 +530,43 @@ def check_sampler_options(name: str, order: int | None = None, grid: str = "unif
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One sampler setting (to time or to evaluate): ``name``, NFE (None: T) and order (None: the default)."""
+    """One sampler setting (to time or to evaluate): ``name``, NFE (None: T), order (None: the default) and
+    timestep grid (None: the run's ``sampling.grid`` / ``--grids``)."""
 
     name: str
     nfe: int | None = None
     order: int | None = None
+    grid: GridName | None = None
 
     @classmethod
     def parse(cls, text: str) -> SamplerSpec:
-        """``NAME[:NFE[:ORDER]]``, e.g. ``posterior:100``, ``mr:10``, ``mr-sde:5:1``; ValueError otherwise."""
+        """``NAME[:NFE[:ORDER[:GRID]]]``, e.g. ``posterior:100``, ``mr:10``, ``mr-sde:5:1``, ``mr:10:2:logsnr``;
+        ValueError otherwise."""
         parts = text.strip().split(":")
-        if not 1 <= len(parts) <= 3 or not parts[0]:
-            raise ValueError(f"sampler spec {text!r}: expected NAME[:NFE[:ORDER]], e.g. mr:10 or mr-sde:5:1")
+        if not 1 <= len(parts) <= 4 or not parts[0]:
+            raise ValueError(
+                f"sampler spec {text!r}: expected NAME[:NFE[:ORDER[:GRID]]], e.g. mr:10, mr-sde:5:1 or mr:10:2:logsnr"
+            )
+        grid = parts.pop(3) if len(parts) == 4 else None
         try:
             numbers = [int(p) for p in parts[1:]]
         except ValueError:
             raise ValueError(f"sampler spec {text!r}: NFE and ORDER must be integers") from None
-        spec = cls(parts[0], *numbers)
-        check_sampler_options(spec.name, spec.order)
+        if grid is not None and grid not in GRIDS:
+            raise ValueError(f"sampler spec {text!r}: unknown grid {grid!r}; valid choices: {', '.join(GRIDS)}")
+        spec = cls(parts[0], *numbers, grid=grid)  # type: ignore[arg-type]
+        check_sampler_options(spec.name, spec.order, grid or "uniform")
         if spec.nfe is not None and spec.nfe < 1:
             raise ValueError(f"sampler spec {text!r}: NFE must be at least 1")
         return spec
+
+    @property
+    def label(self) -> str:
+        """The spec as written, ``NAME[:NFE[:ORDER[:GRID]]]`` (an order of None written as the default's)."""
+        text = self.name + (f":{self.nfe}" if self.nfe else "")
+        if self.order or self.grid:
+            text += f":{self.order or self.effective_order}"
+        return text + (f":{self.grid}" if self.grid else "")
 
     @property
     def effective_order(self) -> int:
