@@ -230,6 +230,7 @@ def benchmark_restoration(
         embedder,
         sampler=sampler,
         num_steps=num_steps,
+        clamp_x0=None if one_pass else cfg.train.val_clamp_x0,
         order=order,
         grid=grid,
         tile=tile,  # type: ignore[arg-type]

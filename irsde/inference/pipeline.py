@@ -157,7 +157,8 @@ class RestorationPipeline:
         The DA-CLIP is the one the checkpoint records (checked by content), or ``daclip`` when given
         (a released U-Net records none: then it is required); ``clip_model`` / ``model_config`` describe
         a released DA-CLIP file. ``sampler`` None takes the checkpoint's validation setting
-        (:meth:`LoadedRestorer.default_sampling`), and ``num_steps`` None its steps. ``options`` are the
+        (:meth:`LoadedRestorer.default_sampling`), and ``num_steps`` None its steps; ``clamp_x0`` None (or
+        not given) the clamping it was validated with (``train.val_clamp_x0``), else the parametrisation's. ``options`` are the
         other keyword arguments of the constructor (``order``, ``grid``, ``tile``, ``self_ensemble``, ...).
         ``daclip_option`` is how the caller's user sets ``daclip`` (named in error messages). A folder is
         loaded by :meth:`from_pretrained` (``use_ema`` does not apply: a folder holds the EMA weights).
@@ -178,6 +179,8 @@ class RestorationPipeline:
         if sampler is None:
             sampler, recorded_steps = loaded.default_sampling()
             num_steps = recorded_steps if num_steps is None else num_steps
+        if options.get("clamp_x0") is None:
+            options["clamp_x0"] = loaded.default_clamp_x0()  # as validated in training, if recorded
         weights = loaded.daclip_weights(daclip, option=daclip_option) or ""
         if loaded.needs_daclip and not weights:
             raise UserError(f"{path} is conditioned on DA-CLIP: give its weights ({daclip_option})")
@@ -408,6 +411,13 @@ class LoadedRestorer:
             return "posterior", None
         steps = train.get("val_steps")
         return sampler, steps if isinstance(steps, int) else None
+
+    def default_clamp_x0(self) -> bool | None:
+        """Whether this model was validated with x̂_0 clamped (``train.val_clamp_x0``, our checkpoints); None
+        when not recorded (then the parametrisation's default applies)."""
+        train = self.config.get("train", {}) if isinstance(self.config, Mapping) else {}
+        clamp = train.get("val_clamp_x0") if isinstance(train, Mapping) else None
+        return clamp if isinstance(clamp, bool) else None
 
     def daclip_weights(self, override: str | os.PathLike = "", *, option: str = "--daclip") -> str | None:
         """The DA-CLIP weights to embed with: ``override`` if given, else the recorded file, checked.

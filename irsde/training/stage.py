@@ -150,6 +150,11 @@ class IRTrainSection:
     )
     val_sampler: Literal["posterior", "sde", "ode", "mr", "mr-sde"] = "posterior"
     val_steps: int | None = spec(None, minimum=1, help="sampling steps for validation (None = T)")
+    val_clamp_x0: bool | None = spec(
+        None,
+        help="clamp x0 to [0, 1] in every validation sampler step; None = the parametrisation's default "
+        "(off for noise, the paper's numerics; on otherwise). Recorded: checkpoints sample with it by default",
+    )
 
     def validate(self) -> None:
         if self.lr_min > self.lr:
@@ -572,6 +577,7 @@ class IRStage(Stage):
             self.embedder,
             sampler=self.cfg.train.val_sampler,
             num_steps=self.cfg.train.val_steps,
+            clamp_x0=self.cfg.train.val_clamp_x0,
         )
         metrics, rows = validate(pipeline, self.val_set, self.val_indices, self.cfg.experiment.seed)
         for name, value in metrics.items():
