@@ -553,7 +553,9 @@ class SamplerSpec:
         except ValueError:
             raise ValueError(f"sampler spec {text!r}: NFE and ORDER must be integers") from None
         if grid is not None and grid not in GRIDS:
-            raise ValueError(f"sampler spec {text!r}: unknown grid {grid!r}; valid choices: {', '.join(GRIDS)}")
+            raise ValueError(
+                f"sampler spec {text!r}: unknown grid {grid!r}; valid choices: {', '.join(GRIDS)}"
+            )
         spec = cls(parts[0], *numbers, grid=grid)  # type: ignore[arg-type]
         check_sampler_options(spec.name, spec.order, grid or "uniform")
         if spec.nfe is not None and spec.nfe < 1:

@@ -445,20 +445,21 @@ def sweep_samplers(
     """The quality-speed table: evaluate one model with every sampler spec on the same images.
 
     Each spec (``NAME[:NFE[:ORDER[:GRID]]]``, e.g. ``posterior``, ``posterior:10``, ``mr:5``,
-    ``mr:10:2:logsnr``) overrides ``sampling.sampler``, ``num_steps``, ``order`` (and ``grid``) of ``cfg`` and runs :func:`evaluate` into
-    ``<output_root>/<name>/<spec>/``; ``samplers.md`` and ``samplers.json`` there compare the averages, each
-    row against the first (the reference, e.g. the paper's posterior sampler at T). ``metric_overrides``
-    go to :func:`evaluate` (``lpips_metric``, ``fid_factory``).
+    ``mr:10:2:logsnr``) overrides ``sampling.sampler``, ``num_steps``, ``order`` (and ``grid``) of ``cfg``
+    and runs :func:`evaluate` into ``<output_root>/<name>/<spec>/``; ``samplers.md`` and ``samplers.json``
+    there compare the averages, each row against the first (the reference, e.g. the paper's posterior
+    sampler at T). ``metric_overrides`` go to :func:`evaluate` (``lpips_metric``, ``fid_factory``).
     """
     parsed = [SamplerSpec.parse(s) if isinstance(s, str) else s for s in specs]
     if not parsed:
         raise ConfigError("sampler sweep: no sampler spec given (e.g. posterior,posterior:10,mr:5,mr:10)")
-    for choice in parsed:
-        check_sampler_options(choice.name, choice.order, choice.grid or cfg.sampling.grid)
+    grids = [choice.grid or cfg.sampling.grid for choice in parsed]  # a spec's own grid wins
+    for choice, grid in zip(parsed, grids):
+        check_sampler_options(choice.name, choice.order, grid)
     check_output_root(cfg)
     sweep_dir = create_run_dir(cfg.output_root, cfg.name, subdirs=())
     rows: list[dict[str, Any]] = []
-    for choice in parsed:
+    for choice, grid in zip(parsed, grids):
         label = choice.label
         run = copy.deepcopy(cfg)
         run.output_root, run.name = str(sweep_dir), label.replace(":", "_")
@@ -467,7 +468,7 @@ def sweep_samplers(
             choice.nfe,
             choice.order,
         )  # type: ignore[assignment]
-        run.sampling.grid = choice.grid or cfg.sampling.grid
+        run.sampling.grid = grid  # type: ignore[assignment]
         log(f"sampler sweep: {label}")
         result = evaluate(run, log=log, progress=progress, **metric_overrides)
         rows.append(_sweep_row(label, choice, result))

@@ -158,8 +158,8 @@ class RestorationPipeline:
         (a released U-Net records none: then it is required); ``clip_model`` / ``model_config`` describe
         a released DA-CLIP file. ``sampler`` None takes the checkpoint's validation setting
         (:meth:`LoadedRestorer.default_sampling`), and ``num_steps`` None its steps; ``clamp_x0`` None (or
-        not given) the clamping it was validated with (``train.val_clamp_x0``), else the parametrisation's. ``options`` are the
-        other keyword arguments of the constructor (``order``, ``grid``, ``tile``, ``self_ensemble``, ...).
+        not given) the clamping it was validated with (``train.val_clamp_x0``), else the parametrisation's.
+        ``options`` are the other keyword arguments of the constructor (``order``, ``grid``, ``tile``, ``self_ensemble``, ...).
         ``daclip_option`` is how the caller's user sets ``daclip`` (named in error messages). A folder is
         loaded by :meth:`from_pretrained` (``use_ema`` does not apply: a folder holds the EMA weights).
         """
@@ -393,8 +393,7 @@ class LoadedRestorer:
 
     def degradations(self) -> tuple[str, ...]:
         """The degradation names the model was trained on (our checkpoints), else the paper's ten."""
-        data = self.config.get("data", {}) if isinstance(self.config, Mapping) else {}
-        names = data.get("degradations") if isinstance(data, Mapping) else None
+        names = self._section("data").get("degradations")
         if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
             return tuple(names)
         return tuple(DEFAULT_DEGRADATIONS)
@@ -405,8 +404,8 @@ class LoadedRestorer:
         A one-pass restorer has no sampler: ``("one-pass", 1)``."""
         if self.sde is None:
             return "one-pass", 1
-        train = self.config.get("train", {}) if isinstance(self.config, Mapping) else {}
-        sampler = train.get("val_sampler") if isinstance(train, Mapping) else None
+        train = self._section("train")
+        sampler = train.get("val_sampler")
         if not isinstance(sampler, str):
             return "posterior", None
         steps = train.get("val_steps")
@@ -415,9 +414,13 @@ class LoadedRestorer:
     def default_clamp_x0(self) -> bool | None:
         """Whether this model was validated with x̂_0 clamped (``train.val_clamp_x0``, our checkpoints); None
         when not recorded (then the parametrisation's default applies)."""
-        train = self.config.get("train", {}) if isinstance(self.config, Mapping) else {}
-        clamp = train.get("val_clamp_x0") if isinstance(train, Mapping) else None
+        clamp = self._section("train").get("val_clamp_x0")
         return clamp if isinstance(clamp, bool) else None
+
+    def _section(self, name: str) -> Mapping[str, Any]:
+        """The recorded training config's section ``name`` ({} for released weights or when absent)."""
+        section = self.config.get(name) if isinstance(self.config, Mapping) else None
+        return section if isinstance(section, Mapping) else {}
 
     def daclip_weights(self, override: str | os.PathLike = "", *, option: str = "--daclip") -> str | None:
         """The DA-CLIP weights to embed with: ``override`` if given, else the recorded file, checked.

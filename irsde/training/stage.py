@@ -152,8 +152,9 @@ class IRTrainSection:
     val_steps: int | None = spec(None, minimum=1, help="sampling steps for validation (None = T)")
     val_clamp_x0: bool | None = spec(
         None,
-        help="clamp x0 to [0, 1] in every validation sampler step; None = the parametrisation's default "
-        "(off for noise, the paper's numerics; on otherwise). Recorded: checkpoints sample with it by default",
+        help="clamp x0 to [0, 1] in every validation sampler step; None = the parametrisation's "
+        "default (off for noise, the paper's numerics; on otherwise). Recorded: checkpoints sample "
+        "with it by default",
     )
 
     def validate(self) -> None:
