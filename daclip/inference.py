@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -88,10 +89,28 @@ class FrozenDaCLIP(nn.Module):
         """The exact DA-CLIP transform of ``(B, 3, H, W)`` RGB images in ``[0, 1]`` -> ``(B, 3, S, S)``."""
         return clip_transform_batch(images, self.image_size, mean=self.mean, std=self.std)
 
+    def grid_views(self, images: torch.Tensor) -> torch.Tensor:
+        """This DA-CLIP's grid of native crops of ``(B, 3, H, W)`` RGB images in ``[0, 1]``:
+        ``(B, V, 3, S, S)`` with ``V = views²`` (see :func:`data.clip_input.grid_views_array`)."""
+        from data.clip_input import grid_views_array
+
+        pixels = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+        views = [grid_views_array(p, self.image_size, self.views, self.mean, self.std) for p in pixels]
+        return torch.from_numpy(np.stack(views)).to(images.device)
+
     @torch.no_grad()
     def encode_image(self, clip_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(content_emb, degra_emb)``, each ``(B, E)``, unnormalised (as the U-Net expects)."""
-        return self.model.encode_image(clip_images.to(self.device), control=True, normalize=False)
+        """``(content_emb, degra_emb)``, each ``(B, E)``, unnormalised (as the U-Net expects).
+
+        ``clip_images`` is ``(B, 3, S, S)``, or ``(B, V, 3, S, S)`` views of each image (a grid of native
+        crops, :meth:`grid_views`): then each embedding is the mean over the image's views.
+        """
+        clip_images = clip_images.to(self.device)
+        if clip_images.ndim == 5:
+            batch, views = clip_images.shape[:2]
+            content, degra = self.model.encode_image(clip_images.flatten(0, 1), control=True, normalize=False)
+            return content.view(batch, views, -1).mean(1), degra.view(batch, views, -1).mean(1)
+        return self.model.encode_image(clip_images, control=True, normalize=False)
 
     @torch.no_grad()
     def encode_degradation(self, clip_images: torch.Tensor) -> torch.Tensor:
@@ -144,13 +163,9 @@ class FrozenDaCLIP(nn.Module):
         if self.views <= 1:
             return self.classify(self.preprocess(images), degradations)
         from daclip.zero_shot import view_probabilities
-        from data.transforms import grid_views
 
-        pixels = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
-        views = torch.stack([grid_views(p, self.image_size, self.views, self.mean, self.std) for p in pixels])
-        return view_probabilities(
-            self.encode_degradation, self.classifier(degradations), views.to(self.device)
-        )
+        views = self.grid_views(images).to(self.device)
+        return view_probabilities(self.encode_degradation, self.classifier(degradations), views)
 
     @torch.no_grad()
     def classify(self, clip_images: torch.Tensor, degradations: Sequence[str]) -> torch.Tensor:

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.captions import CaptionRow, write_caption_csv
+from data.clip_input import grid_views_array
 from data.degradations import DEGRADATIONS, DegradationFn, dark_exposure, parameter_names
 from data.io import atomic_open, image_to_tensor, is_image_file, list_images, read_image, write_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
@@ -47,7 +48,7 @@ __all__ = [
 
 Mode = Literal["train", "eval"]
 SmallImages = Literal["pad", "reject"]
-ClipInput = Literal["patch", "image"]
+ClipInput = Literal["patch", "image", "views"]
 
 _SHOWN = 5  # unmatched names listed in an error message
 
@@ -111,6 +112,16 @@ def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
     return np.pad(img, pad, mode=mode)
 
 
+def check_clip_input(clip_input: str, clip_views: int) -> None:
+    """ValueError unless ``clip_input`` is a known DA-CLIP input (``views`` needs a grid of 2 or more)."""
+    if clip_input not in ("patch", "image", "views"):
+        raise ValueError(f"clip_input must be 'patch', 'image' or 'views', got {clip_input!r}")
+    if clip_input == "views" and clip_views < 2:
+        raise ValueError(
+            f"clip_input='views' needs a grid of at least 2 x 2 views, got clip_views={clip_views}"
+        )
+
+
 def pair_tensors(
     lq: np.ndarray,
     gt: np.ndarray,
@@ -119,22 +130,28 @@ def pair_tensors(
     *,
     clip: tuple[int, Sequence[float], Sequence[float]],
     clip_input: str,
+    clip_views: int = 0,
 ) -> dict[str, torch.Tensor]:
     """``lq``, ``gt`` ``(3, P, P)`` and DA-CLIP's input ``lq_clip`` ``(3, S, S)`` of a (cropped) pair.
 
     ``augment``: draw the same flips and transpose for LQ and GT from this generator (None: none).
-    ``clip_input``: DA-CLIP sees the crop (``patch``) or ``full_lq``, the whole LQ image (``image``).
+    ``clip_input``: DA-CLIP sees the crop (``patch``), ``full_lq``, the whole LQ image (``image``), or a
+    ``clip_views`` x ``clip_views`` grid of native crops of ``full_lq`` (``views``: ``lq_clip`` is then
+    ``(V, 3, S, S)``, and the frozen DA-CLIP averages its embeddings over the views).
     ``clip``: (size, mean, std) of the CLIP transform. Shared by the written and the synthetic pairs.
     """
     if augment is not None:
         hflip, vflip, transpose = (bool(b) for b in augment.integers(0, 2, size=3))
         lq, gt = _augment([lq, gt], hflip, vflip, transpose)
-    clip_source = full_lq if clip_input == "image" else lq
     size, mean, std = clip
+    if clip_input == "views":
+        lq_clip = torch.from_numpy(grid_views_array(full_lq, size, clip_views, mean, std))  # (V, 3, S, S)
+    else:
+        lq_clip = clip_transform(full_lq if clip_input == "image" else lq, size, mean, std)  # (3, S, S)
     return {
         "lq": image_to_tensor(lq),  # (3, H, W)
         "gt": image_to_tensor(gt),  # (3, H, W)
-        "lq_clip": clip_transform(clip_source, size, mean, std),  # (3, S, S)
+        "lq_clip": lq_clip,
     }
 
 
@@ -179,8 +196,11 @@ class PairedDataset(Dataset):
         augment: random flips and rotation in training.
         clip_size, clip_mean, clip_std: the CLIP transform of ``lq_clip``.
         clip_input: what ``lq_clip`` shows in training: ``"patch"``, the training crop (what the
-            restoration network sees; the official code), or ``"image"``, the whole LQ image, as at
-            test time, where the CLIP input is the whole image too. Eval mode always uses the image.
+            restoration network sees; the official code), ``"image"``, the whole LQ image, as at
+            test time, where the CLIP input is the whole image too, or ``"views"``, a grid of
+            ``clip_views`` x ``clip_views`` native crops of the whole LQ image (the input of a DA-CLIP
+            trained on native crops; ``lq_clip`` is ``(V, 3, S, S)``). Eval mode always uses the image.
+        clip_views: the grid side of ``clip_input="views"`` (at least 2).
         length: training epoch length; default the total number of pairs.
         clean_fraction: in training, the share of samples that are clean identity pairs: a pair drawn
             as usual whose GT crop is both LQ and GT (DA-CLIP sees the clean image), labelled
@@ -211,6 +231,7 @@ class PairedDataset(Dataset):
         clip_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         clip_std: Sequence[float] = OPENAI_CLIP_STD,
         clip_input: ClipInput = "patch",
+        clip_views: int = 0,
         length: int | None = None,
         seed: int = 0,
         clean_fraction: float = 0.0,
@@ -218,8 +239,7 @@ class PairedDataset(Dataset):
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-        if clip_input not in ("patch", "image"):
-            raise ValueError(f"clip_input must be 'patch' or 'image', got {clip_input!r}")
+        check_clip_input(clip_input, clip_views)
         if small_images not in ("pad", "reject"):
             raise ValueError(f"small_images must be 'pad' or 'reject', got {small_images!r}")
         if patch_size is not None and patch_size < 1:
@@ -248,6 +268,7 @@ class PairedDataset(Dataset):
         self.clip_mean = tuple(clip_mean)
         self.clip_std = tuple(clip_std)
         self.clip_input: ClipInput = clip_input
+        self.clip_views = int(clip_views)
         self.seed = seed
         self.pairs_by_degradation: dict[str, list[ImagePair]] = {
             name: find_pairs(self.root, name) for name in self.degradations
@@ -351,7 +372,13 @@ class PairedDataset(Dataset):
             lq, gt = self._crop(pair, full_lq, full_gt, rng)
             augment = rng if self.augment else None
             tensors = pair_tensors(
-                lq, gt, full_lq, augment, clip=self._clip_settings(), clip_input=self.clip_input
+                lq,
+                gt,
+                full_lq,
+                augment,
+                clip=self._clip_settings(),
+                clip_input=self.clip_input,
+                clip_views=self.clip_views,
             )
             if clean:
                 return {**tensors, **clean_labels(pair.gt_path)}

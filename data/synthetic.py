@@ -55,6 +55,7 @@ from data.paired import (
     _by_stem,
     _limit_size,
     _pad_to,
+    check_clip_input,
     check_output_folder,
     claim_output_root,
     finish_output_root,
@@ -422,7 +423,7 @@ class SyntheticPairedDataset(_SyntheticBase):
         clean_fraction: the share of samples left clean (an identity pair, no degradation drawn),
             labelled :data:`data.CLEAN` with ``degradation_index`` -1 and an all-zero ``multi_hot``.
         clean_dark: as :class:`data.paired.PairedDataset` (a share of the clean pairs shown dark).
-        patch_size, small_images, augment, clip_size, clip_mean, clip_std, clip_input: as
+        patch_size, small_images, augment, clip_size, clip_mean, clip_std, clip_input, clip_views: as
             :class:`data.paired.PairedDataset`.
     """
 
@@ -437,7 +438,8 @@ class SyntheticPairedDataset(_SyntheticBase):
         clip_size: int = 224,
         clip_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         clip_std: Sequence[float] = OPENAI_CLIP_STD,
-        clip_input: Literal["patch", "image"] = "patch",
+        clip_input: Literal["patch", "image", "views"] = "patch",
+        clip_views: int = 0,
         degrade_at: Literal["image", "patch"] = "image",
         max_size: int | None = None,
         length: int | None = None,
@@ -446,11 +448,10 @@ class SyntheticPairedDataset(_SyntheticBase):
         clean_fraction: float = 0.0,
         clean_dark: float = 0.0,
     ) -> None:
-        if clip_input not in ("patch", "image"):
-            raise ValueError(f"clip_input must be 'patch' or 'image', got {clip_input!r}")
+        check_clip_input(clip_input, clip_views)
         if degrade_at not in ("image", "patch"):
             raise ValueError(f"degrade_at must be 'image' or 'patch', got {degrade_at!r}")
-        if degrade_at == "patch" and clip_input == "image":
+        if degrade_at == "patch" and clip_input != "patch":
             raise ValueError("degrade_at='patch' degrades only the patch: it needs clip_input='patch'")
         if small_images not in ("pad", "reject"):
             raise ValueError(f"small_images must be 'pad' or 'reject', got {small_images!r}")
@@ -464,6 +465,7 @@ class SyntheticPairedDataset(_SyntheticBase):
         self.clip_mean = tuple(clip_mean)
         self.clip_std = tuple(clip_std)
         self.clip_input = clip_input
+        self.clip_views = int(clip_views)
         self.degrade_at = degrade_at
         if not 0.0 <= clean_fraction < 1.0:
             raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
@@ -513,7 +515,9 @@ class SyntheticPairedDataset(_SyntheticBase):
         clip = (self.clip_size, self.clip_mean, self.clip_std)
         augment = crop if self.augment else None
         return {
-            **pair_tensors(lq, gt, full_lq, augment, clip=clip, clip_input=self.clip_input),
+            **pair_tensors(
+                lq, gt, full_lq, augment, clip=clip, clip_input=self.clip_input, clip_views=self.clip_views
+            ),
             **self._labels(names),
             "lq_path": str(image.path),
             "gt_path": str(image.path),

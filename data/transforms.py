@@ -12,9 +12,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from data.clip_input import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_input_array
+from data.clip_input import (
+    CROP_ALIGN,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    clip_input_array,
+    grid_views_array,
+    normalise_array,
+    resize_short_side,
+)
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -56,11 +63,7 @@ def clip_transform_batch(images: torch.Tensor, size: int = 224, **kwargs) -> tor
 
 def _normalise(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(H, W, 3)`` in [0, 1] -> CLIP-normalised ``(3, H, W)``, truncated to uint8 levels first (as above)."""
-    levels = (np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8).astype(np.float32) / 255.0
-    out = torch.from_numpy(np.ascontiguousarray(levels)).permute(2, 0, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (out - mean_t) / std_t
+    return torch.from_numpy(normalise_array(img, mean, std))
 
 
 def _at_least(img: np.ndarray, size: int) -> np.ndarray:
@@ -73,16 +76,7 @@ def _at_least(img: np.ndarray, size: int) -> np.ndarray:
 
 def clip_transform_resized(img: np.ndarray, short: int) -> np.ndarray:
     """``img`` with its shorter side resized (bicubic, uint8 levels) to ``short`` pixels."""
-    pil = Image.fromarray((np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8))
-    width, height = pil.size
-    scale = short / min(width, height)
-    size = (max(short, round(width * scale)), max(short, round(height * scale)))
-    return np.asarray(pil.resize(size, Image.BICUBIC), dtype=np.float32) / 255.0
-
-
-#: Crops and views start on multiples of this (JPEG's 8 x 8 block grid starts at the image's corner,
-#: so an aligned crop keeps the block phase, which an 8-px-patch ViT then sees at its patch edges).
-CROP_ALIGN = 8
+    return resize_short_side(img, short)
 
 
 def _aligned_offsets(rng: np.random.Generator, h: int, w: int, size: int, count: int) -> np.ndarray:
@@ -149,10 +143,6 @@ def native_crops(
     return torch.stack(crops)
 
 
-def _on_grid(offsets: np.ndarray) -> np.ndarray:
-    return offsets // CROP_ALIGN * CROP_ALIGN
-
-
 def grid_views(
     img: np.ndarray,
     size: int,
@@ -164,10 +154,4 @@ def grid_views(
 
     The test-time counterpart of :func:`native_crop`: a classifier averages its predictions over them.
     """
-    img = _at_least(img, size)
-    h, w = img.shape[:2]
-    # Evenly spread, each offset moved down to the 8-px grid (JPEG's block phase, as in training).
-    tops = _on_grid(np.linspace(0, h - size, grid).round().astype(int))
-    lefts = _on_grid(np.linspace(0, w - size, grid).round().astype(int))
-    crops = [_normalise(img[t : t + size, x : x + size], mean, std) for t in tops for x in lefts]
-    return torch.stack(crops)
+    return torch.from_numpy(grid_views_array(img, size, grid, mean, std))

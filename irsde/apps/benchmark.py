@@ -234,6 +234,7 @@ def benchmark_restoration(
         order=order,
         grid=grid,
         tile=tile,  # type: ignore[arg-type]
+        clip_input="views" if cfg.data.clip_input == "views" else "image",
     )
     seconds = _seconds_per_image(pipeline, lq, clip, device, repeats)
     return {

@@ -23,7 +23,7 @@ import numpy as np
 
 from daclip.engine.errors import UserError
 from daclip.engine.folder import CONFIG_NAME, read_folder_config
-from data.clip_input import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_input_array
+from data.clip_input import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_input_array, grid_views_array
 
 __all__ = ["OnnxRestorer", "SDETables", "mr_sample", "mr_timesteps"]
 
@@ -179,6 +179,8 @@ class OnnxRestorer:
         self.clip_size = int(clip.get("image_size", 224))
         self.clip_mean = tuple(clip.get("mean", OPENAI_CLIP_MEAN))
         self.clip_std = tuple(clip.get("std", OPENAI_CLIP_STD))
+        #: The grid side of DA-CLIP's views when the restorer is conditioned on them (0: the resized image).
+        self.clip_views = int(clip.get("views", 1)) if config.get("clip_input") == "views" else 0
 
     def _session(self, relative: str, providers: list[str] | None, threads: int | None) -> Any:
         import onnxruntime
@@ -201,13 +203,21 @@ class OnnxRestorer:
         """The DA-CLIP inputs of ``restorer.onnx`` for ``lq`` (B, 3, H, W) in [0, 1] (none without DA-CLIP)."""
         if self.daclip is None:
             return {}
-        clip = np.stack(
-            [
-                clip_input_array(image.transpose(1, 2, 0), self.clip_size, self.clip_mean, self.clip_std)
-                for image in lq
-            ]
-        )  # (B, 3, S, S)
-        content_emb, degra_emb = self.daclip.run(None, {"clip_images": clip})
+        size, mean, std = self.clip_size, self.clip_mean, self.clip_std
+        if self.clip_views:  # the mean embedding over the grid of native crops, as the PyTorch path
+            views = np.stack(
+                [grid_views_array(i.transpose(1, 2, 0), size, self.clip_views, mean, std) for i in lq]
+            )
+            content_emb, degra_emb = self.daclip.run(
+                None, {"clip_images": views.reshape(-1, *views.shape[2:])}
+            )
+            content_emb = content_emb.reshape(*views.shape[:2], -1).mean(1)
+            degra_emb = degra_emb.reshape(*views.shape[:2], -1).mean(1)
+        else:
+            clip = np.stack(
+                [clip_input_array(i.transpose(1, 2, 0), size, mean, std) for i in lq]
+            )  # (B, 3, S, S)
+            content_emb, degra_emb = self.daclip.run(None, {"clip_images": clip})
         found = {"content_emb": content_emb, "degra_emb": degra_emb}
         return {name: found[name] for name in self.inputs if name in found}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,10 @@ PAPER_SDE: dict[str, Any] = dict(max_sigma=50.0, T=100, schedule="cosine", eps=0
 def default_clamp_x0(prediction: PredictionType) -> bool:
     """Clamp x̂_0 by default for the data predictions; not for ``noise`` (the released model's numerics)."""
     return IRSDE.check_prediction(prediction) != "noise"
+
+
+#: DA-CLIP's input at test time (see :attr:`RestorationPipeline.clip_input`).
+ClipInput = Literal["image", "views"]
 
 
 class Embedder(Protocol):
@@ -110,9 +114,17 @@ class RestorationPipeline:
         tile_overlap: int = 64,
         tile_batch_size: int = 4,
         self_ensemble: bool = False,
+        clip_input: ClipInput = "image",
     ) -> None:
         if uses_daclip(model) and embedder is None:
             raise ValueError("this restorer is conditioned on DA-CLIP embeddings: give a DA-CLIP checkpoint")
+        if clip_input not in ("image", "views"):
+            raise ValueError(f"clip_input must be 'image' or 'views', got {clip_input!r}")
+        if clip_input == "views" and int(getattr(embedder, "views", 1)) < 2:
+            raise UserError(
+                "this restorer is conditioned on DA-CLIP's grid of native crops (data.clip_input: views), "
+                "but the DA-CLIP given was not trained on native crops"
+            )
         self.one_pass = sde is None
         if not self.one_pass:
             check_sampler_options(sampler, order, grid)
@@ -131,6 +143,9 @@ class RestorationPipeline:
         self.tile_overlap = tile_overlap
         self.tile_batch_size = tile_batch_size
         self.self_ensemble = bool(self_ensemble)
+        #: DA-CLIP's input: the whole image resized (``image``, the paper) or its grid of native crops,
+        #: the embeddings averaged over them (``views``, a restorer trained with data.clip_input: views).
+        self.clip_input: ClipInput = clip_input
         #: What :meth:`from_checkpoint` loaded (None for a pipeline built from modules).
         self.loaded: LoadedRestorer | None = None
         #: The classifier vocabulary: the degradations the model was trained on, when recorded (plus
@@ -185,6 +200,7 @@ class RestorationPipeline:
         if loaded.needs_daclip and not weights:
             raise UserError(f"{path} is conditioned on DA-CLIP: give its weights ({daclip_option})")
         embedder = build_embedder(DaCLIPSection(weights, clip_model, model_config), device)
+        options.setdefault("clip_input", loaded.clip_input())
         pipeline = cls(
             loaded.model.to(device),
             loaded.sde.to(device) if loaded.sde is not None else None,
@@ -227,6 +243,7 @@ class RestorationPipeline:
         for key in ("order", "grid", "clamp_x0"):
             if options.get(key) is None:
                 options[key] = getattr(defaults, key)
+        options.setdefault("clip_input", loaded.config.clip_input)
         embedder = loaded.daclip
         if daclip:
             embedder = build_embedder(DaCLIPSection(str(daclip), clip_model, model_config), device)
@@ -287,9 +304,12 @@ class RestorationPipeline:
         return next(self.model.parameters()).device
 
     def clip_inputs(self, lq: Tensor) -> Tensor:
-        """The exact DA-CLIP transform of an LQ batch (B, 3, H, W) in [0, 1]."""
+        """The exact DA-CLIP transform of an LQ batch (B, 3, H, W) in [0, 1]: ``(B, 3, S, S)``, or its grid
+        of native crops ``(B, V, 3, S, S)`` for a restorer conditioned on them (:attr:`clip_input`)."""
         if self.embedder is None:
             raise ValueError("no DA-CLIP embedder in this pipeline")
+        if self.clip_input == "views":
+            return self.embedder.grid_views(lq)
         size = int(getattr(self.embedder, "image_size", 224))
         mean = getattr(self.embedder, "mean", OPENAI_CLIP_MEAN)
         std = getattr(self.embedder, "std", OPENAI_CLIP_STD)
@@ -297,10 +317,14 @@ class RestorationPipeline:
 
     @torch.no_grad()
     def embed(self, lq: Tensor, lq_clip: Tensor | None = None) -> dict[str, Tensor]:
-        """The U-Net keyword arguments (``degra_emb``, ``content_emb``) for this batch."""
+        """The U-Net keyword arguments (``degra_emb``, ``content_emb``) for this batch.
+
+        A restorer conditioned on DA-CLIP's views computes them from ``lq`` (``lq_clip``, the resized whole
+        image datasets give, is not its input).
+        """
         if self.embedder is None:
             return {}
-        if lq_clip is None:
+        if lq_clip is None or self.clip_input == "views":
             lq_clip = self.clip_inputs(lq)
         content_emb, degra_emb = self.embedder(lq_clip.to(self.device))  # (B, D) each
         return daclip_kwargs(self.model, content_emb, degra_emb)
@@ -416,6 +440,11 @@ class LoadedRestorer:
         when not recorded (then the parametrisation's default applies)."""
         clamp = self._section("train").get("val_clamp_x0")
         return clamp if isinstance(clamp, bool) else None
+
+    def clip_input(self) -> ClipInput:
+        """DA-CLIP's input at test time: ``views`` for a restorer trained with data.clip_input: views (the
+        embeddings averaged over the DA-CLIP's grid of native crops), else ``image`` (the paper)."""
+        return "views" if self._section("data").get("clip_input") == "views" else "image"
 
     def _section(self, name: str) -> Mapping[str, Any]:
         """The recorded training config's section ``name`` ({} for released weights or when absent)."""

@@ -102,6 +102,11 @@ class PretrainedConfig:
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     degradations: list[str] = field(default_factory=list)
     daclip: ClipSource | None = None
+    clip_input: Literal["image", "views"] = spec(
+        "image",
+        help="DA-CLIP's input: the whole image resized, or the embeddings averaged over its grid of "
+        "native crops (a restorer trained with data.clip_input: views)",
+    )
     source: dict[str, Any] = field(default_factory=dict)
     onnx: OnnxGraphs | None = None
 
@@ -123,6 +128,8 @@ class PretrainedConfig:
                 )
         if uses_daclip(self.model) and self.daclip is None:
             raise ConfigError("daclip: required, the restorer is conditioned on DA-CLIP embeddings")
+        if self.clip_input == "views" and (self.daclip is None or self.daclip.views < 2):
+            raise ConfigError("clip_input: views needs a DA-CLIP trained on native crops (daclip.views >= 2)")
 
 
 def parse_config(folder: str | os.PathLike) -> PretrainedConfig:
@@ -198,6 +205,7 @@ def describe_pipeline(pipeline: Any, source: dict[str, Any] | None = None) -> Pr
         ),
         degradations=list(pipeline.degradations),
         daclip=clip_source,
+        clip_input=getattr(pipeline, "clip_input", "image"),
         source=dict(source or {}),
     )
 

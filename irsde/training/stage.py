@@ -92,9 +92,11 @@ class IRDataSection:
     degradations: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADATIONS))
     patch_size: int = spec(256, minimum=16)
     small_images: Literal["pad", "reject"] = "pad"
-    clip_input: Literal["patch", "image"] = spec(
+    clip_input: Literal["patch", "image", "views"] = spec(
         "patch",
-        help="DA-CLIP's training input: the crop (official) or the whole LQ image (as at test time)",
+        help="DA-CLIP's input: the training crop (official), the whole LQ image (as at test time), or "
+        "views: the embeddings averaged over the DA-CLIP's own grid of native crops of the whole LQ "
+        "image, in training and at test time (for a DA-CLIP trained on native crops, e.g. the demo's)",
     )
     clean_fraction: float = spec(
         0.0,
@@ -191,6 +193,11 @@ class IRTrainConfig:
             raise ConfigError(
                 "daclip.checkpoint: required when model.use_degra_context or model.use_image_context is on "
                 "(set both to false for the plain IR-SDE baseline)"
+            )
+        if self.data.degrade_at == "patch" and self.data.clip_input != "patch":
+            raise ConfigError(
+                f"data.clip_input: {self.data.clip_input} shows DA-CLIP the whole degraded image, but "
+                "data.degrade_at: patch degrades only the crop (use clip_input: patch, or degrade_at: image)"
             )
         if self.train.timestep_grid is not None and self.train.timestep_grid > self.sde.T:
             raise ConfigError(f"train.timestep_grid: {self.train.timestep_grid} exceeds sde.T ({self.sde.T})")
@@ -324,6 +331,11 @@ class IRStage(Stage):
             raise ConfigError("data.clean_root: required with data.source: synthetic (clean photos)")
         self.run = run
         self.embedder = build_embedder(cfg.daclip, device)
+        if cfg.data.clip_input == "views" and int(getattr(self.embedder, "views", 1)) < 2:
+            raise ConfigError(
+                "data.clip_input: views needs a DA-CLIP trained on native crops (its checkpoint's test "
+                "views >= 2; daclip.checkpoint names none, or one that classifies the resized image)"
+            )
         # The DA-CLIP weights, recorded in every checkpoint by absolute path and content (sha256).
         self.daclip_record = (
             file_fingerprint(cfg.daclip.checkpoint) if cfg.daclip.checkpoint and info.is_main else None
@@ -386,6 +398,11 @@ class IRStage(Stage):
         if train.timestep_grid is not None:
             self.train_grid = make_timesteps(self.sde.T, train.timestep_grid).to(device)
 
+    @property
+    def clip_views(self) -> int:
+        """The grid side of the DA-CLIP's views when stage 2 is conditioned on them (0: one input)."""
+        return int(self.embedder.views) if self.cfg.data.clip_input == "views" else 0
+
     def _datasets(self) -> tuple[Any, Any, list[int]]:
         """Training pairs, and the validation pairs (headers checked now) with the subset validated."""
         from data.paired import PairedDataset  # datasets are only needed when training
@@ -398,19 +415,20 @@ class IRStage(Stage):
             clip_kwargs = dict(
                 clip_size=int(embedder.image_size), clip_mean=embedder.mean, clip_std=embedder.std
             )
+        train_clip = dict(clip_input=cfg.data.clip_input, clip_views=self.clip_views)
         if cfg.data.source == "synthetic":
             train_set: Any = SyntheticPairedDataset(
                 cfg.data.clean_root,
                 cfg.data.synthesis,
                 patch_size=cfg.data.patch_size,
                 small_images=cfg.data.small_images,
-                clip_input=cfg.data.clip_input,
                 degrade_at=cfg.data.degrade_at,
                 max_size=cfg.data.max_size or None,
                 length=cfg.data.samples_per_epoch or None,
                 seed=cfg.experiment.seed,
                 clean_fraction=cfg.data.clean_fraction,
                 clean_dark=cfg.data.clean_dark,
+                **train_clip,
                 **clip_kwargs,
             )
         else:
@@ -420,9 +438,9 @@ class IRStage(Stage):
                 mode="train",
                 patch_size=cfg.data.patch_size,
                 small_images=cfg.data.small_images,
-                clip_input=cfg.data.clip_input,
                 clean_fraction=cfg.data.clean_fraction,
                 clean_dark=cfg.data.clean_dark,
+                **train_clip,
                 **clip_kwargs,
             )
         if not (cfg.data.val_root and cfg.train.val_every):
@@ -579,6 +597,7 @@ class IRStage(Stage):
             sampler=self.cfg.train.val_sampler,
             num_steps=self.cfg.train.val_steps,
             clamp_x0=self.cfg.train.val_clamp_x0,
+            clip_input="views" if self.clip_views else "image",
         )
         metrics, rows = validate(pipeline, self.val_set, self.val_indices, self.cfg.experiment.seed)
         for name, value in metrics.items():
