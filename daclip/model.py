@@ -25,13 +25,14 @@ the starting point of training, not what a released checkpoint computes).
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["Controller", "DaCLIP", "check_vision_tower"]
+__all__ = ["Controller", "DaCLIP", "check_vision_tower", "dct_patch_filters", "init_patch_embedding_dct"]
 
 
 def check_vision_tower(tower: nn.Module) -> None:
@@ -91,6 +92,42 @@ def _run_block(block: nn.Module, x: torch.Tensor, use_checkpoint: bool) -> torch
     if use_checkpoint and torch.is_grad_enabled():
         return checkpoint(block, x, use_reentrant=False)
     return block(x)
+
+
+def dct_patch_filters(width: int, patch: int) -> torch.Tensor:
+    """A frequency basis for a patch embedding ``Conv2d(3, width, patch, stride=patch)``: ``(n, 3, p, p)``.
+
+    The first three filters take each colour channel's mean; then the orthonormal 2-D DCT-II basis
+    functions of the patch on the luminance (the three channels alike), lowest frequencies first,
+    without the constant one; ``n = min(width, p² + 2)``. A random-initialised tower that starts from
+    them sees each patch as JPEG does: blocking, noise and blur are then differences between
+    coefficients rather than something its first layer must discover.
+    """
+    coords = torch.arange(patch, dtype=torch.float64)
+
+    def cosine(freq: int) -> torch.Tensor:  # (p,) orthonormal DCT-II
+        scale = math.sqrt((1 if freq == 0 else 2) / patch)
+        return scale * torch.cos((2 * coords + 1) * freq * math.pi / (2 * patch))
+
+    pairs = sorted(
+        ((u, v) for u in range(patch) for v in range(patch) if u or v), key=lambda uv: (sum(uv), uv)
+    )
+    count = min(width, patch * patch + 2)
+    filters = torch.zeros(count, 3, patch, patch, dtype=torch.float64)
+    for channel in range(min(3, count)):
+        filters[channel, channel] = 1.0 / patch  # the channel's DC coefficient
+    for index, (u, v) in zip(range(3, count), pairs):
+        filters[index] = torch.outer(cosine(u), cosine(v)).expand(3, patch, patch) / math.sqrt(3.0)
+    return filters.float()
+
+
+@torch.no_grad()
+def init_patch_embedding_dct(tower: nn.Module) -> None:
+    """Start a vision tower's patch embedding (``conv1``) as :func:`dct_patch_filters`; its other filters,
+    when it is wider, keep their values."""
+    conv = tower.conv1
+    filters = dct_patch_filters(conv.out_channels, conv.kernel_size[0])
+    conv.weight[: filters.shape[0]] = filters.to(conv.weight)
 
 
 class Controller(nn.Module):

@@ -76,7 +76,7 @@ from daclip.engine.preflight import check_images
 from daclip.engine.run_folder import ExperimentConfig
 from daclip.engine.runtime import autocast, seed_everything
 from daclip.loss import DaCLIPLoss, DaCLIPLossOutput, DegradationLoss
-from daclip.model import DaCLIP
+from daclip.model import DaCLIP, init_patch_embedding_dct
 from daclip.pretrained import CHECKPOINT_FORMAT, ClipSource, build_daclip, make_tokenizer
 from daclip.zero_shot import ZeroShotClassifier, clean_weight_for_rate, encode_names
 from data import CLEAN, DEFAULT_DEGRADATIONS
@@ -118,6 +118,11 @@ class ModelSection:
         "",
         must_exist=True,
         help="optional open_clip JSON (file stem = clip_model), e.g. configs/open_clip/*.json",
+    )
+    patch_init: Literal["copy", "dct"] = spec(
+        "copy",
+        help="the trained image tower's patch embedding at the start: as built (the paper: the controller "
+        "is a copy of CLIP's), or a DCT frequency basis (for a randomly initialised CLIP, e.g. the CPU demo's)",
     )
 
     def validate(self) -> None:
@@ -692,6 +697,10 @@ class DaCLIPStage(Stage):
         )
         if info.is_main:
             barrier()
+        if cfg.model.patch_init == "dct":  # the tower that trains: the controller's, or plain CLIP's
+            init_patch_embedding_dct(
+                model.clip.visual if cfg.train.image_tower == "clip" else model.controller.tower
+            )
         seed_everything(cfg.experiment.seed, info.rank)
         self.model = model.to(device)
         if info.distributed:

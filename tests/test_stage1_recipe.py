@@ -163,3 +163,53 @@ def test_clip_source_records_the_clean_weight_only_when_calibrated() -> None:
     assert "clean_weight" not in paper.to_dict()
     demo = ClipSource("ViT-Tiny-8", {"embed_dim": 32}, views=3, vocabulary=("hazy", CLEAN), clean_weight=0.4)
     assert ClipSource.from_dict(demo.to_dict()) == demo
+
+
+def test_dct_patch_filters_are_an_orthonormal_frequency_basis() -> None:
+    from daclip.model import dct_patch_filters
+
+    filters = dct_patch_filters(64, 8)
+    assert filters.shape == (64, 3, 8, 8)
+    flat = filters.flatten(1).double()  # (64, 192)
+    ac = flat[3:]
+    assert torch.allclose(ac @ ac.T, torch.eye(61, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(flat[:3] @ ac.T, torch.zeros(3, 61, dtype=torch.float64), atol=1e-6)
+    flat_colour = torch.rand(3, 1, 1).expand(3, 8, 8)  # a patch of one colour: only the DC filters respond
+    response = (filters * flat_colour).sum(dim=(1, 2, 3))
+    assert torch.allclose(response[:3], flat_colour[:, 0, 0] * 8, atol=1e-5)
+    assert response[3:].abs().max() < 1e-5
+    assert dct_patch_filters(8, 8).shape[0] == 8 and dct_patch_filters(100, 4).shape[0] == 18  # 3 DC + 15 AC
+
+
+def test_dct_init_changes_only_the_controllers_patch_embedding() -> None:
+    from daclip.model import dct_patch_filters, init_patch_embedding_dct
+
+    model = _tiny_daclip()
+    with torch.no_grad():
+        for linear in model.controller.zero_linears:
+            linear.weight.zero_()  # as at the start of training
+    images = torch.rand(2, 3, 16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = model.encode_image(images, control=False)
+    init_patch_embedding_dct(model.controller.tower)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed == ["controller.tower.conv1.weight"]
+    assert torch.equal(model.controller.tower.conv1.weight, dct_patch_filters(32, 8)[:32])
+    content, _ = model.encode_image(images, control=True)
+    assert torch.allclose(content, plain)  # the frozen CLIP is untouched and the control still zero
+
+
+def test_the_demo_stage1_config_starts_the_controller_from_the_dct_basis() -> None:
+    import yaml
+
+    from daclip.engine.config import ConfigError, load_config
+    from daclip.train import DaCLIPTrainConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    demo = yaml.safe_load((configs / "daclip_demo.yml").read_text())
+    assert demo["model"]["patch_init"] == "dct"
+    paper = yaml.safe_load((configs / "daclip.yml").read_text())
+    assert "patch_init" not in paper["model"]  # the paper: a copy of the pretrained tower
+    assert load_config(DaCLIPTrainConfig, None, []).model.patch_init == "copy"
+    with pytest.raises(ConfigError, match="model.patch_init"):
+        load_config(DaCLIPTrainConfig, None, ["model.patch_init=fft"])
