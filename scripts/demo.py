@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the NAFNet + DA-CLIP restorer (trained after the IR-SDE one, about 1 min on 2 CPU cores)",
     )
+    p.add_argument(
+        "--clip-input",
+        default=defaults.clip_input,
+        choices=["image", "views"],
+        help="the DA-CLIP input of the conditioned restorers (data.clip_input): the resized photo, or the "
+        "mean embedding over DA-CLIP's grid of native crops (see the README)",
+    )
     args = p.parse_args(argv)
     settings = DemoSettings(
         daclip_epochs=args.daclip_epochs,
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler=args.sampler,
         sampling_steps=args.steps,
         nafnet=not args.no_nafnet,
+        clip_input=args.clip_input,
     )
     return run_main(
         lambda: (

@@ -93,6 +93,9 @@ class DemoSettings:
     sampling_steps: int | None = 1
     seed: int = 0
     nafnet: bool = True  # also NAFNet + DA-CLIP (one network evaluation per image), at the same budget
+    #: DA-CLIP's input of the conditioned restorers (data.clip_input): ``image``, the resized photo, or
+    #: ``views``, the embeddings averaged over the DA-CLIP's grid of native crops, which it classifies from.
+    clip_input: str = "image"
 
 
 def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings, image_tower: str = "controller") -> Path:
@@ -107,7 +110,7 @@ def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings, image_tower
             f"experiment.root={demo_dir}",
             f"experiment.name={'daclip' if image_tower == 'controller' else 'plain_clip'}",
             f"experiment.seed={settings.seed}",
-            f"data.clean_root={data_root / 'train_clean.csv'}",
+            f"data.clean_root={data_root / 'daclip_clean.csv'}",
             f"data.val_csv={data_root / 'val.csv'}",
             f"model.model_config={config_path('open_clip/ViT-Tiny-8.json')}",
             *([f"train.epochs={settings.daclip_epochs}"] if settings.daclip_epochs else []),
@@ -255,6 +258,7 @@ def _stage2(
             f"data.train_root={data_root / 'train'}",
             f"data.val_root={data_root / 'val'}",
             f"data.patch_size={settings.patch_size}",
+            f"data.clip_input={settings.clip_input if conditioned else 'image'}",
             f"train.total_steps={settings.ir_steps}",
             f"train.save_every={settings.ir_steps}",
             "train.val_every=0",
