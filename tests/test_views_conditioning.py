@@ -209,3 +209,36 @@ def test_a_model_folder_keeps_the_views_input(grid_daclip, tmp_path) -> None:
     assert loaded.clip_input == "views"
     lq = _images(seed=5)
     assert torch.equal(loaded.embed(lq)["degra_emb"], pipeline.embed(lq)["degra_emb"])
+
+
+def test_the_embeddings_of_written_pairs_are_computed_once_and_train_alike(
+    grid_daclip, tmp_path, monkeypatch
+) -> None:
+    """A written pair's whole-image DA-CLIP input never changes, so its embeddings are cached: the same
+    training as computing them every step, with one DA-CLIP pass per distinct pair."""
+    from daclip.inference import FrozenDaCLIP
+    from irsde.training.stage import IRStage
+
+    root = _paired_root(tmp_path / "data")
+    calls: list[int] = []
+    encode = FrozenDaCLIP.encode_image
+
+    def counting(self, clip_images):
+        calls.append(clip_images.shape[0])
+        return encode(self, clip_images)
+
+    monkeypatch.setattr(FrozenDaCLIP, "encode_image", counting)
+    overrides = ("train.total_steps=6", "train.save_every=6", "train.val_every=0", "data.clean_fraction=0.3")
+    cached = load_checkpoint(
+        train(_stage2_config(root, tmp_path / "a", grid_daclip, *overrides)) / "checkpoints" / "latest.pt"
+    )
+    cached_calls = sum(calls)
+    assert cached_calls <= 6  # 3 pairs and their 3 clean GTs at most, though 6 steps x 2 samples were drawn
+    calls.clear()
+    monkeypatch.setattr(IRStage, "_cached_embeddings", lambda self, batch: self._embed(batch["lq_clip"]))
+    every = load_checkpoint(
+        train(_stage2_config(root, tmp_path / "b", grid_daclip, *overrides)) / "checkpoints" / "latest.pt"
+    )
+    assert sum(calls) == 12
+    for key, value in every["model"].items():
+        assert torch.allclose(cached["model"][key], value, atol=1e-5), key

@@ -93,9 +93,9 @@ class DemoSettings:
     sampling_steps: int | None = 1
     seed: int = 0
     nafnet: bool = True  # also NAFNet + DA-CLIP (one network evaluation per image), at the same budget
-    #: DA-CLIP's input of the conditioned restorers (data.clip_input): ``image``, the resized photo, or
-    #: ``views``, the embeddings averaged over the DA-CLIP's grid of native crops, which it classifies from.
-    clip_input: str = "image"
+    #: DA-CLIP's input of the conditioned restorers (data.clip_input): ``views``, the embeddings averaged
+    #: over the DA-CLIP's grid of native crops, which it classifies from; ``image``, the resized photo.
+    clip_input: str = "views"
 
 
 def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings, image_tower: str = "controller") -> Path:

@@ -320,6 +320,8 @@ class IRStage(Stage):
     def __init__(self, cfg: IRTrainConfig) -> None:
         super().__init__(cfg)
         self.total_steps = cfg.train.total_steps
+        #: The DA-CLIP embeddings of the training pairs whose DA-CLIP input never changes (see setup).
+        self.embedding_cache: dict[str, tuple[Tensor, Tensor]] | None = None
 
     # -- setup: everything that can fail on the user's inputs, before the run folder exists
 
@@ -341,6 +343,11 @@ class IRStage(Stage):
             file_fingerprint(cfg.daclip.checkpoint) if cfg.daclip.checkpoint and info.is_main else None
         )
         self.train_set, self.val_set, self.val_indices = self._datasets()
+        # A written pair's whole-image DA-CLIP input never changes (a clean pair's neither, unless shown
+        # at a random dark exposure): its embeddings are computed once. The official patch input is not.
+        data = cfg.data
+        cacheable = data.source == "paired" and data.clip_input in ("image", "views") and data.clean_dark == 0
+        self.embedding_cache = {} if self.embedder is not None and cacheable else None
         self.build(run, self.embedder)
         train = cfg.train
         self.sampler = EpochSampler(
@@ -539,9 +546,28 @@ class IRStage(Stage):
         """The U-Net's DA-CLIP keyword arguments for this batch (the frozen DA-CLIP, no grad)."""
         if self.embedder is None:
             return {}
-        with torch.no_grad(), autocast(self.run.device, self.cfg.train.precision):
-            content_emb, degra_emb = self.embedder(batch["lq_clip"])  # (B, D) each
+        if self.embedding_cache is not None:
+            content_emb, degra_emb = self._cached_embeddings(batch)
+        else:
+            content_emb, degra_emb = self._embed(batch["lq_clip"])  # (B, D) each
         return daclip_kwargs(self.cfg.model, content_emb, degra_emb)
+
+    def _embed(self, lq_clip: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad(), autocast(self.run.device, self.cfg.train.precision):
+            return self.embedder(lq_clip)
+
+    def _cached_embeddings(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The embeddings of written pairs whose DA-CLIP input is the whole (unaugmented) LQ image: the
+        same for every draw of a pair, so each is computed once (a grid of views costs a DA-CLIP pass
+        per view)."""
+        cache = self.embedding_cache
+        keys = [f"{name}|{path}" for name, path in zip(batch["degradation"], batch["lq_path"])]
+        missing = [i for i, key in enumerate(keys) if key not in cache]
+        if missing:
+            content_emb, degra_emb = self._embed(batch["lq_clip"][missing])
+            for row, i in enumerate(missing):
+                cache[keys[i]] = (content_emb[row], degra_emb[row])
+        return tuple(torch.stack([cache[key][part] for key in keys]) for part in (0, 1))  # type: ignore[return-value]
 
     def train_step(self, batch: dict[str, Any], step: int) -> StepResult:
         cfg, device = self.cfg, self.run.device
