@@ -87,7 +87,7 @@ class DemoSettings:
 
     daclip_epochs: int | None = None  # stage-1 epochs (None = configs/daclip_demo.yml's)
     daclip_samples: int = 0  # stage-1 samples per epoch (0 = configs/daclip_demo.yml's)
-    ir_steps: int = 800
+    ir_steps: int = 640
     patch_size: int = 48  # stage-2 training patch of both restorers (the 128-px demo crops)
     sampler: str = "mr"
     sampling_steps: int | None = 1
