@@ -24,6 +24,7 @@ __all__ = [
     "clip_input_array",
     "grid_views_array",
     "normalise_array",
+    "at_least",
     "resize_short_side",
 ]
 
@@ -79,6 +80,11 @@ def resize_short_side(img: np.ndarray, short: int) -> np.ndarray:
     return np.asarray(pil.resize(size, Image.BICUBIC), dtype=np.float32) / 255.0
 
 
+def at_least(img: np.ndarray, size: int) -> np.ndarray:
+    """``img`` itself when its shorter side is ``size`` or more, else upscaled to it (bicubic)."""
+    return img if min(img.shape[:2]) >= size else resize_short_side(img, size)
+
+
 def grid_views_array(
     img: np.ndarray,
     size: int,
@@ -93,8 +99,7 @@ def grid_views_array(
     """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"grid views need an (H, W, 3) RGB image, got shape {img.shape}")
-    if min(img.shape[:2]) < size:
-        img = resize_short_side(img, size)
+    img = at_least(img, size)
     h, w = img.shape[:2]
     tops = np.linspace(0, h - size, grid).round().astype(int) // CROP_ALIGN * CROP_ALIGN
     lefts = np.linspace(0, w - size, grid).round().astype(int) // CROP_ALIGN * CROP_ALIGN

@@ -17,10 +17,10 @@ from data.clip_input import (
     CROP_ALIGN,
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
+    at_least,
     clip_input_array,
     grid_views_array,
     normalise_array,
-    resize_short_side,
 )
 
 __all__ = [
@@ -66,19 +66,6 @@ def _normalise(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> 
     return torch.from_numpy(normalise_array(img, mean, std))
 
 
-def _at_least(img: np.ndarray, size: int) -> np.ndarray:
-    """Upscale (bicubic) an image whose shorter side is below ``size``; larger images are untouched."""
-    h, w = img.shape[:2]
-    if min(h, w) >= size:
-        return img
-    return clip_transform_resized(img, size)
-
-
-def clip_transform_resized(img: np.ndarray, short: int) -> np.ndarray:
-    """``img`` with its shorter side resized (bicubic, uint8 levels) to ``short`` pixels."""
-    return resize_short_side(img, short)
-
-
 def _aligned_offsets(rng: np.random.Generator, h: int, w: int, size: int, count: int) -> np.ndarray:
     """``(count, 2)`` random (top, left) offsets on the :data:`CROP_ALIGN` grid (any offset when the
     image leaves no aligned room)."""
@@ -122,7 +109,7 @@ def native_crops(
 ) -> torch.Tensor:
     """``count`` crops as :func:`native_crop` from one image: ``(count, 3, size, size)``; with a
     ``reference``, the ``count`` of ``max(tries, 2 * count)`` offsets where most pixels changed."""
-    resized = _at_least(img, size)
+    resized = at_least(img, size)
     h, w = resized.shape[:2]
     draws = max(tries, 2 * count) if reference is not None else count
     offsets = _aligned_offsets(rng, h, w, size, draws)
