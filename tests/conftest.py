@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,9 +72,11 @@ def write_tiny_ir_checkpoint(
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_daclip_checkpoint(tmp_path_factory) -> Path:
-    """A full (self-contained) checkpoint of a tiny random DA-CLIP with non-zero control."""
+def write_tiny_daclip_checkpoint(path: Path, **source_changes: Any) -> Path:
+    """A full (self-contained) checkpoint of a tiny random DA-CLIP with non-zero control;
+    ``source_changes`` replace fields of its recorded :class:`daclip.pretrained.ClipSource` (``views``, ...)."""
+    from dataclasses import replace
+
     from daclip.pretrained import build_daclip
     from daclip.train import make_checkpoint
     from tests.test_daclip_model import TINY_CONFIG, TINY_NAME
@@ -83,9 +86,14 @@ def tiny_daclip_checkpoint(tmp_path_factory) -> Path:
     with torch.no_grad():
         for linear in model.controller.zero_linears:
             linear.weight.normal_(0.0, 0.2)
-    path = tmp_path_factory.mktemp("daclip") / "daclip_tiny.pt"
-    save_checkpoint(path, make_checkpoint(model, source, full=True))
+    save_checkpoint(path, make_checkpoint(model, replace(source, **source_changes), full=True))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_daclip_checkpoint(tmp_path_factory) -> Path:
+    """A full (self-contained) checkpoint of a tiny random DA-CLIP with non-zero control."""
+    return write_tiny_daclip_checkpoint(tmp_path_factory.mktemp("daclip") / "daclip_tiny.pt")
 
 
 class CleanOrNoisyDaclip:

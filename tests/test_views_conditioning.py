@@ -3,14 +3,13 @@ mean over the views, in training, in the PyTorch pipeline and in the numpy ONNX 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from daclip.engine.checkpoint import load_checkpoint, save_checkpoint
+from daclip.engine.checkpoint import load_checkpoint
 from daclip.engine.config import ConfigError, load_config
 from daclip.engine.errors import UserError
 from daclip.inference import load_frozen_daclip
@@ -19,7 +18,7 @@ from data.io import write_image
 from data.paired import PairedDataset
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.training.stage import IRTrainConfig, train
-from tests.conftest import write_tiny_ir_checkpoint
+from tests.conftest import write_tiny_daclip_checkpoint, write_tiny_ir_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,18 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def grid_daclip(tmp_path_factory) -> Path:
     """A tiny random DA-CLIP (non-zero control) recorded as classifying from a 2 x 2 grid of native crops."""
-    from daclip.pretrained import build_daclip
-    from daclip.train import make_checkpoint
-    from tests.test_daclip_model import TINY_CONFIG, TINY_NAME
+    return write_tiny_daclip_checkpoint(tmp_path_factory.mktemp("grid_daclip") / "daclip.pt", views=2)
 
-    torch.manual_seed(0)
-    model, source = build_daclip(TINY_NAME, "", TINY_CONFIG)
-    with torch.no_grad():
-        for linear in model.controller.zero_linears:
-            linear.weight.normal_(0.0, 0.2)
-    path = tmp_path_factory.mktemp("grid_daclip") / "daclip.pt"
-    save_checkpoint(path, make_checkpoint(model, replace(source, views=2), full=True))
-    return path
+
+def _views_restorer(daclip: Path, path: Path) -> Path:
+    """A tiny random restorer checkpoint conditioned on ``daclip``'s views (data.clip_input: views)."""
+    return write_tiny_ir_checkpoint(
+        path, daclip_checkpoint=str(daclip), context=True, overrides=("data.clip_input=views",)
+    )
 
 
 def _images(batch: int = 2, h: int = 40, w: int = 52, seed: int = 0) -> torch.Tensor:
@@ -61,12 +56,7 @@ def test_the_embedding_of_views_is_their_mean(grid_daclip) -> None:
 
 
 def test_a_views_restorer_embeds_its_own_grid_whatever_lq_clip_it_is_given(grid_daclip, tmp_path) -> None:
-    ckpt = write_tiny_ir_checkpoint(
-        tmp_path / "ir.pt",
-        daclip_checkpoint=str(grid_daclip),
-        context=True,
-        overrides=("data.clip_input=views",),
-    )
+    ckpt = _views_restorer(grid_daclip, tmp_path / "ir.pt")
     pipeline = RestorationPipeline.from_checkpoint(ckpt, device="cpu")
     assert pipeline.clip_input == "views"
     lq = _images()
@@ -84,12 +74,7 @@ def test_a_views_restorer_embeds_its_own_grid_whatever_lq_clip_it_is_given(grid_
 
 
 def test_views_need_a_daclip_trained_on_native_crops(grid_daclip, tiny_daclip_checkpoint, tmp_path) -> None:
-    ckpt = write_tiny_ir_checkpoint(
-        tmp_path / "ir.pt",
-        daclip_checkpoint=str(grid_daclip),
-        context=True,
-        overrides=("data.clip_input=views",),
-    )
+    ckpt = _views_restorer(grid_daclip, tmp_path / "ir.pt")
     with pytest.raises(UserError, match="grid of native crops"):
         RestorationPipeline.from_checkpoint(ckpt, daclip=tiny_daclip_checkpoint, device="cpu")
 
@@ -174,12 +159,7 @@ class _TorchSession:
 def test_the_numpy_runner_embeds_views_as_the_pytorch_pipeline(grid_daclip, tmp_path) -> None:
     from irsde.export.runtime import OnnxRestorer
 
-    ckpt = write_tiny_ir_checkpoint(
-        tmp_path / "ir.pt",
-        daclip_checkpoint=str(grid_daclip),
-        context=True,
-        overrides=("data.clip_input=views",),
-    )
+    ckpt = _views_restorer(grid_daclip, tmp_path / "ir.pt")
     pipeline = RestorationPipeline.from_checkpoint(ckpt, device="cpu")
     runner = OnnxRestorer.__new__(OnnxRestorer)  # the folder-free part: its DA-CLIP input and embedding
     runner.daclip, runner.inputs = _TorchSession(pipeline.embedder), ["degra_emb", "content_emb"]
@@ -196,12 +176,7 @@ def test_the_numpy_runner_embeds_views_as_the_pytorch_pipeline(grid_daclip, tmp_
 def test_a_model_folder_keeps_the_views_input(grid_daclip, tmp_path) -> None:
     from irsde.inference.pretrained import save_pretrained
 
-    ckpt = write_tiny_ir_checkpoint(
-        tmp_path / "ir.pt",
-        daclip_checkpoint=str(grid_daclip),
-        context=True,
-        overrides=("data.clip_input=views",),
-    )
+    ckpt = _views_restorer(grid_daclip, tmp_path / "ir.pt")
     pipeline = RestorationPipeline.from_checkpoint(ckpt, device="cpu")
     (tmp_path / "folder").mkdir()
     save_pretrained(pipeline, tmp_path / "folder")
