@@ -138,6 +138,7 @@ def test_loader_accepts_wrapped_prefixed_file(small, tmp_path):
         "ch_mult": list(small["config"]["ch_mult"]),
         "grad_checkpointing": False,
         "prediction": "noise",
+        "attention_from_level": 0,
     }
     assert not model.training
     loaded = model.state_dict()
@@ -250,6 +251,8 @@ def test_gradient_checkpointing_same_gradients():
         (dict(ch_mult=()), "ch_mult"),
         (dict(context_dim=None), "context_dim"),
         (dict(use_image_context="yes"), "use_image_context"),
+        (dict(attention_from_level=-1), "attention_from_level"),
+        (dict(attention_from_level=1.5), "attention_from_level"),
     ],
 )
 def test_constructor_validates(overrides, key):
@@ -287,3 +290,29 @@ def test_presets_build(preset):
     with torch.device("meta"):
         model = ConditionalUNet.from_config(UNET_PRESETS[preset])
     assert model.config == UNET_PRESETS[preset]  # the one description, given back
+
+
+@torch.no_grad()
+def test_attention_from_level_skips_the_shallow_linear_attention():
+    """Levels below ``attention_from_level`` have no linear attention: the network computes what the full
+    one computes once those attentions add nothing, has fewer parameters, and rebuilds from its keys."""
+    full = _tiny(nf=16, ch_mult=(1, 2, 2, 4), context_dim=32).eval()
+    lean = _tiny(nf=16, ch_mult=(1, 2, 2, 4), context_dim=32, attention_from_level=2).eval()
+    assert lean.config.attention_from_level == 2
+    state = full.state_dict()
+    skipped = {k for k in state if k not in lean.state_dict()}
+    assert skipped and all(k.split(".")[:3] in (["downs", "0", "2"], ["downs", "1", "2"],
+                                                ["ups", "2", "2"], ["ups", "3", "2"]) for k in skipped)
+    assert any(k.startswith("downs.2.2.") for k in lean.state_dict())  # level 2 keeps its attention
+    for key in skipped:  # the full network's skipped attentions add nothing: output gain g = 0
+        if key.endswith("to_out.1.g"):
+            state[key].zero_()
+    full.load_state_dict(state)
+    lean.load_state_dict({k: v for k, v in state.items() if k not in skipped})
+    g = torch.Generator().manual_seed(0)
+    x, mu = torch.randn(2, 3, 24, 24, generator=g), torch.randn(2, 3, 24, 24, generator=g)
+    degra, content = torch.randn(2, 32, generator=g), torch.randn(2, 32, generator=g)
+    torch.testing.assert_close(lean(x, mu, 7, degra, content), full(x, mu, 7, degra, content))
+    assert sum(p.numel() for p in lean.parameters()) < sum(p.numel() for p in full.parameters())
+    assert infer_unet_config(lean.state_dict()) == dataclasses.replace(lean.config, family="irsde")
+    assert infer_unet_config(full.state_dict()).attention_from_level == 0

@@ -72,8 +72,11 @@ def infer_unet_config(sd: Mapping[str, Tensor]) -> UNetConfig:
     elif use_image:
         key = next(k for k in sd if k.endswith("attn2.to_k.weight"))
         context_dim = int(sd[key].shape[1])
+    with_attention = [i for i in levels if any(k.startswith(f"downs.{i}.2.") for k in sd)]
+    attention_from = with_attention[0] if with_attention else len(levels)
     return dataclasses.replace(
         config,
+        attention_from_level=attention_from,
         in_nc=int(in2) // 2,
         out_nc=int(sd["final_conv.weight"].shape[0]),
         nf=int(nf),

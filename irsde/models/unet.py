@@ -75,6 +75,12 @@ class UNetConfig:
         help="what the U-Net outputs: noise (the paper, released weights), x0, or residual = x0 - LQ "
         "(starts as the identity; trains well in few steps)",
     )
+    attention_from_level: int = spec(
+        0,
+        minimum=0,
+        help="the first level with linear attention (0: every level, the paper); the levels above it skip "
+        "it. At a small width the full-resolution linear attention costs more than the convolutions",
+    )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> UNetConfig:
@@ -148,6 +154,13 @@ class Residual(nn.Module):
 
     def forward(self, x: Tensor, **kwargs: Any) -> Tensor:
         return self.fn(x, **kwargs) + x
+
+
+class NoAttention(nn.Module):
+    """The attention slot of a level without attention (``attention_from_level``): ``x`` unchanged."""
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return x
 
 
 class PreNorm(nn.Module):
@@ -325,6 +338,9 @@ class ConditionalUNet(nn.Module):
             ``residual`` = x_0 − μ). Samplers and losses read it from here; for ``residual`` the output
             conv starts at zero, so an untrained network restores as the identity (x̂_0 = μ) and training
             only has to learn the correction.
+        attention_from_level: the first level with linear attention (0: every level, the paper and the
+            released weights); the levels above it have none (their ``downs.{i}.2``/``ups.*.2`` slots
+            hold no parameters). The cross-attention levels and the middle block keep theirs.
     """
 
     def __init__(
@@ -338,10 +354,20 @@ class ConditionalUNet(nn.Module):
         use_image_context: bool = True,
         use_checkpoint: bool = False,
         prediction: str = "noise",
+        attention_from_level: int = 0,
     ) -> None:
         super().__init__()
         shape = (in_nc, out_nc, nf, ch_mult, context_dim)
         ch_mult = self._validate(*shape, use_degra_context, use_image_context, use_checkpoint, prediction)
+        if isinstance(attention_from_level, bool) or not isinstance(attention_from_level, int):
+            raise ValueError(
+                f"ConditionalUNet: attention_from_level must be an integer >= 0, got {attention_from_level!r}"
+            )
+        if attention_from_level < 0:
+            raise ValueError(
+                f"ConditionalUNet: attention_from_level must be an integer >= 0, got {attention_from_level!r}"
+            )
+        self.attention_from_level = attention_from_level
         self._config_args = (in_nc, out_nc, nf, list(ch_mult), context_dim)
         self.prediction = prediction
         self.in_nc = in_nc
@@ -385,7 +411,12 @@ class ConditionalUNet(nn.Module):
 
     def _attention(self, dim: int, level: int | None) -> nn.Module:
         """The attention of a level (None: the middle block): cross-attention on the content embedding
-        at the deep levels when ``use_image_context``, else linear attention."""
+        at the deep levels when ``use_image_context``, else linear attention; none (a parameterless
+        pass-through) below ``attention_from_level``."""
+        if level is not None and level < self.attention_from_level and not (
+            self.use_image_context and level >= FIRST_TRANSFORMER_LEVEL
+        ):
+            return NoAttention()
         if self.use_image_context and (level is None or level >= FIRST_TRANSFORMER_LEVEL):
             block: nn.Module = SpatialTransformer(dim, dim // HEAD_DIM, HEAD_DIM, self.context_dim)
         else:
@@ -433,6 +464,7 @@ class ConditionalUNet(nn.Module):
             use_image_context=config.use_image_context,
             use_checkpoint=config.grad_checkpointing,
             prediction=config.prediction,
+            attention_from_level=config.attention_from_level,
         )
 
     @property
@@ -449,6 +481,7 @@ class ConditionalUNet(nn.Module):
             use_image_context=self.use_image_context,
             grad_checkpointing=self.use_checkpoint,
             prediction=self.prediction,
+            attention_from_level=self.attention_from_level,
         )
 
     @staticmethod
