@@ -84,3 +84,12 @@ def test_make_dataset_refuses_a_combination_of_four_types(clean, tmp_path, capsy
     assert not out.exists()
     assert main([*argv, "--combinations", "hazy+rainy+low-light"]) == 0
     assert (out / "hazy+rainy+low-light" / "LQ").is_dir()
+
+
+def test_context_shuffle_needs_a_conditioned_restorer(clean):
+    with pytest.raises(ConfigError, match="train.context_shuffle: needs a DA-CLIP-conditioned restorer"):
+        load_config(
+            IRTrainConfig,
+            ROOT / "configs" / "universal_ir_synthetic_tiny.yml",  # plain: both contexts off
+            [*_synthetic(clean, "{}"), "train.context_shuffle=0.3"],
+        )

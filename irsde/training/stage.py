@@ -133,6 +133,13 @@ class IRTrainSection:
     loss_kind: Literal["l1", "l2", "psnr"] = spec(
         "l1", help="the error: l1, l2, or psnr (one-pass restorers only: NAFNet's PSNR loss)"
     )
+    context_shuffle: float = spec(
+        0.0,
+        minimum=0.0,
+        maximum=1.0,
+        help="share of training samples conditioned on another batch sample's DA-CLIP embeddings: the "
+        "restorer learns to check the image instead of trusting a wrong answer (0 = the paper)",
+    )
     ema_decay: float = spec(0.995, minimum=0.0, maximum=1.0)
     ema_every: int = spec(10, minimum=1)
     grad_clip: float = spec(0.0, minimum=0.0, help="max gradient norm; 0 = off")
@@ -199,6 +206,11 @@ class IRTrainConfig:
                 f"data.clip_input: {self.data.clip_input} shows DA-CLIP the whole degraded image, but "
                 "data.degrade_at: patch degrades only the crop (use clip_input: patch, or degrade_at: image)"
             )
+        if self.train.context_shuffle > 0 and not uses_daclip(self.model):
+            raise ConfigError(
+                "train.context_shuffle: needs a DA-CLIP-conditioned restorer (model.use_degra_context or "
+                "model.use_image_context)"
+            )
         if self.train.timestep_grid is not None and self.train.timestep_grid > self.sde.T:
             raise ConfigError(f"train.timestep_grid: {self.train.timestep_grid} exceeds sde.T ({self.sde.T})")
         if self.train.val_steps is not None and self.train.val_steps > self.sde.T:
@@ -206,6 +218,22 @@ class IRTrainConfig:
 
 
 # ----------------------------------------------------------------------------- pieces
+
+
+def shuffle_contexts(
+    content_emb: Tensor, degra_emb: Tensor, share: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Each sample, with probability ``share``, takes the embeddings of another sample of the batch
+    (never its own): a DA-CLIP answer that does not fit the image, as on photos DA-CLIP misreads."""
+    batch = degra_emb.shape[0]
+    if share <= 0 or batch < 2:
+        return content_emb, degra_emb
+    device = generator.device
+    swap = torch.rand(batch, generator=generator, device=device) < share  # (B,)
+    offset = torch.randint(1, batch, (batch,), generator=generator, device=device)  # (B,) in 1..B-1
+    own = torch.arange(batch, device=device)
+    source = torch.where(swap, (own + offset) % batch, own).to(degra_emb.device)
+    return content_emb[source], degra_emb[source]
 
 
 @torch.no_grad()
@@ -550,6 +578,9 @@ class IRStage(Stage):
             content_emb, degra_emb = self._cached_embeddings(batch)
         else:
             content_emb, degra_emb = self._embed(batch["lq_clip"])  # (B, D) each
+        content_emb, degra_emb = shuffle_contexts(
+            content_emb, degra_emb, self.cfg.train.context_shuffle, self.generator
+        )
         return daclip_kwargs(self.cfg.model, content_emb, degra_emb)
 
     def _embed(self, lq_clip: Tensor) -> tuple[Tensor, Tensor]:
