@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the DA-CLIP input of the conditioned restorers (data.clip_input): the resized photo, or the "
         "mean embedding over DA-CLIP's grid of native crops (see the README)",
     )
+    p.add_argument(
+        "--ir-data",
+        default=defaults.ir_data,
+        choices=["synthetic", "paired"],
+        help="the restorers' training pairs: degraded afresh at every draw from stage 1's clean crops "
+        "(synthetic), or the written pairs of <data>/train (paired)",
+    )
     args = p.parse_args(argv)
     settings = DemoSettings(
         daclip_epochs=args.daclip_epochs,
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         sampling_steps=args.steps,
         nafnet=not args.no_nafnet,
         clip_input=args.clip_input,
+        ir_data=args.ir_data,
     )
     return run_main(
         lambda: (

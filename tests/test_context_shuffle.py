@@ -17,7 +17,9 @@ def test_every_shuffled_sample_takes_one_other_sample_s_pair_of_embeddings():
     new_content, new_degra = shuffle_contexts(content, degra, 1.0, torch.Generator().manual_seed(0))
     source = new_degra[:, 0].long()
     assert (source != torch.arange(6)).all()  # never its own answer
-    assert torch.equal(new_degra, degra[source]) and torch.equal(new_content, content[source])  # one sample's pair
+    assert torch.equal(new_degra, degra[source]) and torch.equal(
+        new_content, content[source]
+    )  # one sample's pair
 
 
 def test_the_share_is_kept_and_zero_changes_nothing():

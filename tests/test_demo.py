@@ -50,6 +50,12 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
     # What a user needs to judge it: the input's scores, the gain, the sampler and its NFE.
     assert "input_psnr" in report and "psnr_gain" in report
     assert "sampled with `mr` at 1 network evaluation(s)" in report and "predicting `residual`" in report
+    # Both restorers train on pairs synthesised on the fly from stage 1's clean crops (DemoSettings.ir_data).
+    assert "pairs synthesised afresh at every draw from the stage-1 clean crops" in report
+    for name in ("universal-ir", "nafnet-daclip"):
+        config = (demo_dir / name / "config.yaml").read_text()
+        assert "source: synthetic" in config and "daclip_clean.csv" in config
+        assert ("context_shuffle: 0.15" in config) == (name == "universal-ir")  # the IR-SDE checks its prompt
     # The summary counts the types where the output beats the input, and names those where it is worse.
     summary = re.search(r"better than the input on \*\*(\d+) of 10\*\*", report)
     assert summary is not None

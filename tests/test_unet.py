@@ -301,8 +301,10 @@ def test_attention_from_level_skips_the_shallow_linear_attention():
     assert lean.config.attention_from_level == 2
     state = full.state_dict()
     skipped = {k for k in state if k not in lean.state_dict()}
-    assert skipped and all(k.split(".")[:3] in (["downs", "0", "2"], ["downs", "1", "2"],
-                                                ["ups", "2", "2"], ["ups", "3", "2"]) for k in skipped)
+    assert skipped and all(
+        k.split(".")[:3] in (["downs", "0", "2"], ["downs", "1", "2"], ["ups", "2", "2"], ["ups", "3", "2"])
+        for k in skipped
+    )
     assert any(k.startswith("downs.2.2.") for k in lean.state_dict())  # level 2 keeps its attention
     for key in skipped:  # the full network's skipped attentions add nothing: output gain g = 0
         if key.endswith("to_out.1.g"):

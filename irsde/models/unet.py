@@ -413,8 +413,10 @@ class ConditionalUNet(nn.Module):
         """The attention of a level (None: the middle block): cross-attention on the content embedding
         at the deep levels when ``use_image_context``, else linear attention; none (a parameterless
         pass-through) below ``attention_from_level``."""
-        if level is not None and level < self.attention_from_level and not (
-            self.use_image_context and level >= FIRST_TRANSFORMER_LEVEL
+        if (
+            level is not None
+            and level < self.attention_from_level
+            and not (self.use_image_context and level >= FIRST_TRANSFORMER_LEVEL)
         ):
             return NoAttention()
         if self.use_image_context and (level is None or level >= FIRST_TRANSFORMER_LEVEL):
