@@ -229,7 +229,8 @@ def format_classification(summaries: Sequence[tuple[str, dict[str, Any]]]) -> st
 
 
 #: The restorers of a comparison: (label, family, DA-CLIP paths). Equal budgets: the same data, patch,
-#: batch, steps, learning rate and seed (configs/universal_ir_tiny.yml, configs/nafnet_daclip_tiny.yml).
+#: batch, steps and seed; each family its own loss and learning rate (configs/universal_ir_tiny.yml,
+#: configs/nafnet_daclip_tiny.yml).
 RESTORERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "plain-ir": ("IR-SDE", "irsde", ()),
     "universal-ir": ("IR-SDE + DA-CLIP", "irsde", ("degradation", "content")),
@@ -448,7 +449,7 @@ def run_demo(
 
     ``compare`` (True or ``"irsde"``) also trains the restorer without DA-CLIP, ``"all"`` also the three
     NAFNet rows of the paper's table (plain, + degradation embedding, + DA-CLIP), each at the demo
-    restorer's budget (same data, steps, batch, learning rate and seed); ``comparison.md`` sets them
+    restorer's budget (same data, steps, batch and seed; each family's own loss and learning rate); ``comparison.md`` sets them
     side by side per degradation: the paper's central claims, at small scale.
     """
     if compare is True:
@@ -596,7 +597,8 @@ def format_comparison(results: dict[str, dict[str, Any]], settings: DemoSettings
     lines = [
         "## Restorers at equal budget" if len(names) > 2 else "## With and without DA-CLIP (equal budget)",
         "",
-        f"Every restorer: the same data, seed, patch, batch, learning rate and {settings.ir_steps} steps. "
+        f"Every restorer: the same data, seed, patch, batch and {settings.ir_steps} steps (each family its own "
+        "loss and learning rate). "
         f"IR-SDE rows are sampled with {results.get('universal-ir', first)['sampler']} at "
         f"{results.get('universal-ir', first)['nfe']} NFE; NAFNet rows take one network evaluation. Only the "
         "family and the DA-CLIP paths (degradation prompt, content cross-attention) differ.",
@@ -658,7 +660,7 @@ def _nafnet_summary(results: dict[str, Any], nafnet: dict[str, Any]) -> list[str
         "",
         "The paper's IR-SDE (a diffusion model, sampled) and NAFNet + DA-CLIP (the best PSNR of the paper's",
         "unified table, one network evaluation per image), both conditioned on the same tiny DA-CLIP and",
-        "trained on the same data with the same patch, batch, learning rate and steps:",
+        "trained on the same data with the same patch, batch and steps (each with its own loss and learning rate):",
         "",
         "| restorer | PSNR | vs input | better than input on | worst type | NFE | seconds / image |",
         "|---|---|---|---|---|---|---|",
