@@ -165,6 +165,12 @@ class DataSection:
     missing_caption: Literal["empty", "stem"] = spec(
         "stem", help="caption of a clean photo without one: its file stem, or '' (empty)"
     )
+    image_cache_mb: float = spec(
+        0.0,
+        minimum=0.0,
+        help="source: synthetic: keep decoded clean photos in memory, up to this many MiB per data "
+        "process (0 = off; a small set is then decoded once; samples do not change)",
+    )
     val_clean_root: str = spec(
         "",
         must_exist=True,
@@ -573,6 +579,7 @@ def _train_set(cfg: DaCLIPTrainConfig, data_kwargs: dict[str, Any]) -> Dataset:
         clean_fraction=data.clean_fraction,
         clip_view=data.clip_view,
         crops_per_sample=data.crops_per_sample,
+        cache_mb=data.image_cache_mb,
     )
     return EpochKeyedCaptions(synthetic, cfg.experiment.seed)
 

@@ -341,6 +341,7 @@ class _SyntheticBase(Dataset):
         max_size: int | None,
         missing_caption: Literal["empty", "stem"] = "empty",
         config_key: str = "data.synthesis",
+        cache_mb: float = 0.0,
     ) -> None:
         self.config = config if config is not None else SynthesisConfig()
         self.config.validate(config_key)
@@ -364,6 +365,12 @@ class _SyntheticBase(Dataset):
         self.degradation_texts: tuple[str, ...] = tuple(degradation_text(c) for c in self.combinations)
         self._combination_index = {c: i for i, c in enumerate(self.combinations)}
         self._params = {k: dict(v) for k, v in self.config.params.items()}
+        if cache_mb < 0:
+            raise ValueError(f"cache_mb must be 0 (off) or positive, got {cache_mb}")
+        #: Decoded clean photos kept in memory (read-only arrays), up to ``cache_mb`` MiB per process;
+        #: filled as photos are first read, never evicted. Samples are the same with or without it.
+        self._cache: dict[Path, np.ndarray] = {}
+        self._cache_left = int(cache_mb * 2**20)
 
     def __len__(self) -> int:
         return self.length
@@ -383,7 +390,15 @@ class _SyntheticBase(Dataset):
         return self.images[index % len(self.images)], self.config.draw(rng)
 
     def _read(self, image: CleanImage) -> np.ndarray:
-        return _limit_size(read_image(image.path), self.max_size)
+        cached = self._cache.get(image.path)
+        if cached is not None:
+            return cached
+        photo = _limit_size(read_image(image.path), self.max_size)
+        if photo.nbytes <= self._cache_left:  # small training sets: decode each photo once
+            photo.setflags(write=False)  # a generator that wrote into its input would corrupt the cache
+            self._cache[image.path] = photo
+            self._cache_left -= photo.nbytes
+        return photo
 
     def _labels(self, names: tuple[str, ...]) -> dict[str, Any]:
         multi_hot = torch.zeros(len(self.types), dtype=torch.float32)
@@ -423,6 +438,8 @@ class SyntheticPairedDataset(_SyntheticBase):
         clean_fraction: the share of samples left clean (an identity pair, no degradation drawn),
             labelled :data:`data.CLEAN` with ``degradation_index`` -1 and an all-zero ``multi_hot``.
         clean_dark: as :class:`data.paired.PairedDataset` (a share of the clean pairs shown dark).
+        cache_mb: keep decoded clean photos in memory, up to this many MiB per process (0 = off): a
+            small set is then decoded once, not at every draw. Samples do not change.
         patch_size, small_images, augment, clip_size, clip_mean, clip_std, clip_input, clip_views: as
             :class:`data.paired.PairedDataset`.
     """
@@ -447,6 +464,7 @@ class SyntheticPairedDataset(_SyntheticBase):
         config_key: str = "data.synthesis",
         clean_fraction: float = 0.0,
         clean_dark: float = 0.0,
+        cache_mb: float = 0.0,
     ) -> None:
         check_clip_input(clip_input, clip_views)
         if degrade_at not in ("image", "patch"):
@@ -457,7 +475,15 @@ class SyntheticPairedDataset(_SyntheticBase):
             raise ValueError(f"small_images must be 'pad' or 'reject', got {small_images!r}")
         if patch_size is not None and patch_size < 1:
             raise ValueError(f"patch_size must be positive or None, got {patch_size}")
-        super().__init__(source, config, length=length, seed=seed, max_size=max_size, config_key=config_key)
+        super().__init__(
+            source,
+            config,
+            length=length,
+            seed=seed,
+            max_size=max_size,
+            config_key=config_key,
+            cache_mb=cache_mb,
+        )
         self.patch_size = patch_size
         self.small_images = small_images
         self.augment = augment
@@ -547,6 +573,7 @@ class SyntheticCaptionDataset(_SyntheticBase):
             so pixel-level degradations are not averaged away by the resize.
         crops_per_sample: with ``clip_view="crop"``, ``image`` is ``(n, 3, S, S)``: ``n`` crops of the one
             degraded sample, those where the degradation shows most (:func:`data.transforms.native_crops`).
+        cache_mb: as :class:`SyntheticPairedDataset`.
     """
 
     def __init__(
@@ -565,6 +592,7 @@ class SyntheticCaptionDataset(_SyntheticBase):
         clean_fraction: float = 0.0,
         clip_view: Literal["resize", "crop"] = "resize",
         crops_per_sample: int = 1,
+        cache_mb: float = 0.0,
     ) -> None:
         if crops_per_sample < 1 or (crops_per_sample > 1 and clip_view != "crop"):
             raise ValueError(f"crops_per_sample {crops_per_sample} needs clip_view 'crop' (1: one image)")
@@ -580,6 +608,7 @@ class SyntheticCaptionDataset(_SyntheticBase):
             max_size=max_size,
             missing_caption=missing_caption,
             config_key=config_key,
+            cache_mb=cache_mb,
         )
         self.image_size = image_size
         self.mean = tuple(mean)

@@ -114,8 +114,11 @@ def native_crops(
     draws = max(tries, 2 * count) if reference is not None else count
     offsets = _aligned_offsets(rng, h, w, size, draws)
     if reference is not None and draws > count and resized is img:
-        changed = (np.abs(img - reference).max(axis=2) > 1.5 / 255.0).astype(np.float64)
-        table = np.pad(changed.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
+        diff = np.abs(img - reference)  # (H, W, 3)
+        # The channels' maximum as two elementwise maxima: numpy's reduce over a length-3 last axis
+        # is ~15x slower, and this runs for every training sample.
+        changed = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2]) > 1.5 / 255.0
+        table = np.pad(changed.cumsum(0, dtype=np.int32).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
         t, x = offsets[:, 0], offsets[:, 1]
         counts = table[t + size, x + size] - table[t, x + size] - table[t + size, x] + table[t, x]
         offsets = offsets[np.argsort(-counts, kind="stable")]

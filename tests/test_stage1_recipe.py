@@ -213,3 +213,25 @@ def test_the_demo_stage1_config_starts_the_controller_from_the_dct_basis() -> No
     assert load_config(DaCLIPTrainConfig, None, []).model.patch_init == "copy"
     with pytest.raises(ConfigError, match="model.patch_init"):
         load_config(DaCLIPTrainConfig, None, ["model.patch_init=fft"])
+
+
+def test_native_crops_take_the_windows_where_most_pixels_changed_in_any_channel() -> None:
+    """The pick, against a per-window count written out: a pixel counts as changed when any one of its
+    channels moved by more than 1.5 levels (here the changes are single-channel, so a mean or a
+    one-channel test would count them wrongly)."""
+    from data.transforms import _aligned_offsets
+
+    rng = np.random.default_rng(3)
+    clean = ((rng.integers(0, 250, size=(72, 80, 3)) + 0.5) / 255.0).astype(np.float32)  # mid-level
+    degraded = clean.copy()
+    for channel, (top, left, h, w) in enumerate([(5, 7, 20, 9), (40, 50, 25, 26), (60, 3, 10, 30)]):
+        degraded[top : top + h, left : left + w, channel] += 2.0 / 255.0  # one channel, just over the bar
+    degraded[0:30, 60:80, 1] += 1.0 / 255.0  # below the bar: not a change
+    for seed in range(20):
+        offsets = _aligned_offsets(np.random.default_rng(seed), 72, 80, 24, 8)
+        changed = (np.abs(degraded - clean) > 1.5 / 255.0).any(axis=2)
+        counts = [int(changed[t : t + 24, x : x + 24].sum()) for t, x in offsets]
+        best = [tuple(offsets[i]) for i in np.argsort(-np.asarray(counts), kind="stable")[:2]]
+        crops = native_crops(degraded, 24, np.random.default_rng(seed), 2, reference=clean, tries=8, **PLAIN)
+        levels = np.floor(degraded * 255.0) / 255.0  # the crops are truncated to uint8 levels
+        assert [_offset(crop, levels) for crop in crops] == best

@@ -278,3 +278,39 @@ def test_clean_fraction_leaves_samples_undegraded_and_keeps_the_stream_at_zero(p
         assert torch.equal(
             plain[i]["lq"], SyntheticPairedDataset(photos, config, clean_fraction=0.0, **kwargs)[i]["lq"]
         )
+
+
+@pytest.mark.parametrize("kind", ["paired", "caption"])
+def test_the_image_cache_changes_no_sample_and_keeps_to_its_budget(photos, kind) -> None:
+    """``cache_mb``: every item equals the uncached one (all ten types, clean and dark-clean draws, so a
+    generator writing into its input would fail on the read-only cached photo), and a budget smaller
+    than the set caches only the photos that fit."""
+    config = SynthesisConfig(max_types=2, num_types_probs=[0.5, 0.5])
+    if kind == "paired":
+        make = lambda cache: SyntheticPairedDataset(  # noqa: E731
+            photos, config, patch_size=16, clip_size=16, length=30, clean_fraction=0.2, clean_dark=0.5,
+            cache_mb=cache,
+        )  # fmt: skip
+    else:
+        make = lambda cache: SyntheticCaptionDataset(  # noqa: E731
+            photos, config, image_size=16, length=30, clean_fraction=0.2, clip_view="crop",
+            crops_per_sample=2, cache_mb=cache,
+        )  # fmt: skip
+    plain, cached = make(0.0), make(64.0)
+    for epoch in range(2):  # the second pass reads every photo from the cache
+        for i in range(30):
+            a, b = plain.get_item(i, seed=(0, epoch)), cached.get_item(i, seed=(0, epoch))
+            assert a.keys() == b.keys()
+            for key in a:
+                if isinstance(a[key], torch.Tensor):
+                    assert torch.equal(a[key], b[key]), key
+                else:
+                    assert a[key] == b[key], key
+    assert len(cached._cache) == 5 and not plain._cache
+    one_photo = next(iter(cached._cache.values())).nbytes
+    small = make(1.5 * one_photo / 2**20)  # room for one of the five (they are about the same size)
+    for i in range(10):
+        small.get_item(i)
+    assert len(small._cache) == 1
+    with pytest.raises(ValueError, match="cache_mb"):
+        make(-1.0)

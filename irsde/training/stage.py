@@ -88,6 +88,12 @@ class IRDataSection:
     max_size: int = spec(
         0, minimum=0, help="source: synthetic: downscale longer photo sides to this (0 = off)"
     )
+    image_cache_mb: float = spec(
+        0.0,
+        minimum=0.0,
+        help="source: synthetic: keep decoded clean photos in memory, up to this many MiB per data "
+        "process (0 = off; a small set is then decoded once; samples do not change)",
+    )
     val_root: str = spec("", must_exist=True)
     degradations: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADATIONS))
     patch_size: int = spec(256, minimum=16)
@@ -463,6 +469,7 @@ class IRStage(Stage):
                 seed=cfg.experiment.seed,
                 clean_fraction=cfg.data.clean_fraction,
                 clean_dark=cfg.data.clean_dark,
+                cache_mb=cfg.data.image_cache_mb,
                 **train_clip,
                 **clip_kwargs,
             )
