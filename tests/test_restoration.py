@@ -657,3 +657,62 @@ def test_keep_clean_writes_back_what_daclip_finds_nothing_wrong_with(tmp_path):
     said = [line for line in logs if line.startswith("bright.png:")]
     assert len(said) == 2 and all("no degradation found" in line for line in said)
     assert "kept as it came" in said[0] and "kept as it came" not in said[1]
+
+
+def test_evaluation_accuracy_chooses_among_the_vocabulary_daclip_learned(tmp_path, monkeypatch):
+    """The accuracy column asks over the test set's types plus ``clean`` when DA-CLIP learned it (as the
+    demo's classification report does), so an image called clean counts as a miss."""
+    from irsde.evaluation.evaluate import classification_names
+
+    class Learned:
+        vocabulary = ("noisy", "hazy", "low-light", "clean")
+
+    class TenTypes:
+        vocabulary = ("noisy", "hazy", "low-light")
+
+    assert classification_names(TEST_DEGRADATIONS, Learned()) == [*TEST_DEGRADATIONS, "clean"]
+    assert classification_names(TEST_DEGRADATIONS, TenTypes()) == TEST_DEGRADATIONS
+    assert classification_names(TEST_DEGRADATIONS, None) == TEST_DEGRADATIONS
+    assert classification_names(["noisy", "clean"], Learned()) == ["noisy", "clean"]  # never twice
+
+    # Through evaluate(): an oracle DA-CLIP that calls bright images clean and dark ones noisy.
+    data = write_paired_set(tmp_path / "val", count=2, size=24)
+    asked: list[list[str]] = []
+
+    class Oracle(CleanOrNoisyDaclip):
+        vocabulary = ("noisy", "low-light", "clean")
+
+        def classify_images(self, images, names):
+            asked.append(list(names))
+            return self.classify(images, list(names))
+
+    import irsde.evaluation.evaluate as evaluation
+
+    checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
+    build = evaluation._build_pipeline
+
+    def with_oracle(cfg):
+        pipeline = build(cfg)
+        pipeline.embedder = Oracle()
+        return pipeline
+
+    cfg = load_config(
+        TestConfig,
+        None,
+        [
+            f"model.checkpoint={checkpoint}",
+            f"data.root={data}",
+            f"data.degradations={TEST_DEGRADATIONS}",
+            f"output_root={tmp_path / 'results'}",
+            "device=cpu",
+            "metrics.lpips=false",
+            "metrics.fid=false",
+            "save_images=false",
+        ],
+    )
+    monkeypatch.setattr(evaluation, "_build_pipeline", with_oracle)
+    results = evaluate(cfg, log=lambda _: None, progress=False)
+    assert asked and all(names == [*TEST_DEGRADATIONS, "clean"] for names in asked)
+    dark = [np.mean(read_image(p)) <= 0.5 for p in sorted((data / "noisy" / "LQ").glob("*.png"))]
+    assert results["rows"]["noisy"]["accuracy"] == pytest.approx(np.mean(dark))
+    assert results["rows"]["low-light"]["accuracy"] == 0.0  # never asked for, and clean is a miss

@@ -28,7 +28,7 @@ from daclip.engine.config import ConfigError, spec, to_dict
 from daclip.engine.distributed import resolve_device
 from daclip.engine.preflight import check_image_pairs, check_writable
 from daclip.engine.run_folder import create_run_dir
-from data import DEFAULT_DEGRADATIONS
+from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.io import write_image
 from irsde.diffusion.samplers import GridName, SamplerName, SamplerSpec, check_sampler_options, make_timesteps
 from irsde.evaluation.metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
@@ -260,6 +260,8 @@ class _Metrics:
     fid_factory: Callable[[], FIDMetric] | None
     classify: Callable[..., torch.Tensor] | None
     unavailable: dict[str, str]
+    #: The names the classifier chooses among (the test set's degradations, plus ``clean`` if learned).
+    names: list[str] = field(default_factory=list)
 
 
 def _build_metrics(
@@ -292,7 +294,18 @@ def _build_metrics(
     classify = getattr(pipeline.embedder, "classify_images", None) if cfg.metrics.classification else None
     if cfg.metrics.classification and classify is None:
         unavailable["accuracy"] = "no DA-CLIP model to classify with"
-    return _Metrics(lpips_metric, fid_factory, classify, unavailable)
+    names = classification_names(cfg.data.degradations, pipeline.embedder)
+    return _Metrics(lpips_metric, fid_factory, classify, unavailable, names)
+
+
+def classification_names(degradations: Sequence[str], embedder: Any) -> list[str]:
+    """The test set's degradations, plus ``clean`` when the DA-CLIP learned it: the vocabulary the demo's
+    classification report and ``classify.py`` use, so the accuracy column agrees with them (averaging
+    probabilities over test views is not invariant to adding a name), and an image called clean is a miss."""
+    names = list(degradations)
+    if CLEAN in tuple(getattr(embedder, "vocabulary", ())) and CLEAN not in names:
+        names.append(CLEAN)
+    return names
 
 
 @dataclass
@@ -350,8 +363,8 @@ def _score_image(
         fid.update(gt, real=True)
         fid.update(out, real=False)
     if metrics.classify is not None:
-        probs = metrics.classify(item["lq"][None], cfg.data.degradations)  # (1, K)
-        predicted = cfg.data.degradations[int(probs.argmax(dim=-1))]
+        probs = metrics.classify(item["lq"][None], metrics.names)  # (1, K)
+        predicted = metrics.names[int(probs.argmax(dim=-1))]
         scores["accuracy"].append(float(predicted == name))
     if cfg.save_images:
         write_image(scoring.out_dir / "images" / name / f"{Path(item['lq_path']).stem}.png", out[0])
