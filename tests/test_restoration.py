@@ -122,18 +122,7 @@ def _psnr_numpy(a: np.ndarray, b: np.ndarray) -> float:
 def test_evaluation_reports_the_psnr_of_its_saved_images(tmp_path):
     data = write_paired_set(tmp_path / "val", count=2, size=40)
     checkpoint = write_tiny_ir_checkpoint(tmp_path / "ir.pt")
-    cfg = load_config(
-        TestConfig,
-        None,
-        [
-            f"model.checkpoint={checkpoint}",
-            f"data.root={data}",
-            f"data.degradations={TEST_DEGRADATIONS}",
-            f"output_root={tmp_path / 'results'}",
-            "device=cpu",
-            "metrics.classification=false",
-        ],
-    )
+    cfg = _test_config(tmp_path, checkpoint, data, "metrics.classification=false")
     shared_fid = FIDMetric(TinyFeatures())  # one network for every degradation, as evaluate() builds it
     results = evaluate(
         cfg,
@@ -166,6 +155,18 @@ def test_evaluation_reports_the_psnr_of_its_saved_images(tmp_path):
     assert saved["rows"]["noisy"]["psnr"] == pytest.approx(results["rows"]["noisy"]["psnr"])
     with open(out / "results.csv") as handle:
         assert [r["degradation"] for r in csv.DictReader(handle)] == [*TEST_DEGRADATIONS, "average"]
+
+
+def _test_config(tmp_path: Path, checkpoint: Path, data: Path, *overrides: str) -> TestConfig:
+    """The evaluation config of ``checkpoint`` on the paired set ``data`` (the test degradations, CPU)."""
+    base = [
+        f"model.checkpoint={checkpoint}",
+        f"data.root={data}",
+        f"data.degradations={TEST_DEGRADATIONS}",
+        f"output_root={tmp_path / 'results'}",
+        "device=cpu",
+    ]
+    return load_config(TestConfig, None, [*base, *overrides])
 
 
 def _test_script_args(tmp_path: Path, *overrides: str) -> list[str]:
@@ -662,7 +663,7 @@ def test_keep_clean_writes_back_what_daclip_finds_nothing_wrong_with(tmp_path):
 def test_evaluation_accuracy_chooses_among_the_vocabulary_daclip_learned(tmp_path, monkeypatch):
     """The accuracy column asks over the test set's types plus ``clean`` when DA-CLIP learned it (as the
     demo's classification report does), so an image called clean counts as a miss."""
-    from irsde.evaluation.evaluate import classification_names
+    from irsde.inference.pipeline import classifier_vocabulary
 
     class Learned:
         vocabulary = ("noisy", "hazy", "low-light", "clean")
@@ -670,10 +671,10 @@ def test_evaluation_accuracy_chooses_among_the_vocabulary_daclip_learned(tmp_pat
     class TenTypes:
         vocabulary = ("noisy", "hazy", "low-light")
 
-    assert classification_names(TEST_DEGRADATIONS, Learned()) == [*TEST_DEGRADATIONS, "clean"]
-    assert classification_names(TEST_DEGRADATIONS, TenTypes()) == TEST_DEGRADATIONS
-    assert classification_names(TEST_DEGRADATIONS, None) == TEST_DEGRADATIONS
-    assert classification_names(["noisy", "clean"], Learned()) == ["noisy", "clean"]  # never twice
+    assert classifier_vocabulary(TEST_DEGRADATIONS, Learned()) == (*TEST_DEGRADATIONS, "clean")
+    assert classifier_vocabulary(TEST_DEGRADATIONS, TenTypes()) == tuple(TEST_DEGRADATIONS)
+    assert classifier_vocabulary(TEST_DEGRADATIONS, None) == tuple(TEST_DEGRADATIONS)
+    assert classifier_vocabulary(["noisy", "clean"], Learned()) == ("noisy", "clean")  # never twice
 
     # Through evaluate(): an oracle DA-CLIP that calls bright images clean and dark ones noisy.
     data = write_paired_set(tmp_path / "val", count=2, size=24)
@@ -696,19 +697,8 @@ def test_evaluation_accuracy_chooses_among_the_vocabulary_daclip_learned(tmp_pat
         pipeline.embedder = Oracle()
         return pipeline
 
-    cfg = load_config(
-        TestConfig,
-        None,
-        [
-            f"model.checkpoint={checkpoint}",
-            f"data.root={data}",
-            f"data.degradations={TEST_DEGRADATIONS}",
-            f"output_root={tmp_path / 'results'}",
-            "device=cpu",
-            "metrics.lpips=false",
-            "metrics.fid=false",
-            "save_images=false",
-        ],
+    cfg = _test_config(
+        tmp_path, checkpoint, data, "metrics.lpips=false", "metrics.fid=false", "save_images=false"
     )
     monkeypatch.setattr(evaluation, "_build_pipeline", with_oracle)
     results = evaluate(cfg, log=lambda _: None, progress=False)

@@ -28,11 +28,11 @@ from daclip.engine.config import ConfigError, spec, to_dict
 from daclip.engine.distributed import resolve_device
 from daclip.engine.preflight import check_image_pairs, check_writable
 from daclip.engine.run_folder import create_run_dir
-from data import CLEAN, DEFAULT_DEGRADATIONS
+from data import DEFAULT_DEGRADATIONS
 from data.io import write_image
 from irsde.diffusion.samplers import GridName, SamplerName, SamplerSpec, check_sampler_options, make_timesteps
 from irsde.evaluation.metrics import FIDMetric, LPIPSMetric, MetricUnavailable, psnr, quantize, ssim
-from irsde.inference.pipeline import RestorationPipeline
+from irsde.inference.pipeline import RestorationPipeline, classifier_vocabulary
 from irsde.models.families import family_of
 
 if TYPE_CHECKING:
@@ -260,8 +260,10 @@ class _Metrics:
     fid_factory: Callable[[], FIDMetric] | None
     classify: Callable[..., torch.Tensor] | None
     unavailable: dict[str, str]
-    #: The names the classifier chooses among (the test set's degradations, plus ``clean`` if learned).
-    names: list[str] = field(default_factory=list)
+    #: The names the classifier chooses among: the test set's degradations, plus ``clean`` if DA-CLIP learned
+    #: it, as the demo's classification report and ``classify.py`` ask (averaging probabilities over test
+    #: views is not invariant to adding a name), so an image called clean is a miss.
+    names: tuple[str, ...] = ()
 
 
 def _build_metrics(
@@ -294,18 +296,8 @@ def _build_metrics(
     classify = getattr(pipeline.embedder, "classify_images", None) if cfg.metrics.classification else None
     if cfg.metrics.classification and classify is None:
         unavailable["accuracy"] = "no DA-CLIP model to classify with"
-    names = classification_names(cfg.data.degradations, pipeline.embedder)
+    names = classifier_vocabulary(cfg.data.degradations, pipeline.embedder)
     return _Metrics(lpips_metric, fid_factory, classify, unavailable, names)
-
-
-def classification_names(degradations: Sequence[str], embedder: Any) -> list[str]:
-    """The test set's degradations, plus ``clean`` when the DA-CLIP learned it: the vocabulary the demo's
-    classification report and ``classify.py`` use, so the accuracy column agrees with them (averaging
-    probabilities over test views is not invariant to adding a name), and an image called clean is a miss."""
-    names = list(degradations)
-    if CLEAN in tuple(getattr(embedder, "vocabulary", ())) and CLEAN not in names:
-        names.append(CLEAN)
-    return names
 
 
 @dataclass

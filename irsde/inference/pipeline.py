@@ -210,7 +210,7 @@ class RestorationPipeline:
             **options,
         )
         pipeline.loaded = loaded
-        pipeline.degradations = _vocabulary(loaded.degradations(), embedder)
+        pipeline.degradations = classifier_vocabulary(loaded.degradations(), embedder)
         return pipeline
 
     @classmethod
@@ -259,7 +259,9 @@ class RestorationPipeline:
         pipeline.loaded = LoadedRestorer(
             loaded.model, loaded.sde, training_config, None, "pretrained", path=str(folder)
         )
-        pipeline.degradations = _vocabulary(loaded.config.degradations or DEFAULT_DEGRADATIONS, embedder)
+        pipeline.degradations = classifier_vocabulary(
+            loaded.config.degradations or DEFAULT_DEGRADATIONS, embedder
+        )
         return pipeline
 
     @property
@@ -390,9 +392,9 @@ class RestorationPipeline:
         return (total / 8).clamp(0.0, 1.0)
 
 
-def _vocabulary(degradations: Sequence[str], embedder: Embedder | None) -> tuple[str, ...]:
+def classifier_vocabulary(degradations: Sequence[str], embedder: Embedder | None) -> tuple[str, ...]:
     """The classifier's names: the restorer's degradations, plus ``clean`` when its DA-CLIP learned it (it can
-    then say "no degradation")."""
+    then say "no degradation"). ``restore.py`` and ``scripts/test.py``'s accuracy column both ask over these."""
     names = tuple(degradations)
     return (*names, CLEAN) if CLEAN in getattr(embedder, "vocabulary", ()) and CLEAN not in names else names
 
