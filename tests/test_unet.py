@@ -139,6 +139,7 @@ def test_loader_accepts_wrapped_prefixed_file(small, tmp_path):
         "grad_checkpointing": False,
         "prediction": "noise",
         "attention_from_level": 0,
+        "global_curve": False,
     }
     assert not model.training
     loaded = model.state_dict()

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from daclip.engine.config import ConfigError, from_dict, spec
-from irsde.models.blocks import HEAD_DIM, CrossAttention, pad_to_multiple
+from irsde.models.blocks import HEAD_DIM, CrossAttention, GlobalCurve, pad_to_multiple
 
 __all__ = [
     "NAFNET_PRESETS",
@@ -100,6 +100,11 @@ class NAFNetConfig:
         "encoder levels and the matching decoder levels, and always in the middle",
     )
     prompt_dim: int = spec(0, minimum=0, help="width of the degradation conditioning vector; 0 = 4 * width")
+    global_curve: bool = spec(
+        False,
+        help="restored = curve(lq) + residual: a per-image tone curve a*x^p+b from the image's statistics "
+        "and the degradation conditioning (irsde.models.blocks.GlobalCurve); off = the paper's NAFNet",
+    )
     grad_checkpointing: bool = spec(False, help="torch.utils.checkpoint over each block while training")
 
     def __post_init__(self) -> None:
@@ -326,6 +331,7 @@ class NAFNet(nn.Module):
             if cfg.use_image_context and k < cfg.cross_attn_levels:
                 self.dec_attn[str(k)] = attention(chan)
         self.ending = nn.Conv2d(cfg.width, cfg.out_nc, 3, padding=1)
+        self.curve = GlobalCurve(cfg.in_nc, cond_dim or 0) if cfg.global_curve else None
 
     @classmethod
     def from_config(cls, config: NAFNetConfig | Mapping[str, Any]) -> NAFNet:
@@ -407,5 +413,6 @@ class NAFNet(nn.Module):
                 h = self._run(block, h, cond)
             if str(k) in self.dec_attn:
                 h = self._run(self.dec_attn[str(k)], h, context)
-        out = x + self.ending(h)  # (B, out_nc, H', W'), the global residual
+        base = x if self.curve is None else self.curve(x, image=lq, cond=cond)  # (B, in_nc, H', W')
+        out = base + self.ending(h)  # (B, out_nc, H', W'), the global residual
         return out[..., :height, :width].contiguous()

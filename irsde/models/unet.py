@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from daclip.engine.config import spec
 from irsde.diffusion.sde import PREDICTIONS
-from irsde.models.blocks import HEAD_DIM, CrossAttention, pad_to_multiple
+from irsde.models.blocks import HEAD_DIM, CrossAttention, GlobalCurve, pad_to_multiple
 
 __all__ = [
     "UNET_PRESETS",
@@ -80,6 +80,11 @@ class UNetConfig:
         minimum=0,
         help="the first level with linear attention (0: every level, the paper); the levels above it skip "
         "it. At a small width the full-resolution linear attention costs more than the convolutions",
+    )
+    global_curve: bool = spec(
+        False,
+        help="with prediction residual: x0 = curve(LQ) + output, a per-image tone curve a*x^p+b from the LQ "
+        "image's statistics and the prompt (irsde.models.blocks.GlobalCurve); off = the paper's U-Net",
     )
 
     @classmethod
@@ -341,6 +346,9 @@ class ConditionalUNet(nn.Module):
         attention_from_level: the first level with linear attention (0: every level, the paper and the
             released weights); the levels above it have none (their ``downs.{i}.2``/``ups.*.2`` slots
             hold no parameters). The cross-attention levels and the middle block keep theirs.
+        global_curve: with ``prediction="residual"``, x̂_0 = curve(μ) + output, where the curve is a
+            per-image tone curve (:class:`irsde.models.blocks.GlobalCurve`) from μ's statistics and the
+            prompt; it starts as the identity. Off: the paper's network.
     """
 
     def __init__(
@@ -355,6 +363,7 @@ class ConditionalUNet(nn.Module):
         use_checkpoint: bool = False,
         prediction: str = "noise",
         attention_from_level: int = 0,
+        global_curve: bool = False,
     ) -> None:
         super().__init__()
         shape = (in_nc, out_nc, nf, ch_mult, context_dim)
@@ -368,6 +377,13 @@ class ConditionalUNet(nn.Module):
                 f"ConditionalUNet: attention_from_level must be an integer >= 0, got {attention_from_level!r}"
             )
         self.attention_from_level = attention_from_level
+        if not isinstance(global_curve, bool):
+            raise ValueError(f"ConditionalUNet: global_curve must be a bool, got {global_curve!r}")
+        if global_curve and prediction != "residual":
+            raise ValueError(
+                f"ConditionalUNet: global_curve needs prediction 'residual' (the curve corrects μ), got {prediction!r}"
+            )
+        self.global_curve = global_curve
         self._config_args = (in_nc, out_nc, nf, list(ch_mult), context_dim)
         self.prediction = prediction
         self.in_nc = in_nc
@@ -408,6 +424,8 @@ class ConditionalUNet(nn.Module):
             # Zero output = zero correction: training starts from the identity restorer x̂_0 = μ.
             nn.init.zeros_(self.final_conv.weight)
             nn.init.zeros_(self.final_conv.bias)
+        # Created last: the modules above draw their random initialisation exactly as without it.
+        self.curve = GlobalCurve(in_nc, time_dim if use_degra_context else 0) if global_curve else None
 
     def _attention(self, dim: int, level: int | None) -> nn.Module:
         """The attention of a level (None: the middle block): cross-attention on the content embedding
@@ -467,6 +485,7 @@ class ConditionalUNet(nn.Module):
             use_checkpoint=config.grad_checkpointing,
             prediction=config.prediction,
             attention_from_level=config.attention_from_level,
+            global_curve=config.global_curve,
         )
 
     @property
@@ -484,6 +503,7 @@ class ConditionalUNet(nn.Module):
             grad_checkpointing=self.use_checkpoint,
             prediction=self.prediction,
             attention_from_level=self.attention_from_level,
+            global_curve=self.global_curve,
         )
 
     @staticmethod
@@ -590,11 +610,13 @@ class ConditionalUNet(nn.Module):
             )
         batch, _, height, width = x.shape
         time_emb = self._time_embedding(t, batch, x.device)  # (B or 1, 4nf)
+        prompt_vec = None
         if self.use_degra_context and degra_emb is not None:
             self._check_emb("degra_emb", degra_emb, batch, ndims=(2,))
             # Prompt module: softmax over features of text_mlp(e_d), weighting a learned prompt.
             prompt = torch.softmax(self.text_mlp(degra_emb), dim=1) * self.prompt  # (B, 4nf)
-            time_emb = time_emb + self.prompt_mlp(prompt)  # (B, 4nf)
+            prompt_vec = self.prompt_mlp(prompt)  # (B, 4nf)
+            time_emb = time_emb + prompt_vec
         context = None
         if self.use_image_context and content_emb is not None:
             self._check_emb("content_emb", content_emb, batch, ndims=(2, 3))
@@ -624,8 +646,12 @@ class ConditionalUNet(nn.Module):
             h = upsample(h)  # (B, C_i, 2H_i, 2W_i), the outermost level keeps its size
 
         h = self._run(self.final_res_block, torch.cat([h, h_init], dim=1), time_emb)  # (B, nf, H', W')
-        out = self.final_conv(h)  # (B, out_nc, H', W')
-        return out[..., :height, :width].contiguous()  # (B, out_nc, H, W)
+        out = self.final_conv(h)[..., :height, :width]  # (B, out_nc, H, W)
+        if self.curve is not None:  # x̂_0 = curve(μ) + out: the residual to μ gains curve(μ) − μ
+            if self.curve.cond_dim and prompt_vec is None:
+                prompt_vec = torch.zeros(batch, self.curve.cond_dim, device=mu.device)  # no embedding given
+            out = out + (self.curve(mu, cond=prompt_vec) - mu).to(out.dtype)
+        return out.contiguous()  # (B, out_nc, H, W)
 
     def _check_emb(self, name: str, emb: Tensor, batch: int, ndims: tuple[int, ...]) -> None:
         if emb.dim() not in ndims or emb.shape[0] != batch or emb.shape[-1] != self.context_dim:
