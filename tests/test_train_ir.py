@@ -53,6 +53,7 @@ def _overrides(root, tmp_path) -> list[str]:
         "model.ch_mult=[1, 2]",
         # The paper's parametrisation and training (the tiny demo config trains a residual at t = T only).
         "model.prediction=noise",
+        "train.loss_kind=l1",
         "train.timestep_grid=null",
         "train.grad_clip=0",
         "train.warmup_steps=0",

@@ -50,13 +50,29 @@ def _check_kind(kind: str) -> LossKind:
     return kind  # type: ignore[return-value]
 
 
-def _per_sample_error(prediction: Tensor, target: Tensor, kind: LossKind) -> Tensor:
-    """Mean absolute (l1) or squared (l2) error of each sample: [B, ...] -> [B]."""
+#: The errors of the x0 loss and of a one-pass restorer: l1, l2 and ``psnr``, ``10·log10(MSE + ε)``.
+DataKind = Literal["l1", "l2", "psnr"]
+
+#: NAFNet's ε: the PSNR loss of the NAFNet paper, unbounded up to 80 dB.
+PSNR_EPS = 1e-8
+
+
+def _per_sample_error(prediction: Tensor, target: Tensor, kind: str, psnr_eps: float = PSNR_EPS) -> Tensor:
+    """Mean absolute (l1) or squared (l2) error of each sample, or (psnr) ``10·log10(MSE + psnr_eps)``,
+    minus the PSNR of images in [0, 1]: [B, ...] -> [B].
+
+    The psnr gradient weighs each sample by ``1 / (MSE + ε)``: with NAFNet's ε = 1e-8 a sample that is
+    nearly right (a clean identity pair) outweighs one that is 10 dB off by up to a million times; a
+    larger ε caps that at ``1 / ε`` (1e-3: samples better than 30 dB weigh alike).
+    """
     if kind == "l1":
         error = F.l1_loss(prediction, target, reduction="none")
     else:
         error = F.mse_loss(prediction, target, reduction="none")
-    return error.flatten(1).mean(dim=1)
+    error = error.flatten(1).mean(dim=1)
+    if kind == "psnr":
+        return (10.0 / math.log(10.0)) * torch.log(error + psnr_eps)
+    return error
 
 
 class _PerSampleLoss(nn.Module):
@@ -174,26 +190,35 @@ class NoiseMatchingLoss(nn.Module):
 
 
 class DataMatchingLoss(_PerSampleLoss):
-    """L1/L2 between the predicted x̂_0 and the true x_0, every timestep weighted alike.
+    """L1/L2 (or the PSNR loss) between the predicted x̂_0 and the true x_0, every timestep weighted alike.
 
     For the ``x0`` and ``residual`` parametrisations this is the plain regression loss on the network
     output; for ``noise`` it compares x̂_0 recovered from ε̂ (weighting the noise error by σ̄_t/α_t).
 
     Args:
         sde: converts the network output to x̂_0.
-        kind: ``"l1"`` or ``"l2"``.
+        kind: ``"l1"``, ``"l2"`` or ``"psnr"`` (see :func:`_per_sample_error`).
         prediction: the network's parametrisation.
+        psnr_eps: the ε of the psnr error.
     """
 
-    def __init__(self, sde: IRSDE, kind: LossKind = "l1", prediction: PredictionType = "residual") -> None:
+    def __init__(
+        self,
+        sde: IRSDE,
+        kind: DataKind = "l1",
+        prediction: PredictionType = "residual",
+        psnr_eps: float = PSNR_EPS,
+    ) -> None:
         super().__init__()
         self.sde = sde
-        self.kind = _check_kind(kind)
+        self.kind = _check_data_kind(kind)
         self.prediction = sde.check_prediction(prediction)
+        self.psnr_eps = float(psnr_eps)
 
     def per_sample(self, model_output: Tensor, xt: Tensor, x0: Tensor, mu: Tensor, t: Timestep) -> Tensor:
         """The loss of each sample, shape [B]."""
-        return _per_sample_error(self.sde.predict_x0(model_output, xt, mu, t, self.prediction), x0, self.kind)
+        x0_pred = self.sde.predict_x0(model_output, xt, mu, t, self.prediction)
+        return _per_sample_error(x0_pred, x0, self.kind, self.psnr_eps)
 
 
 LOSSES: dict[str, type[nn.Module]] = {
@@ -208,42 +233,50 @@ def default_loss(prediction: PredictionType) -> LossName:
     return "ml" if IRSDE.check_prediction(prediction) == "noise" else "x0"
 
 
+def _check_data_kind(kind: str) -> DataKind:
+    if kind not in get_args(DataKind):
+        raise ValueError(f"unknown pixel loss {kind!r}; valid choices: {', '.join(get_args(DataKind))}")
+    return kind  # type: ignore[return-value]
+
+
 class PixelLoss(nn.Module):
     """``loss(output, gt)`` of a one-pass restorer: ``l1``, ``l2`` or ``psnr`` (per image, batch mean).
 
-    ``psnr``: ``10·log10(MSE_i + 1e-8)`` averaged over the images ``i`` of the batch, i.e. minus the
-    mean PSNR up to a constant (images in [0, 1]).
+    ``psnr``: ``10·log10(MSE_i + psnr_eps)`` averaged over the images ``i`` of the batch, i.e. minus the
+    mean PSNR up to a constant (images in [0, 1]); NAFNet's loss with the default ε.
     """
 
-    KINDS = ("l1", "l2", "psnr")
+    KINDS = get_args(DataKind)
 
-    def __init__(self, kind: str = "l1") -> None:
+    def __init__(self, kind: str = "l1", psnr_eps: float = PSNR_EPS) -> None:
         super().__init__()
-        if kind not in self.KINDS:
-            raise ValueError(f"unknown pixel loss {kind!r}; valid choices: {', '.join(self.KINDS)}")
-        self.kind = kind
+        self.kind = _check_data_kind(kind)
+        self.psnr_eps = float(psnr_eps)
 
     def forward(self, output: Tensor, gt: Tensor) -> Tensor:
-        if self.kind == "psnr":
-            mse = F.mse_loss(output, gt, reduction="none").flatten(1).mean(dim=1)  # [B]
-            return (10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean()
-        return _per_sample_error(output, gt, self.kind).mean()  # type: ignore[arg-type]
+        return _per_sample_error(output, gt, self.kind, self.psnr_eps).mean()
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind}"
+        return f"kind={self.kind}" + (f", psnr_eps={self.psnr_eps:g}" if self.kind == "psnr" else "")
 
 
 def build_loss(
-    name: LossName | Literal["auto"], sde: IRSDE, kind: LossKind = "l1", prediction: PredictionType = "noise"
+    name: LossName | Literal["auto"],
+    sde: IRSDE,
+    kind: DataKind = "l1",
+    prediction: PredictionType = "noise",
+    psnr_eps: float = PSNR_EPS,
 ) -> nn.Module:
     """The loss called ``name`` (one of :data:`LOSSES`, or ``auto`` = :func:`default_loss` of ``prediction``)
-    for ``sde``, error ``kind`` and ``prediction``."""
+    for ``sde``, error ``kind`` and ``prediction`` (``psnr`` only for the ``x0`` loss)."""
     if name == "auto":
         name = default_loss(prediction)
+    if kind == "psnr" and name != "x0":
+        raise ValueError(f"loss kind 'psnr' is for the x0 loss, not {name!r}")
     if name == "ml":
         return MaximumLikelihoodLoss(sde, kind, prediction)
     if name == "noise":
         return NoiseMatchingLoss(kind, sde=sde, prediction=prediction)
     if name == "x0":
-        return DataMatchingLoss(sde, kind, prediction)
+        return DataMatchingLoss(sde, kind, prediction, psnr_eps)
     raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)} (or auto)")

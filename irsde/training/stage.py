@@ -47,7 +47,7 @@ from irsde.inference.pipeline import IR_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.models.families import ModelConfig, build_model, daclip_kwargs, is_one_pass, uses_daclip
 from irsde.models.unet import UNetConfig
-from irsde.training.losses import PixelLoss, build_loss
+from irsde.training.losses import PixelLoss, build_loss, default_loss
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -137,7 +137,15 @@ class IRTrainSection:
         "restorer (model.family: nafnet) always compares its output with the GT (loss_kind)",
     )
     loss_kind: Literal["l1", "l2", "psnr"] = spec(
-        "l1", help="the error: l1, l2, or psnr (one-pass restorers only: NAFNet's PSNR loss)"
+        "l1",
+        help="the error: l1, l2, or psnr, 10*log10(MSE + psnr_eps) per sample (NAFNet's PSNR loss; for the "
+        "IR-SDE with the x0 loss)",
+    )
+    psnr_eps: float = spec(
+        1e-8,
+        minimum=1e-12,
+        help="the epsilon of the psnr loss: 1e-8 is NAFNet's; 1e-3 caps the weight of nearly exact samples "
+        "(clean pairs), which otherwise dominate the loss",
     )
     context_shuffle: float = spec(
         0.0,
@@ -190,6 +198,10 @@ class IRTrainConfig:
     data: IRDataSection = field(default_factory=IRDataSection)
     train: IRTrainSection = field(default_factory=IRTrainSection)
 
+    def _ir_loss(self) -> str:
+        """The IR-SDE loss ``train.loss`` names (``auto`` resolved from ``model.prediction``)."""
+        return default_loss(self.model.prediction) if self.train.loss == "auto" else self.train.loss
+
     def validate(self) -> None:
         if is_one_pass(self.model):
             if self.train.loss != "auto":
@@ -197,10 +209,10 @@ class IRTrainConfig:
                     f"train.loss: {self.train.loss!r} is an IR-SDE loss; a one-pass restorer "
                     f"(model.family: {self.model.family}) trains with auto (its pixel loss, train.loss_kind)"
                 )
-        elif self.train.loss_kind == "psnr":
+        elif self.train.loss_kind == "psnr" and self._ir_loss() != "x0":
             raise ConfigError(
-                "train.loss_kind: psnr is for one-pass restorers (model.family: nafnet); the IR-SDE losses "
-                "take l1 or l2"
+                f"train.loss_kind: psnr takes the x0 loss (train.loss: x0, or auto with model.prediction "
+                f"residual or x0), not {self._ir_loss()!r}"
             )
         if uses_daclip(self.model) and not self.daclip.checkpoint:
             raise ConfigError(
@@ -422,9 +434,11 @@ class IRStage(Stage):
                 self.net, device_ids=[device.index] if device.type == "cuda" else None
             )
         if self.one_pass:
-            self.loss_fn: nn.Module = PixelLoss(cfg.train.loss_kind)
+            self.loss_fn: nn.Module = PixelLoss(cfg.train.loss_kind, cfg.train.psnr_eps)
         else:
-            self.loss_fn = build_loss(cfg.train.loss, self.sde, cfg.train.loss_kind, cfg.model.prediction)
+            self.loss_fn = build_loss(
+                cfg.train.loss, self.sde, cfg.train.loss_kind, cfg.model.prediction, cfg.train.psnr_eps
+            )
         train = cfg.train
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
