@@ -50,20 +50,22 @@ def test_epsilon_caps_the_weight_of_a_nearly_exact_sample() -> None:
     assert ratios[1e-3] < 0.2, ratios
 
 
+def _tiny_config(*overrides: str) -> IRTrainConfig:
+    return load_config(
+        IRTrainConfig,
+        ROOT / "configs/universal_ir_tiny.yml",
+        ["data.train_root=", "data.val_root=", *overrides],
+    )
+
+
 def test_psnr_is_only_for_the_x0_loss() -> None:
     sde = IRSDE(max_sigma=5, T=20)
     with pytest.raises(ValueError, match="loss kind 'psnr' is for the x0 loss, not 'ml'"):
         build_loss("auto", sde, "psnr", "noise")
     assert isinstance(build_loss("auto", sde, "psnr", "residual", 1e-3), DataMatchingLoss)
-    with pytest.raises(ConfigError, match=r"train.loss_kind: psnr takes the x0 loss .* not 'ml'"):
-        load_config(
-            IRTrainConfig,
-            ROOT / "configs/universal_ir_tiny.yml",
-            ["data.train_root=", "data.val_root=", "model.prediction=noise", "train.loss_kind=psnr"],
-        )
+    # The IR-SDE loss named outright, or resolved from the parametrisation (auto): both one-line errors.
+    for overrides in (["train.loss=ml"], ["model.prediction=noise"]):
+        with pytest.raises(ConfigError, match=r"train.loss_kind: psnr takes the x0 loss .* not 'ml'"):
+            _tiny_config(*overrides, "train.loss_kind=psnr")
     with pytest.raises(ConfigError, match=r"train.psnr_eps"):
-        load_config(
-            IRTrainConfig,
-            ROOT / "configs/universal_ir_tiny.yml",
-            ["data.train_root=", "data.val_root=", "train.psnr_eps=0"],
-        )
+        _tiny_config("train.psnr_eps=0")

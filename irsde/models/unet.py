@@ -383,7 +383,6 @@ class ConditionalUNet(nn.Module):
             raise ValueError(
                 f"ConditionalUNet: global_curve needs prediction 'residual' (the curve corrects μ), got {prediction!r}"
             )
-        self.global_curve = global_curve
         self._config_args = (in_nc, out_nc, nf, list(ch_mult), context_dim)
         self.prediction = prediction
         self.in_nc = in_nc
@@ -503,7 +502,7 @@ class ConditionalUNet(nn.Module):
             grad_checkpointing=self.use_checkpoint,
             prediction=self.prediction,
             attention_from_level=self.attention_from_level,
-            global_curve=self.global_curve,
+            global_curve=self.curve is not None,
         )
 
     @staticmethod

@@ -44,9 +44,10 @@ LossName = Literal["ml", "noise", "x0"]
 _KINDS: tuple[str, ...] = get_args(LossKind)
 
 
-def _check_kind(kind: str) -> LossKind:
-    if kind not in _KINDS:
-        raise ValueError(f"unknown loss kind {kind!r}; valid choices: {', '.join(_KINDS)}")
+def _check_kind(kind: str, kinds: tuple[str, ...] = _KINDS) -> LossKind:
+    """``kind`` if it is one of ``kinds`` (default: the IR-SDE losses' l1 and l2), else a ValueError."""
+    if kind not in kinds:
+        raise ValueError(f"unknown loss kind {kind!r}; valid choices: {', '.join(kinds)}")
     return kind  # type: ignore[return-value]
 
 
@@ -211,7 +212,7 @@ class DataMatchingLoss(_PerSampleLoss):
     ) -> None:
         super().__init__()
         self.sde = sde
-        self.kind = _check_data_kind(kind)
+        self.kind: DataKind = _check_kind(kind, get_args(DataKind))
         self.prediction = sde.check_prediction(prediction)
         self.psnr_eps = float(psnr_eps)
 
@@ -233,12 +234,6 @@ def default_loss(prediction: PredictionType) -> LossName:
     return "ml" if IRSDE.check_prediction(prediction) == "noise" else "x0"
 
 
-def _check_data_kind(kind: str) -> DataKind:
-    if kind not in get_args(DataKind):
-        raise ValueError(f"unknown pixel loss {kind!r}; valid choices: {', '.join(get_args(DataKind))}")
-    return kind  # type: ignore[return-value]
-
-
 class PixelLoss(nn.Module):
     """``loss(output, gt)`` of a one-pass restorer: ``l1``, ``l2`` or ``psnr`` (per image, batch mean).
 
@@ -250,7 +245,7 @@ class PixelLoss(nn.Module):
 
     def __init__(self, kind: str = "l1", psnr_eps: float = PSNR_EPS) -> None:
         super().__init__()
-        self.kind = _check_data_kind(kind)
+        self.kind: DataKind = _check_kind(kind, self.KINDS)
         self.psnr_eps = float(psnr_eps)
 
     def forward(self, output: Tensor, gt: Tensor) -> Tensor:
