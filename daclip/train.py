@@ -206,6 +206,12 @@ class DataSection:
         help="clip_view: crop: native crops taken from each synthesised sample (a batch of B samples "
         "trains on B x n crops; synthesis, the costly part on CPU, is shared by the n)",
     )
+    visible_psnr: float = spec(
+        0.0,
+        minimum=0.0,
+        help="with clip_view: crop and clean_fraction > 0: a degraded crop within this PSNR (dB) of the "
+        "same crop of the clean photo is labelled clean (the degradation does not show there); 0 = off",
+    )
     test_views: int = spec(
         3,
         minimum=1,
@@ -238,6 +244,8 @@ class DataSection:
             return
         if self.crops_per_sample != 1 and self.clip_view != "crop":
             raise ConfigError("data.crops_per_sample: needs data.clip_view: crop")
+        if self.visible_psnr > 0 and (self.clip_view != "crop" or self.clean_fraction <= 0):
+            raise ConfigError("data.visible_psnr: needs data.clip_view: crop and data.clean_fraction > 0")
         if not self.clean_root:
             raise ConfigError(
                 "data.clean_root: required with data.source: synthetic (a folder or CSV of clean photos)"
@@ -326,15 +334,20 @@ class CaptionCollate:
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         # Several crops of one sample ((n, 3, S, S), data.crops_per_sample) are rows of their own with
-        # that sample's labels: the batch then has B x n rows.
+        # that sample's labels (or, with data.visible_psnr, labels of their own: crop_degradation_index): the
+        # batch then has B x n rows.
         images = [item["image"] if item["image"].ndim == 4 else item["image"][None] for item in items]
+        labels = [
+            item["crop_degradation_index"].tolist()
+            if "crop_degradation_index" in item
+            else [item["degradation_index"]] * len(crops)
+            for item, crops in zip(items, images)
+        ]
         items = [item for item, crops in zip(items, images) for _ in range(len(crops))]
         batch = {
             "image": torch.cat(images),  # (B, 3, S, S)
             "caption_tokens": self.tokenizer([item["caption"] for item in items]),  # (B, context_length)
-            "degradation_index": torch.tensor(
-                [item["degradation_index"] for item in items], dtype=torch.long
-            ),
+            "degradation_index": torch.tensor([index for row in labels for index in row], dtype=torch.long),
             "path": [item["path"] for item in items],
         }
         if items and "degradations" in items[0]:
@@ -579,6 +592,7 @@ def _train_set(cfg: DaCLIPTrainConfig, data_kwargs: dict[str, Any]) -> Dataset:
         clean_fraction=data.clean_fraction,
         clip_view=data.clip_view,
         crops_per_sample=data.crops_per_sample,
+        visible_psnr=data.visible_psnr,
         cache_mb=data.image_cache_mb,
     )
     return EpochKeyedCaptions(synthetic, cfg.experiment.seed)

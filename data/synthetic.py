@@ -63,7 +63,17 @@ from data.paired import (
     pair_tensors,
     write_pairs,
 )
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform, native_crop, native_crops
+from data.transforms import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    at_least,
+    clip_transform,
+    crop_views,
+    cut_view,
+    native_crop,
+    native_crops,
+    normalise_crop,
+)
 
 __all__ = [
     "SynthesisConfig",
@@ -573,6 +583,10 @@ class SyntheticCaptionDataset(_SyntheticBase):
             so pixel-level degradations are not averaged away by the resize.
         crops_per_sample: with ``clip_view="crop"``, ``image`` is ``(n, 3, S, S)``: ``n`` crops of the one
             degraded sample, those where the degradation shows most (:func:`data.transforms.native_crops`).
+        visible_psnr: with ``clip_view="crop"`` and ``clean_fraction > 0``: a degraded crop within this
+            PSNR (dB) of the same crop of the clean photo is labelled :data:`data.CLEAN` (the degradation
+            does not show there: a mild one on a flat region, a shadow or a raindrop elsewhere). Items
+            then carry ``crop_degradation_index`` ``(n,)``, one label per crop. 0 = off.
         cache_mb: as :class:`SyntheticPairedDataset`.
     """
 
@@ -592,8 +606,11 @@ class SyntheticCaptionDataset(_SyntheticBase):
         clean_fraction: float = 0.0,
         clip_view: Literal["resize", "crop"] = "resize",
         crops_per_sample: int = 1,
+        visible_psnr: float = 0.0,
         cache_mb: float = 0.0,
     ) -> None:
+        if visible_psnr < 0 or (visible_psnr > 0 and (clip_view != "crop" or clean_fraction <= 0)):
+            raise ValueError("visible_psnr needs clip_view 'crop' and clean_fraction > 0 (a 'clean' text)")
         if crops_per_sample < 1 or (crops_per_sample > 1 and clip_view != "crop"):
             raise ValueError(f"crops_per_sample {crops_per_sample} needs clip_view 'crop' (1: one image)")
         if not 0.0 <= clean_fraction < 1.0:
@@ -616,6 +633,7 @@ class SyntheticCaptionDataset(_SyntheticBase):
         self.clean_fraction = float(clean_fraction)
         self.clip_view = clip_view
         self.crops_per_sample = int(crops_per_sample)
+        self.visible_psnr = float(visible_psnr)
         if self.clean_fraction > 0:  # "no degradation" is one more text of the loss's vocabulary
             self.degradation_texts = (*self.degradation_texts, CLEAN)
 
@@ -631,6 +649,23 @@ class SyntheticCaptionDataset(_SyntheticBase):
         lq = degrade_chain(clean, names, degrade, self._params) if names else clean
         return image, names, clean, lq, crop
 
+    def _labelled_crops(
+        self, clean: np.ndarray, lq: np.ndarray, rng: np.random.Generator, label: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(n, 3, S, S)`` crops of a degraded sample (as :func:`data.transforms.native_crops` cuts
+        them) and their ``(n,)`` labels: ``label``, or :data:`data.CLEAN` where the degradation does not
+        show (within ``visible_psnr`` dB of the clean photo's crop)."""
+        size, limit = self.image_size, 10.0 ** (-self.visible_psnr / 10.0)  # the MSE at that PSNR
+        views = crop_views(lq, size, rng, self.crops_per_sample, reference=clean)
+        lq, clean = at_least(lq, size), at_least(clean, size)
+        crops = [cut_view(lq, size, view) for view in views]
+        shows = [
+            float(np.mean(np.square(c - cut_view(clean, size, v)))) >= limit for c, v in zip(crops, views)
+        ]
+        labels = [label if show else len(self.degradation_texts) - 1 for show in shows]  # CLEAN is last
+        images = torch.stack([normalise_crop(crop, self.mean, self.std) for crop in crops])
+        return images, torch.tensor(labels, dtype=torch.long)
+
     def degraded(
         self, index: int, seed: int | Sequence[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -642,7 +677,14 @@ class SyntheticCaptionDataset(_SyntheticBase):
     def get_item(self, index: int, seed: int | Sequence[int] | None = None) -> dict[str, Any]:
         """Sample ``index`` with draw key ``seed = (run_seed, draw_key)`` (default ``(self.seed, index)``)."""
         image, names, clean, lq, crop = self._draw(index, seed)
-        if self.clip_view == "crop" and self.crops_per_sample > 1:  # (n, 3, S, S)
+        labels = self._labels(names)
+        if not names:
+            labels["degradation_index"] = len(self.degradation_texts) - 1  # CLEAN, the last text
+        if self.clip_view == "crop" and self.visible_psnr > 0 and names:  # a label per crop
+            clip_image, labels["crop_degradation_index"] = self._labelled_crops(
+                clean, lq, crop, labels["degradation_index"]
+            )
+        elif self.clip_view == "crop" and self.crops_per_sample > 1:  # (n, 3, S, S)
             clip_image = native_crops(
                 lq, self.image_size, crop, self.crops_per_sample, self.mean, self.std, reference=clean
             )
@@ -650,9 +692,6 @@ class SyntheticCaptionDataset(_SyntheticBase):
             clip_image = native_crop(lq, self.image_size, crop, self.mean, self.std, reference=clean)
         else:
             clip_image = clip_transform(lq, self.image_size, self.mean, self.std)  # (3, S, S)
-        labels = self._labels(names)
-        if not names:
-            labels["degradation_index"] = len(self.degradation_texts) - 1  # CLEAN, the last text
         return {
             "image": clip_image,
             "caption": image.caption,

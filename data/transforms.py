@@ -61,7 +61,7 @@ def clip_transform_batch(images: torch.Tensor, size: int = 224, **kwargs) -> tor
     return out.to(images.device)
 
 
-def _normalise(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalise_crop(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(H, W, 3)`` in [0, 1] -> CLIP-normalised ``(3, H, W)``, truncated to uint8 levels first (as above)."""
     return torch.from_numpy(normalise_array(img, mean, std))
 
@@ -109,6 +109,26 @@ def native_crops(
 ) -> torch.Tensor:
     """``count`` crops as :func:`native_crop` from one image: ``(count, 3, size, size)``; with a
     ``reference``, the ``count`` of ``max(tries, 2 * count)`` offsets where most pixels changed."""
+    views = crop_views(img, size, rng, count, reference, tries)
+    resized = at_least(img, size)
+    return torch.stack([normalise_crop(cut_view(resized, size, view), mean, std) for view in views])
+
+
+#: A crop of :func:`crop_views`: ``(top, left, flip left-right, flip up-down)``.
+View = tuple[int, int, bool, bool]
+
+
+def crop_views(
+    img: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    count: int,
+    reference: np.ndarray | None = None,
+    tries: int = 4,
+) -> list[View]:
+    """Where :func:`native_crops` cuts its ``count`` crops of ``img`` (after :func:`at_least`): random
+    offsets on the 8-px grid and random flips; with a ``reference``, the ``count`` of
+    ``max(tries, 2 * count)`` offsets where most pixels changed. Cut them with :func:`cut_view`."""
     resized = at_least(img, size)
     h, w = resized.shape[:2]
     draws = max(tries, 2 * count) if reference is not None else count
@@ -122,15 +142,17 @@ def native_crops(
         t, x = offsets[:, 0], offsets[:, 1]
         counts = table[t + size, x + size] - table[t, x + size] - table[t + size, x] + table[t, x]
         offsets = offsets[np.argsort(-counts, kind="stable")]
-    crops = []
-    for top, left in offsets[:count]:
-        crop = resized[top : top + size, left : left + size]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        if rng.random() < 0.5:
-            crop = crop[::-1]
-        crops.append(_normalise(crop, mean, std))
-    return torch.stack(crops)
+    # The flips are drawn crop by crop, left-right before up-down.
+    return [(int(top), int(left), rng.random() < 0.5, rng.random() < 0.5) for top, left in offsets[:count]]
+
+
+def cut_view(img: np.ndarray, size: int, view: View) -> np.ndarray:
+    """The ``size`` crop of ``img`` that ``view`` names, flipped as it says: ``(size, size, 3)``."""
+    top, left, flip_lr, flip_ud = view
+    crop = img[top : top + size, left : left + size]
+    if flip_lr:
+        crop = crop[:, ::-1]
+    return crop[::-1] if flip_ud else crop
 
 
 def grid_views(

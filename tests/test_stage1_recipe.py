@@ -235,3 +235,48 @@ def test_native_crops_take_the_windows_where_most_pixels_changed_in_any_channel(
         crops = native_crops(degraded, 24, np.random.default_rng(seed), 2, reference=clean, tries=8, **PLAIN)
         levels = np.floor(degraded * 255.0) / 255.0  # the crops are truncated to uint8 levels
         assert [_offset(crop, levels) for crop in crops] == best
+
+
+def test_crops_the_degradation_does_not_show_in_are_labelled_clean(tmp_path: Path) -> None:
+    """``visible_psnr``: a degraded crop within that PSNR of its clean crop is labelled clean, the others
+    keep the sample's label; the crops themselves are the ones the dataset cuts without it."""
+    from data.synthetic import SynthesisConfig
+
+    write_image(tmp_path / "p.png", np.full((64, 64, 3), 0.5, dtype=np.float32))  # flat: holes show, rest not
+    kwargs = dict(image_size=16, length=8, clip_view="crop", crops_per_sample=4, **PLAIN)
+    config = SynthesisConfig(types=["uncompleted"])
+    plain = SyntheticCaptionDataset(tmp_path, config, **kwargs, clean_fraction=0.0)
+    labelled = SyntheticCaptionDataset(tmp_path, config, **kwargs, clean_fraction=1e-9, visible_psnr=40.0)
+    clean_index = labelled.degradation_texts.index(CLEAN)
+    grey = float(plain[0]["image"].flatten().mode().values)  # the photo's level, as the crops store it
+    seen = set()
+    for i in range(8):
+        item = labelled[i]
+        assert torch.equal(item["image"], plain[i]["image"])  # the same draws and crops
+        for crop, label in zip(item["image"], item["crop_degradation_index"].tolist()):
+            shows = float(((crop - grey) ** 2).mean()) >= 1e-4  # 40 dB
+            assert label == (item["degradation_index"] if shows else clean_index)
+            seen.add(shows)
+    assert seen == {True, False}  # both cases happened
+    collate = CaptionCollate(lambda texts: torch.zeros(len(texts), 4, dtype=torch.long))
+    batch = collate([labelled[0], labelled[1]])
+    expected = torch.cat([labelled[0]["crop_degradation_index"], labelled[1]["crop_degradation_index"]])
+    assert torch.equal(batch["degradation_index"], expected)
+    with pytest.raises(ValueError, match="visible_psnr"):
+        SyntheticCaptionDataset(tmp_path, config, **kwargs, visible_psnr=40.0)  # no 'clean' answer to give
+
+
+def test_visible_psnr_needs_native_crops_and_a_clean_answer(tmp_path: Path) -> None:
+    import yaml
+
+    from daclip.engine.config import ConfigError, load_config
+    from daclip.train import DaCLIPTrainConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert yaml.safe_load((configs / "daclip_demo.yml").read_text())["data"]["visible_psnr"] == 40
+    assert "visible_psnr" not in yaml.safe_load((configs / "daclip.yml").read_text())["data"]  # the paper
+    base = ["data.source=synthetic", f"data.clean_root={tmp_path}", "data.visible_psnr=40"]
+    assert load_config(DaCLIPTrainConfig, None, [*base, "data.clip_view=crop", "data.clean_fraction=0.2"])
+    for override in (["data.clip_view=crop", "data.clean_fraction=0"], ["data.clean_fraction=0.2"]):
+        with pytest.raises(ConfigError, match="data.visible_psnr"):
+            load_config(DaCLIPTrainConfig, None, [*base, *override])
