@@ -112,7 +112,8 @@ def test_clean_vocabulary_needs_synthetic_data_and_is_no_degradation(tmp_path: P
         demo_recipe(tmp_path, clean_root, **{"data.degradations": "[hazy, clean]"})
     cfg = demo_recipe(tmp_path, clean_root)
     assert cfg.data.vocabulary() == (*TYPES, CLEAN)
-    assert demo_recipe(tmp_path, clean_root, **{"data.clean_fraction": "0"}).data.vocabulary() == TYPES
+    no_clean = {"data.clean_fraction": "0", "data.visible_psnr": "0"}  # the clean labels go with it
+    assert demo_recipe(tmp_path, clean_root, **no_clean).data.vocabulary() == TYPES
 
 
 def test_synthetic_captions_with_clean_samples_and_native_crops(tmp_path: Path) -> None:
