@@ -86,10 +86,25 @@ def test_make_dataset_refuses_a_combination_of_four_types(clean, tmp_path, capsy
     assert (out / "hazy+rainy+low-light" / "LQ").is_dir()
 
 
-def test_context_shuffle_needs_a_conditioned_restorer(clean):
-    with pytest.raises(ConfigError, match="train.context_shuffle: needs a DA-CLIP-conditioned restorer"):
+@pytest.mark.parametrize("key", ["context_shuffle", "clean_context_shuffle"])
+def test_a_context_shuffle_needs_a_conditioned_restorer(clean, key):
+    with pytest.raises(ConfigError, match=f"train.{key}: needs a DA-CLIP-conditioned restorer"):
         load_config(
             IRTrainConfig,
             ROOT / "configs" / "universal_ir_synthetic_tiny.yml",  # plain: both contexts off
-            [*_synthetic(clean, "{}"), "train.context_shuffle=0.3"],
+            [*_synthetic(clean, "{}"), f"train.{key}=0.3", "data.clean_fraction=0.2"],
+        )
+
+
+def test_clean_context_shuffle_needs_clean_pairs(clean):
+    conditioned = [
+        "model.use_degra_context=true",
+        f"daclip.checkpoint={ROOT / 'pyproject.toml'}",  # any file: the check comes first
+        "train.clean_context_shuffle=1",
+    ]
+    with pytest.raises(ConfigError, match="train.clean_context_shuffle: needs clean pairs"):
+        load_config(
+            IRTrainConfig,
+            ROOT / "configs" / "universal_ir_synthetic_tiny.yml",
+            [*_synthetic(clean, "{}"), *conditioned, "data.clean_fraction=0"],
         )

@@ -56,6 +56,7 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
         config = (demo_dir / name / "config.yaml").read_text()
         assert "source: synthetic" in config and "daclip_clean.csv" in config
         assert ("context_shuffle: 0.15" in config) == (name == "universal-ir")  # the IR-SDE checks its prompt
+        assert ("clean_context_shuffle: 1.0" in config) == (name == "universal-ir")
     # The summary counts the types where the output beats the input, and names those where it is worse.
     summary = re.search(r"better than the input on \*\*(\d+) of 10\*\*", report)
     assert summary is not None

@@ -103,6 +103,9 @@ class DemoSettings:
     #: train.context_shuffle of the DA-CLIP-conditioned IR-SDE: a share of samples conditioned on another
     #: sample's DA-CLIP answer, so it checks the image before correcting (measured in the README).
     ir_context_shuffle: float = 0.15
+    #: train.clean_context_shuffle of the DA-CLIP-conditioned IR-SDE: its clean identity pairs conditioned
+    #: on a degraded sample's DA-CLIP answer, so a clean photo DA-CLIP misreads comes back unchanged.
+    ir_clean_context_shuffle: float = 1.0
 
 
 def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings, image_tower: str = "controller") -> Path:
@@ -269,7 +272,10 @@ def _stage2(
             f"data.clip_input={settings.clip_input if conditioned else 'image'}",
             *(_synthetic_pairs(data_root) if settings.ir_data == "synthetic" else []),
             *(
-                [f"train.context_shuffle={settings.ir_context_shuffle}"]
+                [
+                    f"train.context_shuffle={settings.ir_context_shuffle}",
+                    f"train.clean_context_shuffle={settings.ir_clean_context_shuffle}",
+                ]
                 if conditioned and family == "irsde"
                 else []
             ),

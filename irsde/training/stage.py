@@ -154,6 +154,14 @@ class IRTrainSection:
         help="share of training samples conditioned on another batch sample's DA-CLIP embeddings: the "
         "restorer learns to check the image instead of trusting a wrong answer (0 = the paper)",
     )
+    clean_context_shuffle: float = spec(
+        0.0,
+        minimum=0.0,
+        maximum=1.0,
+        help="share of the clean identity pairs (data.clean_fraction) conditioned on a degraded batch "
+        "sample's DA-CLIP embeddings: the restorer learns to leave a clean image alone when DA-CLIP "
+        "names a degradation it does not have (0 = off)",
+    )
     ema_decay: float = spec(0.995, minimum=0.0, maximum=1.0)
     ema_every: int = spec(10, minimum=1)
     grad_clip: float = spec(0.0, minimum=0.0, help="max gradient norm; 0 = off")
@@ -224,11 +232,14 @@ class IRTrainConfig:
                 f"data.clip_input: {self.data.clip_input} shows DA-CLIP the whole degraded image, but "
                 "data.degrade_at: patch degrades only the crop (use clip_input: patch, or degrade_at: image)"
             )
-        if self.train.context_shuffle > 0 and not uses_daclip(self.model):
-            raise ConfigError(
-                "train.context_shuffle: needs a DA-CLIP-conditioned restorer (model.use_degra_context or "
-                "model.use_image_context)"
-            )
+        for key in ("context_shuffle", "clean_context_shuffle"):
+            if getattr(self.train, key) > 0 and not uses_daclip(self.model):
+                raise ConfigError(
+                    f"train.{key}: needs a DA-CLIP-conditioned restorer (model.use_degra_context or "
+                    "model.use_image_context)"
+                )
+        if self.train.clean_context_shuffle > 0 and self.data.clean_fraction <= 0:
+            raise ConfigError("train.clean_context_shuffle: needs clean pairs (data.clean_fraction > 0)")
         if self.train.timestep_grid is not None and self.train.timestep_grid > self.sde.T:
             raise ConfigError(f"train.timestep_grid: {self.train.timestep_grid} exceeds sde.T ({self.sde.T})")
         if self.train.val_steps is not None and self.train.val_steps > self.sde.T:
@@ -251,6 +262,23 @@ def shuffle_contexts(
     offset = torch.randint(1, batch, (batch,), generator=generator, device=device)  # (B,) in 1..B-1
     own = torch.arange(batch, device=device)
     source = torch.where(swap, (own + offset) % batch, own).to(degra_emb.device)
+    return content_emb[source], degra_emb[source]
+
+
+def mismatch_clean_contexts(
+    content_emb: Tensor, degra_emb: Tensor, clean: Tensor, share: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Each clean sample (``clean``, ``(B,)`` bool), with probability ``share``, takes the embeddings of a
+    degraded sample of the batch drawn at random: DA-CLIP naming a degradation the image does not have,
+    as it does on clean photos it misreads. Nothing changes in a batch without both kinds."""
+    batch = degra_emb.shape[0]
+    degraded = (~clean).nonzero().flatten()  # (n,)
+    if share <= 0 or len(degraded) == 0 or not clean.any():
+        return content_emb, degra_emb
+    device = generator.device
+    swap = clean.to(device) & (torch.rand(batch, generator=generator, device=device) < share)  # (B,)
+    donor = degraded.to(device)[torch.randint(0, len(degraded), (batch,), generator=generator, device=device)]
+    source = torch.where(swap, donor, torch.arange(batch, device=device)).to(degra_emb.device)
     return content_emb[source], degra_emb[source]
 
 
@@ -599,6 +627,11 @@ class IRStage(Stage):
             content_emb, degra_emb = self._cached_embeddings(batch)
         else:
             content_emb, degra_emb = self._embed(batch["lq_clip"])  # (B, D) each
+        if self.cfg.train.clean_context_shuffle > 0:  # identity pairs carry degradation_index -1
+            clean = torch.as_tensor(batch["degradation_index"]) < 0  # (B,)
+            content_emb, degra_emb = mismatch_clean_contexts(
+                content_emb, degra_emb, clean, self.cfg.train.clean_context_shuffle, self.generator
+            )
         content_emb, degra_emb = shuffle_contexts(
             content_emb, degra_emb, self.cfg.train.context_shuffle, self.generator
         )
