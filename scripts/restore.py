@@ -137,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--self-ensemble",
-        action="store_true",
-        help="average the restorations of the 8 flips/transposes (8x the network evaluations)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the restorations of the 8 flips/transposes (8x the network evaluations); default: "
+        "as the checkpoint was validated (train.val_self_ensemble; the demo's restorers use it)",
     )
     _add_run_options(p)
     return p

@@ -118,6 +118,27 @@ def test_runner_restores_like_the_pytorch_pipeline(family, onnx_folders):
         assert got.shape == tuple(lq.shape) and np.abs(got - expected.numpy()).max() <= PARITY_ATOL
 
 
+def test_runner_self_ensemble_is_the_pytorch_one_and_the_folders_default(onnx_folders, tmp_path):
+    """The eight flips/transposes averaged as the PyTorch pipeline does, and by default when the folder
+    says so (exported from a checkpoint validated with it)."""
+    folder = onnx_folders["nafnet"]
+    pipeline, runner = _pipeline(folder), OnnxRestorer(folder)
+    lq = _images(parity_sizes(runner.pad_multiple)[0], seed=5)
+    pipeline.self_ensemble = True
+    expected = pipeline(lq).numpy()
+    got, plain = runner(lq.numpy(), self_ensemble=True), runner(lq.numpy())
+    assert np.abs(got - expected).max() <= PARITY_ATOL
+    assert (
+        np.abs(got - plain).max() > 10 * PARITY_ATOL
+    )  # really averaged: a perturbed NAFNet is not symmetric
+    config = parse_config(folder)
+    config.sampling.self_ensemble = True
+    copy = shutil.copytree(folder, tmp_path / "ensembled")
+    write_config(copy, config)
+    assert np.array_equal(OnnxRestorer(copy)(lq.numpy()), got)
+    assert _pipeline(copy).self_ensemble is True and _pipeline(folder).self_ensemble is False
+
+
 @pytest.mark.parametrize("order", [1, 2])
 def test_numpy_mr_loop_equals_the_pytorch_mr_sampler_on_the_exported_step(order, onnx_folders):
     runner = OnnxRestorer(onnx_folders["irsde"])

@@ -148,3 +148,39 @@ def test_the_witness_config_keeps_the_papers_recipe():
     }
     assert witness["train"]["val_sampler"] == "posterior" and witness["train"].get("val_steps") is None
     assert witness["train"]["val_clamp_x0"] is True and "val_clamp_x0" not in paper["train"]
+
+
+def test_the_checkpoints_self_ensemble_is_the_default(tmp_path, tiny_daclip_checkpoint):
+    # A restorer validated with the 8-flip self-ensemble (train.val_self_ensemble, the demo's restorers)
+    # restores with it by default in scripts/test.py, scripts/restore.py and the app; the config or the
+    # flag turns it off; a checkpoint that records nothing (the released weights) restores without it.
+    from irsde.inference.pipeline import RestorationPipeline
+    from tests.test_export import perturbed_checkpoint
+
+    def nafnet(name: str, *overrides: str) -> Path:
+        return perturbed_checkpoint(tmp_path / name, tiny_daclip_checkpoint, "nafnet", *overrides)
+
+    ensembled, plain = nafnet("ens.pt", "train.val_self_ensemble=true"), nafnet("plain.pt")
+    on = _evaluate(tmp_path, ensembled, "ens-on")
+    off = _evaluate(tmp_path, ensembled, "ens-off", "sampling.self_ensemble=false")
+    assert (on["self_ensemble"], on["nfe"], off["self_ensemble"], off["nfe"]) == (True, 8, False, 1)
+    assert (_evaluate(tmp_path, plain, "plain")["nfe"]) == 1
+    # Same weights: the eight orientations were really averaged (a perturbed NAFNet is not flip-equivariant).
+    assert on["rows"]["average"]["psnr"] != pytest.approx(off["rows"]["average"]["psnr"], abs=1e-4)
+    assert (
+        "self-ensemble of 8 flips/transposes" in (tmp_path / "results" / "ens-on" / "results.md").read_text()
+    )
+    assert RestorationPipeline.from_checkpoint(ensembled, device="cpu").self_ensemble is True
+    assert (
+        RestorationPipeline.from_checkpoint(ensembled, device="cpu", self_ensemble=False).self_ensemble
+        is False
+    )
+    assert RestorationPipeline.from_checkpoint(plain, device="cpu").self_ensemble is False
+
+    spec = importlib.util.spec_from_file_location("restore_script", ROOT / "scripts" / "restore.py")
+    restore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(restore)
+    base = ["--checkpoint", str(ensembled), "-i", str(tmp_path), "-o", str(tmp_path / "out")]
+    assert restore.parse_args(base).self_ensemble is None  # None: the checkpoint's
+    assert restore.parse_args([*base, "--no-self-ensemble"]).self_ensemble is False
+    assert restore.parse_args([*base, "--self-ensemble"]).self_ensemble is True

@@ -101,7 +101,11 @@ class SamplingSection:
     seed: int = spec(0, minimum=0)
     tile: int | None = spec(None, minimum=16, help="tiled network calls for large images")
     tile_overlap: int = spec(64, minimum=0)
-    self_ensemble: bool = spec(False, help="average the restorations of the 8 flips/transposes (8x the NFE)")
+    self_ensemble: bool | None = spec(
+        None,
+        help="average the restorations of the 8 flips/transposes (8x the NFE); None = as the checkpoint "
+        "was validated (train.val_self_ensemble)",
+    )
     tile_batch_size: int = spec(4, minimum=1)
 
     def validate(self) -> None:
@@ -420,8 +424,8 @@ def _sampling_summary(cfg: TestConfig, pipeline: RestorationPipeline) -> dict[st
         steps = len(make_timesteps(pipeline.sde.T, pipeline.num_steps, cfg.sampling.grid, sde=pipeline.sde))
     return {
         "sampler": sampler,
-        "nfe": steps * (8 if cfg.sampling.self_ensemble else 1),
-        "self_ensemble": cfg.sampling.self_ensemble,
+        "nfe": steps * (8 if pipeline.self_ensemble else 1),
+        "self_ensemble": pipeline.self_ensemble,
         "grid": cfg.sampling.grid,
         "clamp_x0": pipeline.clamp_x0,
         "sampler_source": source,

@@ -233,24 +233,59 @@ class OnnxRestorer:
         order: int | None = None,
         seed: int = 0,
         x_T: np.ndarray | None = None,
+        self_ensemble: bool | None = None,
     ) -> np.ndarray:
         """Restore ``lq`` (B, 3, H, W) float32 in [0, 1]; returns the restored batch clamped to [0, 1].
 
         An IR-SDE restorer is sampled with ``mr`` at ``num_steps`` (None: the folder's steps) of ``order``
-        (None: the folder's, else 2), from ``x_T`` or μ + λ·N(0, I) drawn with ``seed``.
+        (None: the folder's, else 2), from ``x_T`` or μ + λ·N(0, I) drawn with ``seed``. ``self_ensemble``
+        (None: the folder's) averages the restorations of the image's eight flips/transposes, each undone,
+        with one DA-CLIP embedding of the image as given (and ``x_T`` flipped with it), as the PyTorch path.
         """
         lq = np.ascontiguousarray(lq, dtype=np.float32)
         if lq.ndim != 4 or lq.shape[1] != 3 or min(lq.shape[2:]) < self.pad_multiple:
             raise ValueError(f"expected images (B, 3, H, W) with H, W >= {self.pad_multiple}, got {lq.shape}")
         embeddings = self.embed(lq)
-        if self.one_pass:
-            return np.clip(self.restorer.run(None, {"lq": lq, **embeddings})[0], 0.0, 1.0)
-        if x_T is None:
+        if not self.one_pass and x_T is None:
             noise = np.random.default_rng(seed).standard_normal(lq.shape)
             x_T = (lq + self.tables.max_sigma * noise).astype(np.float32)
+        if self_ensemble is None:
+            self_ensemble = bool(self.sampling.get("self_ensemble", False))
+        if not self_ensemble:
+            return np.clip(self._restore(lq, x_T, embeddings, num_steps, order), 0.0, 1.0)
+        total = np.zeros_like(lq)
+        for transpose in (False, True):
+            for axes in ((), (-1,), (-2,), (-2, -1)):
+
+                def view(
+                    a: np.ndarray, transpose: bool = transpose, axes: tuple[int, ...] = axes
+                ) -> np.ndarray:
+                    a = np.swapaxes(a, -2, -1) if transpose else a
+                    return np.ascontiguousarray(np.flip(a, axes) if axes else a)
+
+                out = self._restore(
+                    view(lq), None if x_T is None else view(x_T), embeddings, num_steps, order
+                )
+                out = np.flip(out, axes) if axes else out
+                total += np.swapaxes(out, -2, -1) if transpose else out
+        return np.clip(total / 8, 0.0, 1.0)
+
+    def _restore(
+        self,
+        lq: np.ndarray,
+        x_T: np.ndarray | None,
+        embeddings: dict[str, np.ndarray],
+        num_steps: int | None,
+        order: int | None,
+    ) -> np.ndarray:
+        """One restoration of ``lq`` (unclamped), from ``x_T`` for an IR-SDE restorer."""
+        if self.one_pass:
+            return self.restorer.run(None, {"lq": lq, **embeddings})[0]
+        assert x_T is not None and self.tables is not None
         steps = num_steps if num_steps is not None else self.sampling.get("num_steps")
         timesteps = mr_timesteps(self.tables, steps, self.sampling.get("grid", "uniform"))
         order = order or self.sampling.get("order") or 2
         clamp = bool(self.sampling.get("clamp_x0", False))
-        out = mr_sample(self.step(embeddings), lq, x_T, self.tables, timesteps, self.prediction, clamp, order)
-        return np.clip(out, 0.0, 1.0)
+        return mr_sample(
+            self.step(embeddings), lq, x_T, self.tables, timesteps, self.prediction, clamp, order
+        )

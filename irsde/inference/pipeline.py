@@ -173,8 +173,10 @@ class RestorationPipeline:
         (a released U-Net records none: then it is required); ``clip_model`` / ``model_config`` describe
         a released DA-CLIP file. ``sampler`` None takes the checkpoint's validation setting
         (:meth:`LoadedRestorer.default_sampling`), and ``num_steps`` None its steps; ``clamp_x0`` None (or
-        not given) the clamping it was validated with (``train.val_clamp_x0``), else the parametrisation's.
-        ``options`` are the other keyword arguments of the constructor (``order``, ``grid``, ``tile``, ``self_ensemble``, ...).
+        not given) the clamping it was validated with (``train.val_clamp_x0``), else the parametrisation's;
+        ``self_ensemble`` None (or not given) whether it was validated with the self-ensemble
+        (``train.val_self_ensemble``). ``options`` are the other keyword arguments of the constructor
+        (``order``, ``grid``, ``tile``, ...).
         ``daclip_option`` is how the caller's user sets ``daclip`` (named in error messages). A folder is
         loaded by :meth:`from_pretrained` (``use_ema`` does not apply: a folder holds the EMA weights).
         """
@@ -196,6 +198,8 @@ class RestorationPipeline:
             num_steps = recorded_steps if num_steps is None else num_steps
         if options.get("clamp_x0") is None:
             options["clamp_x0"] = loaded.default_clamp_x0()  # as validated in training, if recorded
+        if options.get("self_ensemble") is None:
+            options["self_ensemble"] = loaded.default_self_ensemble()
         weights = loaded.daclip_weights(daclip, option=daclip_option) or ""
         if loaded.needs_daclip and not weights:
             raise UserError(f"{path} is conditioned on DA-CLIP: give its weights ({daclip_option})")
@@ -228,10 +232,10 @@ class RestorationPipeline:
     ) -> RestorationPipeline:
         """The pipeline of a model folder (``scripts/export.py``), read from JSON and safetensors only.
 
-        ``sampler`` None takes the folder's default sampling (sampler and steps); ``order``, ``grid`` and
-        ``clamp_x0`` given as None (or not given) take the folder's too. ``daclip`` replaces the folder's
+        ``sampler`` None takes the folder's default sampling (sampler and steps); ``order``, ``grid``,
+        ``clamp_x0`` and ``self_ensemble`` given as None (or not given) take the folder's too. ``daclip`` replaces the folder's
         DA-CLIP with other weights (``clip_model`` / ``model_config`` describe a released file). ``options``
-        are the other keyword arguments of the constructor (``tile``, ``self_ensemble``, ...).
+        are the other keyword arguments of the constructor (``tile``, ...).
         """
         from irsde.inference.pretrained import load_pretrained
 
@@ -240,7 +244,7 @@ class RestorationPipeline:
         defaults = loaded.config.sampling
         if sampler is None:
             sampler, num_steps = defaults.sampler, defaults.num_steps if num_steps is None else num_steps
-        for key in ("order", "grid", "clamp_x0"):
+        for key in ("order", "grid", "clamp_x0", "self_ensemble"):
             if options.get(key) is None:
                 options[key] = getattr(defaults, key)
         options.setdefault("clip_input", loaded.config.clip_input)
@@ -442,6 +446,11 @@ class LoadedRestorer:
         when not recorded (then the parametrisation's default applies)."""
         clamp = self._section("train").get("val_clamp_x0")
         return clamp if isinstance(clamp, bool) else None
+
+    def default_self_ensemble(self) -> bool:
+        """Whether this model was validated with the 8-flip self-ensemble (``train.val_self_ensemble``, our
+        checkpoints); False when not recorded (released weights)."""
+        return self._section("train").get("val_self_ensemble") is True
 
     def clip_input(self) -> ClipInput:
         """DA-CLIP's input at test time: ``views`` for a restorer trained with data.clip_input: views (the

@@ -70,6 +70,7 @@ class SamplingDefaults:
     order: int | None = spec(None, minimum=1, maximum=2, help="mr / mr-sde order; None = 2")
     grid: Literal["uniform", "logsnr"] = "uniform"
     clamp_x0: bool = False
+    self_ensemble: bool = spec(False, help="average the restorations of the 8 flips/transposes")
 
 
 @dataclass
@@ -202,6 +203,7 @@ def describe_pipeline(pipeline: Any, source: dict[str, Any] | None = None) -> Pr
             order=pipeline.order,
             grid=pipeline.grid,
             clamp_x0=pipeline.clamp_x0,
+            self_ensemble=pipeline.self_ensemble,
         ),
         degradations=list(pipeline.degradations),
         daclip=clip_source,

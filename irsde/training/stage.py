@@ -187,6 +187,11 @@ class IRTrainSection:
         "default (off for noise, the paper's numerics; on otherwise). Recorded: checkpoints sample "
         "with it by default",
     )
+    val_self_ensemble: bool = spec(
+        False,
+        help="validate with the geometric self-ensemble (the restorations of the 8 flips/transposes "
+        "averaged, 8x the network evaluations). Recorded: checkpoints restore with it by default",
+    )
 
     def validate(self) -> None:
         if self.lr_min > self.lr:
@@ -709,6 +714,7 @@ class IRStage(Stage):
             num_steps=self.cfg.train.val_steps,
             clamp_x0=self.cfg.train.val_clamp_x0,
             clip_input="views" if self.clip_views else "image",
+            self_ensemble=self.cfg.train.val_self_ensemble,
         )
         metrics, rows = validate(pipeline, self.val_set, self.val_indices, self.cfg.experiment.seed)
         for name, value in metrics.items():
