@@ -57,6 +57,8 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
         assert "source: synthetic" in config and "daclip_clean.csv" in config
         assert ("context_shuffle: 0.15" in config) == (name == "universal-ir")  # the IR-SDE checks its prompt
         assert ("clean_context_shuffle: 1.0" in config) == (name == "universal-ir")
+        # NAFNet restores with the 8-flip self-ensemble by default (recorded), the IR-SDE in one pass.
+        assert ("val_self_ensemble: true" in config) == (name == "nafnet-daclip")
     # The summary counts the types where the output beats the input, and names those where it is worse.
     summary = re.search(r"better than the input on \*\*(\d+) of 10\*\*", report)
     assert summary is not None
