@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="average the restorations of the 8 flips/transposes (8x the network evaluations); default: "
-        "as the checkpoint was validated (train.val_self_ensemble; the demo's restorers use it)",
+        "as the checkpoint was validated (train.val_self_ensemble; the demo's NAFNet uses it)",
     )
     _add_run_options(p)
     return p

@@ -147,6 +147,24 @@ def mr_sample(
     return x.astype(np.float32)
 
 
+#: The eight orientations of the self-ensemble, in the PyTorch path's order: (transposed, flipped axes).
+ORIENTATIONS: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
+    (transpose, axes) for transpose in (False, True) for axes in ((), (-1,), (-2,), (-2, -1))
+)
+
+
+def _orient(a: np.ndarray, transpose: bool, axes: tuple[int, ...]) -> np.ndarray:
+    """``a`` (..., H, W) transposed (if asked), then flipped along ``axes``."""
+    a = np.swapaxes(a, -2, -1) if transpose else a
+    return np.ascontiguousarray(np.flip(a, axes) if axes else a)
+
+
+def _unorient(a: np.ndarray, transpose: bool, axes: tuple[int, ...]) -> np.ndarray:
+    """Undo :func:`_orient`."""
+    a = np.flip(a, axes) if axes else a
+    return np.swapaxes(a, -2, -1) if transpose else a
+
+
 class OnnxRestorer:
     """A model folder's ONNX graphs in onnxruntime sessions, restoring numpy batches.
 
@@ -254,20 +272,10 @@ class OnnxRestorer:
         if not self_ensemble:
             return np.clip(self._restore(lq, x_T, embeddings, num_steps, order), 0.0, 1.0)
         total = np.zeros_like(lq)
-        for transpose in (False, True):
-            for axes in ((), (-1,), (-2,), (-2, -1)):
-
-                def view(
-                    a: np.ndarray, transpose: bool = transpose, axes: tuple[int, ...] = axes
-                ) -> np.ndarray:
-                    a = np.swapaxes(a, -2, -1) if transpose else a
-                    return np.ascontiguousarray(np.flip(a, axes) if axes else a)
-
-                out = self._restore(
-                    view(lq), None if x_T is None else view(x_T), embeddings, num_steps, order
-                )
-                out = np.flip(out, axes) if axes else out
-                total += np.swapaxes(out, -2, -1) if transpose else out
+        for transpose, axes in ORIENTATIONS:
+            start = None if x_T is None else _orient(x_T, transpose, axes)
+            out = self._restore(_orient(lq, transpose, axes), start, embeddings, num_steps, order)
+            total += _unorient(out, transpose, axes)
         return np.clip(total / 8, 0.0, 1.0)
 
     def _restore(
