@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from daclip.engine.cli import int_at_least, run_main  # noqa: E402
+from daclip.engine.cli import float_at_least, int_at_least, run_main  # noqa: E402
 from daclip.engine.distributed import resolve_device  # noqa: E402
 from daclip.engine.errors import UserError  # noqa: E402
 from daclip.inference import add_daclip_arguments  # noqa: E402
@@ -142,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="average the restorations of the 8 flips/transposes (8x the network evaluations); default: "
         "as the checkpoint was validated (train.val_self_ensemble; the demo's NAFNet uses it)",
     )
+    p.add_argument(
+        "--min-change",
+        type=float_at_least(0.0),
+        default=None,
+        metavar="GREY_LEVELS",
+        help="give back the input's pixels wherever the restorer changes a 64-px window by less than this "
+        "RMS, in grey levels of 255 (0 = off); default: as the checkpoint was validated "
+        "(train.val_min_change; the demo's restorers use 1)",
+    )
     _add_run_options(p)
     return p
 
@@ -201,6 +210,7 @@ def restore(args: argparse.Namespace) -> None:
         tile=args.tile,
         tile_overlap=args.overlap if args.overlap is not None else 64,
         self_ensemble=args.self_ensemble,
+        min_change=args.min_change,
     )
     degradations = args.degradations or pipeline.degradations
     _announce(pipeline, args.sampler, args.steps, args.degradations)

@@ -59,6 +59,7 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
         assert ("clean_context_shuffle: 1.0" in config) == (name == "universal-ir")
         # NAFNet restores with the 8-flip self-ensemble by default (recorded), the IR-SDE in one pass.
         assert ("val_self_ensemble: true" in config) == (name == "nafnet-daclip")
+        assert "val_min_change: 1.0" in config  # both restorers give back what they barely change
     # The summary counts the types where the output beats the input, and names those where it is worse.
     summary = re.search(r"better than the input on \*\*(\d+) of 10\*\*", report)
     assert summary is not None

@@ -139,6 +139,27 @@ def test_runner_self_ensemble_is_the_pytorch_one_and_the_folders_default(onnx_fo
     assert _pipeline(copy).self_ensemble is True and _pipeline(folder).self_ensemble is False
 
 
+def test_runner_min_change_is_the_pytorch_one_and_the_folders_default(onnx_folders, tmp_path):
+    """The min_change gate as the PyTorch pipeline applies it, and by default when the folder says so."""
+    folder = onnx_folders["nafnet"]
+    pipeline, runner = _pipeline(folder), OnnxRestorer(folder)
+    lq = _images(parity_sizes(runner.pad_multiple)[0], seed=6)
+    plain = runner(lq.numpy())
+    change = np.sqrt(((plain - lq.numpy()) ** 2).mean()) * 255  # the perturbed network's change, grey levels
+    pipeline.min_change = float(change)  # about half the windows change more, half less
+    expected = pipeline(lq).numpy()
+    got = runner(lq.numpy(), min_change=float(change))
+    assert np.abs(got - expected).max() <= PARITY_ATOL
+    untouched = (got == lq.numpy()).all(axis=1)
+    assert untouched.any() and not untouched.all()  # some windows given back, others restored
+    config = parse_config(folder)
+    config.sampling.min_change = float(change)
+    copy = shutil.copytree(folder, tmp_path / "gated")
+    write_config(copy, config)
+    assert np.array_equal(OnnxRestorer(copy)(lq.numpy()), got)
+    assert _pipeline(copy).min_change == float(change) and _pipeline(folder).min_change == 0.0
+
+
 @pytest.mark.parametrize("order", [1, 2])
 def test_numpy_mr_loop_equals_the_pytorch_mr_sampler_on_the_exported_step(order, onnx_folders):
     runner = OnnxRestorer(onnx_folders["irsde"])

@@ -184,3 +184,43 @@ def test_the_checkpoints_self_ensemble_is_the_default(tmp_path, tiny_daclip_chec
     assert restore.parse_args(base).self_ensemble is None  # None: the checkpoint's
     assert restore.parse_args([*base, "--no-self-ensemble"]).self_ensemble is False
     assert restore.parse_args([*base, "--self-ensemble"]).self_ensemble is True
+
+
+def test_the_checkpoints_min_change_is_the_default(tmp_path, tiny_daclip_checkpoint):
+    # A restorer validated with the min_change gate (train.val_min_change, the demo's restorers) restores
+    # with it by default in scripts/test.py, scripts/restore.py and the app; the config or the flag set
+    # another; a checkpoint that records nothing (the released weights) restores without it.
+    from irsde.inference.pipeline import RestorationPipeline
+    from tests.test_export import perturbed_checkpoint
+
+    def nafnet(name: str, *overrides: str) -> Path:
+        return perturbed_checkpoint(tmp_path / name, tiny_daclip_checkpoint, "nafnet", *overrides)
+
+    # A gate far above anything the perturbed network changes: every image comes back as it came.
+    gated, plain = nafnet("gated.pt", "train.val_min_change=1000"), nafnet("plain.pt")
+    on = _evaluate(tmp_path, gated, "gate-on")
+    off = _evaluate(tmp_path, gated, "gate-off", "sampling.min_change=0")
+    assert (on["min_change"], off["min_change"], _evaluate(tmp_path, plain, "plain")["min_change"]) == (
+        1000.0,
+        0.0,
+        0.0,
+    )
+    assert all(row["psnr_gain"] == 0.0 for row in on["rows"].values())
+    assert off["rows"]["average"]["psnr_gain"] != 0.0  # the same weights change the images without it
+    assert (
+        "given back unchanged (min_change)" in (tmp_path / "results" / "gate-on" / "results.md").read_text()
+    )
+    assert RestorationPipeline.from_checkpoint(gated, device="cpu").min_change == 1000.0
+    assert RestorationPipeline.from_checkpoint(gated, device="cpu", min_change=0.5).min_change == 0.5
+    assert RestorationPipeline.from_checkpoint(plain, device="cpu").min_change == 0.0
+
+    spec = importlib.util.spec_from_file_location("restore_script", ROOT / "scripts" / "restore.py")
+    restore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(restore)
+    base = ["--checkpoint", str(gated), "-i", str(tmp_path), "-o", str(tmp_path / "out")]
+    assert restore.parse_args(base).min_change is None  # None: the checkpoint's
+    assert restore.parse_args([*base, "--min-change", "0"]).min_change == 0.0
+    for bad in ("-1", "nan", "one"):
+        with pytest.raises(SystemExit) as exit_info:
+            restore.parse_args([*base, "--min-change", bad])
+        assert exit_info.value.code == 2

@@ -73,6 +73,23 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
     return tqdm(iterable, file=stream, **kwargs)
 
 
+def float_at_least(low: float) -> Callable[[str], float]:
+    """An argparse type for the scripts: a finite number >= ``low`` (anything else is argparse's usage error)."""
+    import argparse
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {low:g}, got {text}")
+        return value
+
+    return parse
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """An argparse type for the scripts: an integer >= ``low`` (anything else is argparse's usage error)."""
     import argparse

@@ -110,6 +110,11 @@ class DemoSettings:
     #: scripts/test.py, the app), with the average of the 8 flips/transposes (measured in the README: +0.07 to
     #: +0.11 dB on NAFNet, +0.02 on the IR-SDE for 8x its sampling time, so the IR-SDE keeps one pass).
     nafnet_self_ensemble: bool = True
+    #: train.val_min_change of every restorer: the input's pixels are given back wherever it changes a 64-px
+    #: window by less than one grey level (RMS), the tiny restorers' precision floor (measured in the README:
+    #: the motion-blurred and JPEG crops of outside photos that the degradation barely touched stop losing
+    #: 1-2 dB, and most clean crops come back bit-identical).
+    min_change: float = 1.0
 
 
 def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings, image_tower: str = "controller") -> Path:
@@ -286,6 +291,7 @@ def _stage2(
             f"train.total_steps={settings.ir_steps}",
             f"train.save_every={settings.ir_steps}",
             f"train.val_self_ensemble={str(settings.nafnet_self_ensemble and family == 'nafnet').lower()}",
+            f"train.val_min_change={settings.min_change}",
             "train.val_every=0",
         ],
     )
@@ -731,7 +737,14 @@ def _report(
             if results.get("self_ensemble")
             else ""
         )
-        + f" (x0 clamping {'on' if results['clamp_x0'] else 'off'}); "
+        + f" (x0 clamping {'on' if results['clamp_x0'] else 'off'}"
+        + (
+            f"; windows it changes by less than {results['min_change']:g} grey level(s) RMS are given back "
+            "as they came"
+            if results.get("min_change")
+            else ""
+        )
+        + "); "
         f"{settings.ir_steps} training steps on "
         + (
             "pairs synthesised afresh at every draw from the stage-1 clean crops (one degradation each)."

@@ -106,6 +106,12 @@ class SamplingSection:
         help="average the restorations of the 8 flips/transposes (8x the NFE); None = as the checkpoint "
         "was validated (train.val_self_ensemble)",
     )
+    min_change: float | None = spec(
+        None,
+        minimum=0.0,
+        help="give back the input wherever the restorer changes a 64-px window by less than this RMS, in "
+        "grey levels (0 = off); None = as the checkpoint was validated (train.val_min_change)",
+    )
     tile_batch_size: int = spec(4, minimum=1)
 
     def validate(self) -> None:
@@ -242,6 +248,7 @@ def _build_pipeline(cfg: TestConfig) -> RestorationPipeline:
         tile_overlap=cfg.sampling.tile_overlap,
         tile_batch_size=cfg.sampling.tile_batch_size,
         self_ensemble=cfg.sampling.self_ensemble,
+        min_change=cfg.sampling.min_change,
     )
 
 
@@ -426,6 +433,7 @@ def _sampling_summary(cfg: TestConfig, pipeline: RestorationPipeline) -> dict[st
         "sampler": sampler,
         "nfe": steps * (8 if pipeline.self_ensemble else 1),
         "self_ensemble": pipeline.self_ensemble,
+        "min_change": pipeline.min_change,
         "grid": cfg.sampling.grid,
         "clamp_x0": pipeline.clamp_x0,
         "sampler_source": source,
@@ -584,10 +592,16 @@ def _sampling_note(results: dict[str, Any]) -> str:
     """How the images were restored: the network evaluations per image, and the sampler (with why it was
     chosen when the config did not name it)."""
     ensemble = bool(results.get("self_ensemble"))
+    gate = float(results.get("min_change") or 0.0)
+    gate_note = (
+        f" Windows changed by less than {gate:g} grey levels (RMS) were given back unchanged (min_change)."
+        if gate
+        else ""
+    )
     if results.get("sampler") == "one-pass":
         return (
             f"A one-pass restorer ({results.get('family', 'nafnet')}): {results['nfe']} network evaluation(s) "
-            "per image" + (" (self-ensemble of 8 flips/transposes)." if ensemble else ".")
+            "per image" + (" (self-ensemble of 8 flips/transposes)." if ensemble else ".") + gate_note
         )
     if "sampler" not in results:
         return ""
@@ -598,6 +612,7 @@ def _sampling_note(results: dict[str, Any]) -> str:
         f"{results['nfe']} network evaluation(s) per image ({results.get('grid', 'uniform')} timestep grid"
         + ("; self-ensemble of 8 flips/transposes" if ensemble else "")
         + f"), x0 clamping {'on' if results['clamp_x0'] else 'off'}."
+        + gate_note
     )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from daclip.engine.errors import UserError
 from daclip.engine.folder import CONFIG_NAME, read_folder_config
 from data.clip_input import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_input_array, grid_views_array
+from irsde.inference.gate import keep_small_changes
 
 __all__ = ["OnnxRestorer", "SDETables", "mr_sample", "mr_timesteps"]
 
@@ -252,6 +253,7 @@ class OnnxRestorer:
         seed: int = 0,
         x_T: np.ndarray | None = None,
         self_ensemble: bool | None = None,
+        min_change: float | None = None,
     ) -> np.ndarray:
         """Restore ``lq`` (B, 3, H, W) float32 in [0, 1]; returns the restored batch clamped to [0, 1].
 
@@ -259,6 +261,8 @@ class OnnxRestorer:
         (None: the folder's, else 2), from ``x_T`` or μ + λ·N(0, I) drawn with ``seed``. ``self_ensemble``
         (None: the folder's) averages the restorations of the image's eight flips/transposes, each undone,
         with one DA-CLIP embedding of the image as given (and ``x_T`` flipped with it), as the PyTorch path.
+        ``min_change`` (None: the folder's) gives back the input wherever a 64-px window changes by less
+        (grey levels RMS; :func:`irsde.inference.gate.keep_small_changes`, as the PyTorch path).
         """
         lq = np.ascontiguousarray(lq, dtype=np.float32)
         if lq.ndim != 4 or lq.shape[1] != 3 or min(lq.shape[2:]) < self.pad_multiple:
@@ -269,14 +273,17 @@ class OnnxRestorer:
             x_T = (lq + self.tables.max_sigma * noise).astype(np.float32)
         if self_ensemble is None:
             self_ensemble = bool(self.sampling.get("self_ensemble", False))
+        if min_change is None:
+            min_change = float(self.sampling.get("min_change", 0.0))
         if not self_ensemble:
-            return np.clip(self._restore(lq, x_T, embeddings, num_steps, order), 0.0, 1.0)
+            restored = np.clip(self._restore(lq, x_T, embeddings, num_steps, order), 0.0, 1.0)
+            return keep_small_changes(lq, restored, min_change)
         total = np.zeros_like(lq)
         for transpose, axes in ORIENTATIONS:
             start = None if x_T is None else _orient(x_T, transpose, axes)
             out = self._restore(_orient(lq, transpose, axes), start, embeddings, num_steps, order)
             total += _unorient(out, transpose, axes)
-        return np.clip(total / 8, 0.0, 1.0)
+        return keep_small_changes(lq, np.clip(total / 8, 0.0, 1.0), min_change)
 
     def _restore(
         self,

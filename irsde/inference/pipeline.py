@@ -97,6 +97,8 @@ class RestorationPipeline:
         tile, tile_overlap, tile_batch_size: tiled network calls for large images (None: whole image).
         self_ensemble: average the restorations of the image's eight flips/transposes (each undone);
             8x the network evaluations, less variance in the output.
+        min_change: give back the input's pixels wherever the restorer changes a 64-px window by less than
+            this RMS, in grey levels of 255 (:func:`irsde.inference.gate.keep_small_changes`; 0 = off).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class RestorationPipeline:
         tile_overlap: int = 64,
         tile_batch_size: int = 4,
         self_ensemble: bool = False,
+        min_change: float = 0.0,
         clip_input: ClipInput = "image",
     ) -> None:
         if uses_daclip(model) and embedder is None:
@@ -143,6 +146,9 @@ class RestorationPipeline:
         self.tile_overlap = tile_overlap
         self.tile_batch_size = tile_batch_size
         self.self_ensemble = bool(self_ensemble)
+        if not min_change >= 0.0:
+            raise ValueError(f"min_change must be >= 0 (grey levels of 255), got {min_change!r}")
+        self.min_change = float(min_change)
         #: DA-CLIP's input: the whole image resized (``image``, the paper) or its grid of native crops,
         #: the embeddings averaged over them (``views``, a restorer trained with data.clip_input: views).
         self.clip_input: ClipInput = clip_input
@@ -175,7 +181,8 @@ class RestorationPipeline:
         (:meth:`LoadedRestorer.default_sampling`), and ``num_steps`` None its steps; ``clamp_x0`` None (or
         not given) the clamping it was validated with (``train.val_clamp_x0``), else the parametrisation's;
         ``self_ensemble`` None (or not given) whether it was validated with the self-ensemble
-        (``train.val_self_ensemble``). ``options`` are the other keyword arguments of the constructor
+        (``train.val_self_ensemble``), ``min_change`` None (or not given) the gate it was validated with
+        (``train.val_min_change``). ``options`` are the other keyword arguments of the constructor
         (``order``, ``grid``, ``tile``, ...).
         ``daclip_option`` is how the caller's user sets ``daclip`` (named in error messages). A folder is
         loaded by :meth:`from_pretrained` (``use_ema`` does not apply: a folder holds the EMA weights).
@@ -200,6 +207,8 @@ class RestorationPipeline:
             options["clamp_x0"] = loaded.default_clamp_x0()  # as validated in training, if recorded
         if options.get("self_ensemble") is None:
             options["self_ensemble"] = loaded.default_self_ensemble()
+        if options.get("min_change") is None:
+            options["min_change"] = loaded.default_min_change()
         weights = loaded.daclip_weights(daclip, option=daclip_option) or ""
         if loaded.needs_daclip and not weights:
             raise UserError(f"{path} is conditioned on DA-CLIP: give its weights ({daclip_option})")
@@ -233,7 +242,7 @@ class RestorationPipeline:
         """The pipeline of a model folder (``scripts/export.py``), read from JSON and safetensors only.
 
         ``sampler`` None takes the folder's default sampling (sampler and steps); ``order``, ``grid``,
-        ``clamp_x0`` and ``self_ensemble`` given as None (or not given) take the folder's too. ``daclip`` replaces the folder's
+        ``clamp_x0``, ``self_ensemble`` and ``min_change`` given as None (or not given) take the folder's too. ``daclip`` replaces the folder's
         DA-CLIP with other weights (``clip_model`` / ``model_config`` describe a released file). ``options``
         are the other keyword arguments of the constructor (``tile``, ...).
         """
@@ -244,7 +253,7 @@ class RestorationPipeline:
         defaults = loaded.config.sampling
         if sampler is None:
             sampler, num_steps = defaults.sampler, defaults.num_steps if num_steps is None else num_steps
-        for key in ("order", "grid", "clamp_x0", "self_ensemble"):
+        for key in ("order", "grid", "clamp_x0", "self_ensemble", "min_change"):
             if options.get(key) is None:
                 options[key] = getattr(defaults, key)
         options.setdefault("clip_input", loaded.config.clip_input)
@@ -383,7 +392,7 @@ class RestorationPipeline:
             )
 
         if not self.self_ensemble:
-            return restore(lq).clamp(0.0, 1.0)
+            return self._gate(lq, restore(lq).clamp(0.0, 1.0))
         # Geometric self-ensemble: restore the eight flips/transposes of the image (one DA-CLIP embedding,
         # of the image as given), undo each and average. 8x the network evaluations.
         total = torch.zeros_like(lq)
@@ -393,7 +402,18 @@ class RestorationPipeline:
                 out = restore(view.flip(dims) if dims else view)
                 out = out.flip(dims) if dims else out
                 total += out.transpose(-2, -1) if transpose else out
-        return (total / 8).clamp(0.0, 1.0)
+        return self._gate(lq, (total / 8).clamp(0.0, 1.0))
+
+    def _gate(self, lq: Tensor, restored: Tensor) -> Tensor:
+        """``restored`` with the windows it barely changes given back as in ``lq`` (``min_change``)."""
+        if self.min_change == 0.0:
+            return restored
+        from irsde.inference.gate import keep_small_changes
+
+        kept = keep_small_changes(
+            lq.detach().float().cpu().numpy(), restored.detach().float().cpu().numpy(), self.min_change
+        )
+        return torch.from_numpy(kept).to(device=restored.device, dtype=restored.dtype)
 
 
 def classifier_vocabulary(degradations: Sequence[str], embedder: Embedder | None) -> tuple[str, ...]:
@@ -451,6 +471,12 @@ class LoadedRestorer:
         """Whether this model was validated with the 8-flip self-ensemble (``train.val_self_ensemble``, our
         checkpoints); False when not recorded (released weights)."""
         return self._section("train").get("val_self_ensemble") is True
+
+    def default_min_change(self) -> float:
+        """The ``min_change`` gate this model was validated with (``train.val_min_change``, our checkpoints),
+        in grey levels; 0 (off) when not recorded (released weights)."""
+        value = self._section("train").get("val_min_change")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
     def clip_input(self) -> ClipInput:
         """DA-CLIP's input at test time: ``views`` for a restorer trained with data.clip_input: views (the

@@ -71,6 +71,9 @@ class SamplingDefaults:
     grid: Literal["uniform", "logsnr"] = "uniform"
     clamp_x0: bool = False
     self_ensemble: bool = spec(False, help="average the restorations of the 8 flips/transposes")
+    min_change: float = spec(
+        0.0, minimum=0.0, help="give back the input where a 64-px window changes by less (grey levels RMS)"
+    )
 
 
 @dataclass
@@ -204,6 +207,7 @@ def describe_pipeline(pipeline: Any, source: dict[str, Any] | None = None) -> Pr
             grid=pipeline.grid,
             clamp_x0=pipeline.clamp_x0,
             self_ensemble=pipeline.self_ensemble,
+            min_change=pipeline.min_change,
         ),
         degradations=list(pipeline.degradations),
         daclip=clip_source,

@@ -443,6 +443,8 @@ def describe_settings(pipeline: RestorationPipeline, seed: int) -> str:
     parts.append(f"tile={pipeline.tile}" if pipeline.tile is not None else "tile=off")
     if pipeline.self_ensemble:
         parts.append("self-ensemble")
+    if pipeline.min_change:
+        parts.append(f"min-change={pipeline.min_change:g}")
     parts.append(f"seed={seed}")
     return " ".join(parts)
 

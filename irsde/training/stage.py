@@ -192,6 +192,13 @@ class IRTrainSection:
         help="validate with the geometric self-ensemble (the restorations of the 8 flips/transposes "
         "averaged, 8x the network evaluations). Recorded: checkpoints restore with it by default",
     )
+    val_min_change: float = spec(
+        0.0,
+        minimum=0.0,
+        help="validate with the min_change gate: the input's pixels are given back wherever the restorer "
+        "changes a 64-px window by less than this RMS, in grey levels (irsde.inference.gate; 0 = off). "
+        "Recorded: checkpoints restore with it by default",
+    )
 
     def validate(self) -> None:
         if self.lr_min > self.lr:
@@ -715,6 +722,7 @@ class IRStage(Stage):
             clamp_x0=self.cfg.train.val_clamp_x0,
             clip_input="views" if self.clip_views else "image",
             self_ensemble=self.cfg.train.val_self_ensemble,
+            min_change=self.cfg.train.val_min_change,
         )
         metrics, rows = validate(pipeline, self.val_set, self.val_indices, self.cfg.experiment.seed)
         for name, value in metrics.items():
