@@ -547,3 +547,9 @@ def test_the_app_says_when_nothing_is_wrong_and_can_give_the_photo_back(tmp_path
     assert not np.array_equal(before, after) and "no degradation found" in status and "1 network" in status
     before, after, _, _, status = events.restore(str(dark), "mr", 1, "1", "uniform", "off", 0, None, True)
     assert not np.array_equal(before, after) and "no degradation found" not in status
+    # The min_change gate far above what the network changes: the photo comes back as it came, and the
+    # status says the restorer changed nothing (the network did run).
+    pipeline.min_change = 1000.0
+    before, after, _, _, status = events.restore(str(dark), "mr", 1, "1", "uniform", "off", 0, None, False)
+    assert np.array_equal(before, after) and "1 network" in status
+    assert "the restorer changed nothing by 1000 grey level(s) or more" in status

@@ -655,9 +655,27 @@ def test_keep_clean_writes_back_what_daclip_finds_nothing_wrong_with(tmp_path):
             and rows["bright.png"]["degradation"] == "clean"
         )
         assert ("kept as it came" in rows["bright.png"]["settings"]) == keep
+        # The share of pixels given back exactly: all of the kept image, none of a restored one.
+        assert entries["bright.png"]["unchanged"] == (1.0 if keep else 0.0)
+        assert entries["dark.png"]["unchanged"] == 0.0
+        assert float(rows["bright.png"]["unchanged"]) == entries["bright.png"]["unchanged"]
     said = [line for line in logs if line.startswith("bright.png:")]
     assert len(said) == 2 and all("no degradation found" in line for line in said)
     assert "kept as it came" in said[0] and "kept as it came" not in said[1]
+
+    # The min_change gate far above anything the network changes: every image is given back as it
+    # came (bit-identical), the records and the log say so; the network still ran (no --keep-clean).
+    pipeline.min_change = 1000.0
+    out = tmp_path / "gated"
+    dataset = LQImageDataset(inputs, clip_size=16, clip_mean=(0, 0, 0), clip_std=(1, 1, 1))
+    logs.clear()
+    restore_images(pipeline, dataset, out, degradations=names, log=logs.append)
+    for name in ("bright.png", "dark.png"):
+        assert np.array_equal(read_image(out / name), read_image(inputs / name))
+    entries = json.loads((out / "predictions.json").read_text())["images"]
+    assert [e["unchanged"] for e in entries] == [1.0, 1.0]
+    assert all("min-change=1000" in e["settings"] for e in entries)
+    assert sum("changed nothing by min_change or more" in line for line in logs) == 2
 
 
 def test_evaluation_accuracy_chooses_among_the_vocabulary_daclip_learned(tmp_path, monkeypatch):

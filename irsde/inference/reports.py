@@ -53,6 +53,7 @@ _PREDICTION_FIELDS = [
     "probability",
     "top3",
     "degradations",
+    "unchanged",
     "run",
     "settings",
 ]
@@ -72,6 +73,8 @@ def _csv_row(record: dict[str, Any]) -> dict[str, str]:
         # an image DA-CLIP finds nothing wrong with says so ("clean" ranks first; no type is present)
         "degradations": "+".join(record.get("degradations", [name]))
         or ("no degradation found" if record.get("clean") else ""),
+        # the share of pixels given back exactly as they came (--keep-clean, the min_change gate)
+        "unchanged": f"{record['unchanged']:.4f}" if "unchanged" in record else "",
         "run": record.get("run", ""),
         "settings": record.get("settings", ""),
     }
@@ -111,8 +114,9 @@ def write_json_predictions(path: Path, records: Sequence[dict[str, Any]]) -> Non
 
     Layout: ``{"rule": ..., "images": [{"input", "output", "degradations" (the predicted set, most
     probable first; empty when ``clean``), "clean" (DA-CLIP's most probable entry is "clean": no
-    degradation found), "threshold", "probabilities" ({type: probability}, summing to 1), "run",
-    "settings"}, ...]}`` sorted by output path.
+    degradation found), "threshold", "probabilities" ({type: probability}, summing to 1), "unchanged"
+    (the share of pixels given back exactly as they came), "run", "settings"}, ...]}`` sorted by output
+    path.
     """
     entries = read_json_predictions(path) if path.is_file() else {}
     for r in records:
@@ -123,6 +127,7 @@ def write_json_predictions(path: Path, records: Sequence[dict[str, Any]]) -> Non
             "clean": bool(r.get("clean", False)),
             "threshold": r["threshold"],
             "probabilities": dict(r["probabilities"]),
+            "unchanged": r.get("unchanged"),
             "run": r.get("run", ""),
             "settings": r.get("settings", ""),
         }

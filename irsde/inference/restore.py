@@ -659,7 +659,13 @@ class _RestoreRun:
             if warning:
                 self.log(warning)
             self._write(index, restored[i])
-            record = self._record(item, self.plan.targets[index], row, settings, kept=kept[i])
+            # The share of pixels given back exactly as they came (all with --keep-clean; with the
+            # min_change gate, the windows the restorer barely changed).
+            same = (restored[i] == lq[i].to(restored.device)).all(dim=0)
+            unchanged = float(same.float().mean())
+            record = self._record(
+                item, self.plan.targets[index], row, settings, kept=kept[i], unchanged=unchanged
+            )
             self.records.append(record)
         self.done += len(batch)
 
@@ -674,13 +680,28 @@ class _RestoreRun:
             ) from None
 
     def _record(
-        self, item: dict[str, Any], target: Path, probs: Tensor | None, settings: str, *, kept: bool = False
+        self,
+        item: dict[str, Any],
+        target: Path,
+        probs: Tensor | None,
+        settings: str,
+        *,
+        kept: bool = False,
+        unchanged: float = 0.0,
     ) -> dict[str, Any]:
         """The record of one written image (with its predictions when classified); logs its line."""
         record: dict[str, Any] = {"input": item["path"], "output": str(target), "run": self.run_id}
         record["settings"] = "kept as it came (--keep-clean)" if kept else settings
+        record["unchanged"] = unchanged
+        gate = ""
+        if not kept and self.pipeline.min_change:
+            gate = (
+                " (the restorer changed nothing by min_change or more: given back as it came)"
+                if unchanged == 1.0
+                else f" ({unchanged:.0%} of it given back as it came: min_change)"
+            )
         if probs is None:
-            self.log(f"{_input_name(item['path'])} -> {target}")
+            self.log(f"{_input_name(item['path'])} -> {target}{gate}")
             return record
         names = list(self.degradations or ())
         values = probs.float().cpu().numpy()  # (K,)
@@ -699,7 +720,7 @@ class _RestoreRun:
             verdict = f"no degradation found ({prob:.1%} clean{'; kept as it came' if kept else ''})"
         else:
             verdict = f"{name} ({prob:.1%}; present: {'+'.join(found)})"
-        self.log(f"{_input_name(item['path'])}: {verdict} -> {target}")
+        self.log(f"{_input_name(item['path'])}: {verdict} -> {target}{gate}")
         return record
 
 
