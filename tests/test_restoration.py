@@ -675,7 +675,7 @@ def test_keep_clean_writes_back_what_daclip_finds_nothing_wrong_with(tmp_path):
     entries = json.loads((out / "predictions.json").read_text())["images"]
     assert [e["unchanged"] for e in entries] == [1.0, 1.0]
     assert all("min-change=1000" in e["settings"] for e in entries)
-    assert sum("changed nothing by min_change or more" in line for line in logs) == 2
+    assert sum("the restorer changed nothing by 1000 grey level(s) or more" in line for line in logs) == 2
 
 
 def test_evaluation_accuracy_chooses_among_the_vocabulary_daclip_learned(tmp_path, monkeypatch):

@@ -31,11 +31,23 @@ def network_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def _test_script():
-    spec = importlib.util.spec_from_file_location("test_script", ROOT / "scripts" / "test.py")
+def _script(name: str):
+    """``scripts/<name>.py`` loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _test_script():
+    return _script("test")
+
+
+def _nafnet(tmp_path: Path, daclip: Path, name: str, *overrides: str) -> Path:
+    """A perturbed NAFNet checkpoint (not flip-equivariant, not the identity) with training ``overrides``."""
+    from tests.test_export import perturbed_checkpoint
+
+    return perturbed_checkpoint(tmp_path / name, daclip, "nafnet", *overrides)
 
 
 def _evaluate(tmp_path: Path, checkpoint: Path, name: str, *overrides: str) -> dict:
@@ -155,12 +167,9 @@ def test_the_checkpoints_self_ensemble_is_the_default(tmp_path, tiny_daclip_chec
     # restores with it by default in scripts/test.py, scripts/restore.py and the app; the config or the
     # flag turns it off; a checkpoint that records nothing (the released weights) restores without it.
     from irsde.inference.pipeline import RestorationPipeline
-    from tests.test_export import perturbed_checkpoint
 
-    def nafnet(name: str, *overrides: str) -> Path:
-        return perturbed_checkpoint(tmp_path / name, tiny_daclip_checkpoint, "nafnet", *overrides)
-
-    ensembled, plain = nafnet("ens.pt", "train.val_self_ensemble=true"), nafnet("plain.pt")
+    ensembled = _nafnet(tmp_path, tiny_daclip_checkpoint, "ens.pt", "train.val_self_ensemble=true")
+    plain = _nafnet(tmp_path, tiny_daclip_checkpoint, "plain.pt")
     on = _evaluate(tmp_path, ensembled, "ens-on")
     off = _evaluate(tmp_path, ensembled, "ens-off", "sampling.self_ensemble=false")
     assert (on["self_ensemble"], on["nfe"], off["self_ensemble"], off["nfe"]) == (True, 8, False, 1)
@@ -177,9 +186,7 @@ def test_the_checkpoints_self_ensemble_is_the_default(tmp_path, tiny_daclip_chec
     )
     assert RestorationPipeline.from_checkpoint(plain, device="cpu").self_ensemble is False
 
-    spec = importlib.util.spec_from_file_location("restore_script", ROOT / "scripts" / "restore.py")
-    restore = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(restore)
+    restore = _script("restore")
     base = ["--checkpoint", str(ensembled), "-i", str(tmp_path), "-o", str(tmp_path / "out")]
     assert restore.parse_args(base).self_ensemble is None  # None: the checkpoint's
     assert restore.parse_args([*base, "--no-self-ensemble"]).self_ensemble is False
@@ -191,13 +198,10 @@ def test_the_checkpoints_min_change_is_the_default(tmp_path, tiny_daclip_checkpo
     # with it by default in scripts/test.py, scripts/restore.py and the app; the config or the flag set
     # another; a checkpoint that records nothing (the released weights) restores without it.
     from irsde.inference.pipeline import RestorationPipeline
-    from tests.test_export import perturbed_checkpoint
-
-    def nafnet(name: str, *overrides: str) -> Path:
-        return perturbed_checkpoint(tmp_path / name, tiny_daclip_checkpoint, "nafnet", *overrides)
 
     # A gate far above anything the perturbed network changes: every image comes back as it came.
-    gated, plain = nafnet("gated.pt", "train.val_min_change=1000"), nafnet("plain.pt")
+    gated = _nafnet(tmp_path, tiny_daclip_checkpoint, "gated.pt", "train.val_min_change=1000")
+    plain = _nafnet(tmp_path, tiny_daclip_checkpoint, "plain.pt")
     on = _evaluate(tmp_path, gated, "gate-on")
     off = _evaluate(tmp_path, gated, "gate-off", "sampling.min_change=0")
     assert (on["min_change"], off["min_change"], _evaluate(tmp_path, plain, "plain")["min_change"]) == (
@@ -214,9 +218,7 @@ def test_the_checkpoints_min_change_is_the_default(tmp_path, tiny_daclip_checkpo
     assert RestorationPipeline.from_checkpoint(gated, device="cpu", min_change=0.5).min_change == 0.5
     assert RestorationPipeline.from_checkpoint(plain, device="cpu").min_change == 0.0
 
-    spec = importlib.util.spec_from_file_location("restore_script", ROOT / "scripts" / "restore.py")
-    restore = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(restore)
+    restore = _script("restore")
     base = ["--checkpoint", str(gated), "-i", str(tmp_path), "-o", str(tmp_path / "out")]
     assert restore.parse_args(base).min_change is None  # None: the checkpoint's
     assert restore.parse_args([*base, "--min-change", "0"]).min_change == 0.0

@@ -43,9 +43,11 @@ from irsde.inference.pipeline import RestorationPipeline
 from irsde.inference.restore import (
     DEFAULT_MAX_PIXELS,
     NonFiniteOutputError,
+    gate_note,
     network_calls,
     output_warning,
     pipeline_settings,
+    unchanged_share,
 )
 
 __all__ = [
@@ -129,20 +131,6 @@ def check_size(width: int, height: int, tile: int | None, max_pixels: int) -> No
             f"{_megapixels(max_pixels)} (about {side}x{side}) this server restores in one piece: "
             "choose a tile size"
         )
-
-
-def _gate_note(min_change: float, lq: torch.Tensor, restored: torch.Tensor) -> str:
-    """What the min_change gate gave back of the image, for the status line ("" without the gate)."""
-    if not min_change:
-        return ""
-    unchanged = float((restored == lq.to(restored.device)).all(dim=0).float().mean())
-    if unchanged == 1.0:
-        return (
-            f"; the restorer changed nothing by {min_change:g} grey level(s) or more: given back as it came"
-        )
-    return (
-        f"; {unchanged:.0%} of it given back as it came (changed by less than {min_change:g} grey level(s))"
-    )
 
 
 def _display_name(path: str | os.PathLike) -> str:
@@ -328,8 +316,10 @@ class AppRestorer:
             status = f"restored {name} ({width}x{height}) with {how}, {calls} network evaluation(s)"
             status += f", tiles of {tile_size}" if tile_size else ""
             status += "; no degradation found (clean ranks first)" if clean else ""
-            status += _gate_note(self.pipeline.min_change, image_to_tensor(image), restored)
-            warning = output_warning(name, image_to_tensor(image), restored)
+            lq = image_to_tensor(image)
+            note = gate_note(self.pipeline.min_change, unchanged_share(lq, restored))
+            status += f"; {note}" if note else ""
+            warning = output_warning(name, lq, restored)
             if warning:
                 status += "; " + warning
         return {

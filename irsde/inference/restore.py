@@ -72,6 +72,7 @@ __all__ = [
     "RestoreError",
     "check_outputs",
     "describe_settings",
+    "gate_note",
     "image_seed",
     "network_calls",
     "output_targets",
@@ -83,6 +84,7 @@ __all__ = [
     "same_size_batches",
     "sampling_notice",
     "skipped_entries",
+    "unchanged_share",
     "vocabulary_notice",
 ]
 
@@ -502,6 +504,21 @@ def _clipped_fractions(image: Tensor) -> tuple[float, float]:
     return float((image <= 0.5 / 255).float().mean()), float((image >= 254.5 / 255).float().mean())
 
 
+def unchanged_share(lq: Tensor, restored: Tensor) -> float:
+    """The share of a ``(3, H, W)`` image's pixels given back exactly as they came (all of an image kept by
+    ``--keep-clean``; with the ``min_change`` gate, the windows the restorer barely changed)."""
+    return float((restored == lq.to(restored.device)).all(dim=0).float().mean())
+
+
+def gate_note(min_change: float, unchanged: float) -> str:
+    """What the ``min_change`` gate gave back of an image, for a log or status line ("" without the gate)."""
+    if not min_change:
+        return ""
+    if unchanged == 1.0:
+        return f"the restorer changed nothing by {min_change:g} grey level(s) or more: given back as it came"
+    return f"{unchanged:.0%} of it given back as it came (changed by less than {min_change:g} grey level(s))"
+
+
 def output_warning(name: str, lq: Tensor, restored: Tensor) -> str | None:
     """A one-line warning when the restoration of a normal input is nearly constant or mostly clipped
     to black or white (what an unsuitable sampler or step count gives without any NaN), else None.
@@ -659,12 +676,13 @@ class _RestoreRun:
             if warning:
                 self.log(warning)
             self._write(index, restored[i])
-            # The share of pixels given back exactly as they came (all with --keep-clean; with the
-            # min_change gate, the windows the restorer barely changed).
-            same = (restored[i] == lq[i].to(restored.device)).all(dim=0)
-            unchanged = float(same.float().mean())
             record = self._record(
-                item, self.plan.targets[index], row, settings, kept=kept[i], unchanged=unchanged
+                item,
+                self.plan.targets[index],
+                row,
+                settings,
+                kept=kept[i],
+                unchanged=unchanged_share(lq[i], restored[i]),
             )
             self.records.append(record)
         self.done += len(batch)
@@ -693,13 +711,8 @@ class _RestoreRun:
         record: dict[str, Any] = {"input": item["path"], "output": str(target), "run": self.run_id}
         record["settings"] = "kept as it came (--keep-clean)" if kept else settings
         record["unchanged"] = unchanged
-        gate = ""
-        if not kept and self.pipeline.min_change:
-            gate = (
-                " (the restorer changed nothing by min_change or more: given back as it came)"
-                if unchanged == 1.0
-                else f" ({unchanged:.0%} of it given back as it came: min_change)"
-            )
+        note = "" if kept else gate_note(self.pipeline.min_change, unchanged)
+        gate = f" ({note})" if note else ""
         if probs is None:
             self.log(f"{_input_name(item['path'])} -> {target}{gate}")
             return record
