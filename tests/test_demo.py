@@ -57,6 +57,7 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
         assert "source: synthetic" in config and "daclip_clean.csv" in config
         assert ("context_shuffle: 0.15" in config) == (name == "universal-ir")  # the IR-SDE checks its prompt
         assert ("clean_context_shuffle: 1.0" in config) == (name == "universal-ir")
+        assert ("noisy: 2.0" in config) == (name == "universal-ir")  # the IR-SDE sees noise twice as often
         # NAFNet restores with the 8-flip self-ensemble by default (recorded), the IR-SDE in one pass.
         assert ("val_self_ensemble: true" in config) == (name == "nafnet-daclip")
         assert "val_min_change: 1.0" in config  # both restorers give back what they barely change
