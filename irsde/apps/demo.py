@@ -108,8 +108,8 @@ class DemoSettings:
     ir_clean_context_shuffle: float = 1.0
     #: data.synthesis.probabilities of the IR-SDE restorers' synthesised pairs (types not listed weigh 1): the
     #: tiny IR-SDE learns a local correction only after about a thousand samples of it, and noise twice as
-    #: often is what lets it denoise within the demo's budget (measured in the README: +0.24 -> +0.46/+0.55
-    #: dB on validation over two seeds, +0.37 to +0.58 dB on photos outside the demo).
+    #: often is what lets it denoise within the demo's budget (measured in the README: +0.24 -> +0.46 to +0.55
+    #: dB on validation over three stage-2 seeds, +0.37 to +0.58 dB on photos outside the demo).
     ir_type_weights: dict[str, float] = field(default_factory=lambda: {"noisy": 2.0})
     #: train.val_self_ensemble of the NAFNet restorers: validated, and so restored by default (scripts/restore.py,
     #: scripts/test.py, the app), with the average of the 8 flips/transposes (measured in the README: +0.07 to
