@@ -64,11 +64,12 @@ def test_a_clean_photo_comes_back_bit_identical_and_a_local_correction_whole():
     assert np.array_equal(got[..., :96], lq[..., :96]) and np.array_equal(got[..., 224:], lq[..., 224:])
 
 
-def test_min_change_zero_is_off_and_a_negative_one_an_error():
+def test_min_change_zero_is_off_and_a_negative_or_nan_one_an_error():
     lq = np.zeros((1, 3, 16, 16), dtype=np.float32)
     out = lq + np.float32(1e-4)
     assert keep_small_changes(lq, out, 0.0) is out
-    with pytest.raises(ValueError, match="min_change must be >= 0"):
-        keep_small_changes(lq, out, -1.0)
+    for bad in (-1.0, float("nan")):  # NaN would otherwise give back every window, silently
+        with pytest.raises(ValueError, match="min_change must be >= 0"):
+            keep_small_changes(lq, out, bad)
     with pytest.raises(ValueError, match="one shape"):
         keep_small_changes(lq, out[:, :, :8], 1.0)

@@ -18,10 +18,18 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHANGE_WINDOW", "keep_small_changes"]
+__all__ = ["CHANGE_WINDOW", "check_min_change", "keep_small_changes"]
 
 #: The side of the gate's windows, in pixels (images smaller than it use their own side).
 CHANGE_WINDOW = 64
+
+
+def check_min_change(min_change: float) -> float:
+    """``min_change`` as a float, or a ``ValueError`` when it is negative or NaN (NaN would give back every
+    window, silently)."""
+    if not min_change >= 0:
+        raise ValueError(f"min_change must be >= 0 (grey levels of 255), got {min_change!r}")
+    return float(min_change)
 
 
 def _window_starts(size: int, window: int) -> np.ndarray:
@@ -38,9 +46,7 @@ def keep_small_changes(
 ) -> np.ndarray:
     """``out`` (B, 3, H, W) with every window it changes by less than ``min_change`` grey levels (RMS)
     put back to ``lq``'s pixels (see the module docstring); ``min_change`` 0 returns ``out`` itself."""
-    if min_change < 0:
-        raise ValueError(f"min_change must be >= 0 (grey levels of 255), got {min_change}")
-    if min_change == 0:
+    if check_min_change(min_change) == 0:
         return out
     if lq.shape != out.shape or lq.ndim != 4:
         raise ValueError(f"expected two (B, C, H, W) arrays of one shape, got {lq.shape} and {out.shape}")

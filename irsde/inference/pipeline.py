@@ -30,6 +30,7 @@ from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
 from irsde.diffusion.samplers import GridName, SamplerName, check_sampler_options, sample
 from irsde.diffusion.sde import IRSDE, PredictionType
+from irsde.inference.gate import check_min_change, keep_small_changes
 from irsde.inference.tiling import TiledModel
 from irsde.models.convert import load_official_unet
 from irsde.models.families import (
@@ -146,9 +147,7 @@ class RestorationPipeline:
         self.tile_overlap = tile_overlap
         self.tile_batch_size = tile_batch_size
         self.self_ensemble = bool(self_ensemble)
-        if not min_change >= 0.0:
-            raise ValueError(f"min_change must be >= 0 (grey levels of 255), got {min_change!r}")
-        self.min_change = float(min_change)
+        self.min_change = check_min_change(min_change)
         #: DA-CLIP's input: the whole image resized (``image``, the paper) or its grid of native crops,
         #: the embeddings averaged over them (``views``, a restorer trained with data.clip_input: views).
         self.clip_input: ClipInput = clip_input
@@ -408,8 +407,6 @@ class RestorationPipeline:
         """``restored`` with the windows it barely changes given back as in ``lq`` (``min_change``)."""
         if self.min_change == 0.0:
             return restored
-        from irsde.inference.gate import keep_small_changes
-
         kept = keep_small_changes(
             lq.detach().float().cpu().numpy(), restored.detach().float().cpu().numpy(), self.min_change
         )
