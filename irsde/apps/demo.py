@@ -286,9 +286,7 @@ def _stage2(
             f"data.clip_input={settings.clip_input if conditioned else 'image'}",
             *(_synthetic_pairs(data_root) if settings.ir_data == "synthetic" else []),
             *(
-                [
-                    f"data.synthesis.probabilities={{{', '.join(f'{k}: {v}' for k, v in settings.ir_type_weights.items())}}}"
-                ]
+                [f"data.synthesis.probabilities={_flow(settings.ir_type_weights)}"]
                 if settings.ir_data == "synthetic" and family == "irsde" and settings.ir_type_weights
                 else []
             ),
@@ -310,21 +308,27 @@ def _stage2(
     return train(cfg) / "checkpoints" / "latest.pt"
 
 
+def _flow(value: Any) -> str:
+    """``value`` (mappings, lists or tuples, scalars) written as one line of YAML flow style: the value of a
+    ``key=value`` config override."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_flow(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_flow(item) for item in value) + "]"
+    return str(value)
+
+
 def _synthetic_pairs(data_root: Path) -> list[str]:
     """Stage-2 overrides for pairs synthesised on the fly from stage 1's clean crops: one degradation per
     sample, with the demo's generator settings (those of the written validation crops)."""
     from data.demo import DEMO_PARAMS
 
-    params = ", ".join(
-        f"{name}: {{{', '.join(f'{key}: {list(v) if isinstance(v, tuple) else v}' for key, v in values.items())}}}"
-        for name, values in DEMO_PARAMS.items()
-    )
     return [
         "data.source=synthetic",
         f"data.clean_root={data_root / 'daclip_clean.csv'}",
         "data.synthesis.max_types=1",
         "data.synthesis.num_types_probs=[1.0]",
-        f"data.synthesis.params={{{params}}}",
+        f"data.synthesis.params={_flow(DEMO_PARAMS)}",
         "data.num_workers=1",  # synthesis in a second process while the restorer trains
         "data.image_cache_mb=256",  # the 600 crops are decoded once, not at every draw
     ]
