@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "RMS, in grey levels of 255 (0 = off); default: as the checkpoint was validated "
         "(train.val_min_change; the demo's restorers use 1)",
     )
+    p.add_argument(
+        "--hole-fill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="in each image DA-CLIP calls uncompleted, fill the white holes from the restored pixels around "
+        "them; default: as the checkpoint was validated (train.val_hole_fill; the demo's restorers use it)",
+    )
     _add_run_options(p)
     return p
 
@@ -211,6 +218,7 @@ def restore(args: argparse.Namespace) -> None:
         tile_overlap=args.overlap if args.overlap is not None else 64,
         self_ensemble=args.self_ensemble,
         min_change=args.min_change,
+        hole_fill=args.hole_fill,
     )
     degradations = args.degradations or pipeline.degradations
     _announce(pipeline, args.sampler, args.steps, args.degradations)

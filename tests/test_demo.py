@@ -61,6 +61,8 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
         # NAFNet restores with the 8-flip self-ensemble by default (recorded), the IR-SDE in one pass.
         assert ("val_self_ensemble: true" in config) == (name == "nafnet-daclip")
         assert "val_min_change: 1.0" in config  # both restorers give back what they barely change
+        assert "val_hole_fill: true" in config  # and fill the holes of what DA-CLIP calls uncompleted
+    assert "the white holes of the images DA-CLIP calls uncompleted are filled" in report
     # The summary counts the types where the output beats the input, and names those where it is worse.
     summary = re.search(r"better than the input on \*\*(\d+) of 10\*\*", report)
     assert summary is not None
@@ -100,6 +102,10 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
         )
     for name in ("plain-ir", "nafnet", "nafnet-degra", "nafnet-daclip"):
         assert (demo_dir / name / "checkpoints" / "latest.pt").is_file()
+        # Only a restorer with DA-CLIP has an answer to fill holes by.
+        assert ("val_hole_fill: true" in (demo_dir / name / "config.yaml").read_text()) == (
+            name != "plain-ir" and name != "nafnet"
+        )
     assert not (demo_dir / "nafnet-daclip_1").exists()  # the demo's NAFNet + DA-CLIP is reused, not retrained
 
 

@@ -120,6 +120,10 @@ class DemoSettings:
     #: the motion-blurred and JPEG crops of outside photos that the degradation barely touched stop losing
     #: 1-2 dB, and most clean crops come back bit-identical).
     min_change: float = 1.0
+    #: train.val_hole_fill of the DA-CLIP-conditioned restorers: in the images DA-CLIP calls uncompleted, the
+    #: white holes are filled from the restored pixels around them (irsde.inference.holes), the inpainting the
+    #: tiny restorers do not learn in minutes (measured in the README).
+    hole_fill: bool = True
 
 
 def _stage1(data_root: Path, demo_dir: Path, settings: DemoSettings, image_tower: str = "controller") -> Path:
@@ -302,6 +306,7 @@ def _stage2(
             f"train.save_every={settings.ir_steps}",
             f"train.val_self_ensemble={str(settings.nafnet_self_ensemble and family == 'nafnet').lower()}",
             f"train.val_min_change={settings.min_change}",
+            f"train.val_hole_fill={str(settings.hole_fill and conditioned).lower()}",
             "train.val_every=0",
         ],
     )
@@ -758,6 +763,11 @@ def _report(
             f"; windows it changes by less than {results['min_change']:g} grey level(s) RMS are given back "
             "as they came"
             if results.get("min_change")
+            else ""
+        )
+        + (
+            "; the white holes of the images DA-CLIP calls uncompleted are filled"
+            if results.get("hole_fill")
             else ""
         )
         + "); "

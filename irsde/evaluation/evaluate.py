@@ -112,6 +112,11 @@ class SamplingSection:
         help="give back the input wherever the restorer changes a 64-px window by less than this RMS, in "
         "grey levels (0 = off); None = as the checkpoint was validated (train.val_min_change)",
     )
+    hole_fill: bool | None = spec(
+        None,
+        help="fill the white holes of the images DA-CLIP calls uncompleted (irsde.inference.holes); None = "
+        "as the checkpoint was validated (train.val_hole_fill)",
+    )
     tile_batch_size: int = spec(4, minimum=1)
 
     def validate(self) -> None:
@@ -249,6 +254,7 @@ def _build_pipeline(cfg: TestConfig) -> RestorationPipeline:
         tile_batch_size=cfg.sampling.tile_batch_size,
         self_ensemble=cfg.sampling.self_ensemble,
         min_change=cfg.sampling.min_change,
+        hole_fill=cfg.sampling.hole_fill,
     )
 
 
@@ -434,6 +440,7 @@ def _sampling_summary(cfg: TestConfig, pipeline: RestorationPipeline) -> dict[st
         "nfe": steps * (8 if pipeline.self_ensemble else 1),
         "self_ensemble": pipeline.self_ensemble,
         "min_change": pipeline.min_change,
+        "hole_fill": pipeline.hole_fill,
         "grid": cfg.sampling.grid,
         "clamp_x0": pipeline.clamp_x0,
         "sampler_source": source,
@@ -598,6 +605,8 @@ def _sampling_note(results: dict[str, Any]) -> str:
         if gate
         else ""
     )
+    if results.get("hole_fill"):
+        gate_note += " In the images DA-CLIP called uncompleted, the white holes were filled (hole_fill)."
     if results.get("sampler") == "one-pass":
         return (
             f"A one-pass restorer ({results.get('family', 'nafnet')}): {results['nfe']} network evaluation(s) "

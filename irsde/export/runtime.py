@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,13 @@ class OnnxRestorer:
         self.one_pass = config.get("sde") is None
         self.pad_multiple = int(graphs.get("pad_multiple", 1))
         self.sampling = dict(config.get("sampling") or {})
+        if self.sampling.get("hole_fill"):
+            # The fill follows DA-CLIP's zero-shot answer; the graphs hold DA-CLIP's encoders, not its classifier.
+            warnings.warn(
+                f"{self.folder}: this restorer fills the holes of images DA-CLIP calls uncompleted "
+                "(sampling.hole_fill); the ONNX runner has no classifier and does not (the PyTorch path does)",
+                stacklevel=2,
+            )
         self.prediction = str(config.get("model", {}).get("prediction", "noise"))
         self.tables = None if self.one_pass else SDETables(**config["sde"])
         self.restorer = self._session(graphs["restorer"], providers, threads)

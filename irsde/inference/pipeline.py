@@ -31,6 +31,7 @@ from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_ba
 from irsde.diffusion.samplers import GridName, SamplerName, check_sampler_options, sample
 from irsde.diffusion.sde import IRSDE, PredictionType
 from irsde.inference.gate import check_min_change, keep_small_changes
+from irsde.inference.holes import HOLE_DEGRADATION, fill_holes
 from irsde.inference.tiling import TiledModel
 from irsde.models.convert import load_official_unet
 from irsde.models.families import (
@@ -100,6 +101,8 @@ class RestorationPipeline:
             8x the network evaluations, less variance in the output.
         min_change: give back the input's pixels wherever the restorer changes a 64-px window by less than
             this RMS, in grey levels of 255 (:func:`irsde.inference.gate.keep_small_changes`; 0 = off).
+        hole_fill: in each image DA-CLIP calls ``uncompleted``, fill the white holes of the input from the
+            restored pixels around them (:mod:`irsde.inference.holes`; before the ``min_change`` gate).
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class RestorationPipeline:
         tile_batch_size: int = 4,
         self_ensemble: bool = False,
         min_change: float = 0.0,
+        hole_fill: bool = False,
         clip_input: ClipInput = "image",
     ) -> None:
         if uses_daclip(model) and embedder is None:
@@ -148,6 +152,11 @@ class RestorationPipeline:
         self.tile_batch_size = tile_batch_size
         self.self_ensemble = bool(self_ensemble)
         self.min_change = check_min_change(min_change)
+        if hole_fill and getattr(embedder, "classify", None) is None:
+            raise ValueError(
+                "hole_fill needs a DA-CLIP that classifies (it fills where DA-CLIP answers uncompleted)"
+            )
+        self.hole_fill = bool(hole_fill)
         #: DA-CLIP's input: the whole image resized (``image``, the paper) or its grid of native crops,
         #: the embeddings averaged over them (``views``, a restorer trained with data.clip_input: views).
         self.clip_input: ClipInput = clip_input
@@ -181,7 +190,8 @@ class RestorationPipeline:
         not given) the clamping it was validated with (``train.val_clamp_x0``), else the parametrisation's;
         ``self_ensemble`` None (or not given) whether it was validated with the self-ensemble
         (``train.val_self_ensemble``), ``min_change`` None (or not given) the gate it was validated with
-        (``train.val_min_change``). ``options`` are the other keyword arguments of the constructor
+        (``train.val_min_change``), ``hole_fill`` None (or not given) whether it was validated with the
+        hole fill (``train.val_hole_fill``). ``options`` are the other keyword arguments of the constructor
         (``order``, ``grid``, ``tile``, ...).
         ``daclip_option`` is how the caller's user sets ``daclip`` (named in error messages). A folder is
         loaded by :meth:`from_pretrained` (``use_ema`` does not apply: a folder holds the EMA weights).
@@ -208,6 +218,8 @@ class RestorationPipeline:
             options["self_ensemble"] = loaded.default_self_ensemble()
         if options.get("min_change") is None:
             options["min_change"] = loaded.default_min_change()
+        if options.get("hole_fill") is None:
+            options["hole_fill"] = loaded.default_hole_fill()
         weights = loaded.daclip_weights(daclip, option=daclip_option) or ""
         if loaded.needs_daclip and not weights:
             raise UserError(f"{path} is conditioned on DA-CLIP: give its weights ({daclip_option})")
@@ -241,7 +253,7 @@ class RestorationPipeline:
         """The pipeline of a model folder (``scripts/export.py``), read from JSON and safetensors only.
 
         ``sampler`` None takes the folder's default sampling (sampler and steps); ``order``, ``grid``,
-        ``clamp_x0``, ``self_ensemble`` and ``min_change`` given as None (or not given) take the folder's too. ``daclip`` replaces the folder's
+        ``clamp_x0``, ``self_ensemble``, ``min_change`` and ``hole_fill`` given as None (or not given) take the folder's too. ``daclip`` replaces the folder's
         DA-CLIP with other weights (``clip_model`` / ``model_config`` describe a released file). ``options``
         are the other keyword arguments of the constructor (``tile``, ...).
         """
@@ -252,7 +264,7 @@ class RestorationPipeline:
         defaults = loaded.config.sampling
         if sampler is None:
             sampler, num_steps = defaults.sampler, defaults.num_steps if num_steps is None else num_steps
-        for key in ("order", "grid", "clamp_x0", "self_ensemble", "min_change"):
+        for key in ("order", "grid", "clamp_x0", "self_ensemble", "min_change", "hole_fill"):
             if options.get(key) is None:
                 options[key] = getattr(defaults, key)
         options.setdefault("clip_input", loaded.config.clip_input)
@@ -391,7 +403,7 @@ class RestorationPipeline:
             )
 
         if not self.self_ensemble:
-            return self._gate(lq, restore(lq).clamp(0.0, 1.0))
+            return self._gate(lq, self._fill(lq, restore(lq).clamp(0.0, 1.0)))
         # Geometric self-ensemble: restore the eight flips/transposes of the image (one DA-CLIP embedding,
         # of the image as given), undo each and average. 8x the network evaluations.
         total = torch.zeros_like(lq)
@@ -401,7 +413,21 @@ class RestorationPipeline:
                 out = restore(view.flip(dims) if dims else view)
                 out = out.flip(dims) if dims else out
                 total += out.transpose(-2, -1) if transpose else out
-        return self._gate(lq, (total / 8).clamp(0.0, 1.0))
+        return self._gate(lq, self._fill(lq, (total / 8).clamp(0.0, 1.0)))
+
+    def _fill(self, lq: Tensor, restored: Tensor) -> Tensor:
+        """``restored`` with the holes of the images DA-CLIP calls ``uncompleted`` filled (``hole_fill``)."""
+        if not self.hole_fill:
+            return restored
+        if HOLE_DEGRADATION not in self.degradations:
+            raise ValueError(
+                f"hole_fill fills where DA-CLIP answers {HOLE_DEGRADATION!r}, which is not among this "
+                f"restorer's degradations {list(self.degradations)}"
+            )
+        probs = self.class_probabilities(lq)
+        assert probs is not None  # checked in __init__
+        answer = probs.argmax(dim=1) == self.degradations.index(HOLE_DEGRADATION)
+        return fill_holes(lq, restored, answer)
 
     def _gate(self, lq: Tensor, restored: Tensor) -> Tensor:
         """``restored`` with the windows it barely changes given back as in ``lq`` (``min_change``)."""
@@ -474,6 +500,10 @@ class LoadedRestorer:
         in grey levels; 0 (off) when not recorded (released weights)."""
         value = self._section("train").get("val_min_change")
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+    def default_hole_fill(self) -> bool:
+        """Whether this model was validated with the hole fill (``train.val_hole_fill``; False if not recorded)."""
+        return bool(self._section("train").get("val_hole_fill", False))
 
     def clip_input(self) -> ClipInput:
         """DA-CLIP's input at test time: ``views`` for a restorer trained with data.clip_input: views (the

@@ -74,6 +74,7 @@ class SamplingDefaults:
     min_change: float = spec(
         0.0, minimum=0.0, help="give back the input where a 64-px window changes by less (grey levels RMS)"
     )
+    hole_fill: bool = spec(False, help="fill the white holes of images DA-CLIP calls uncompleted")
 
 
 @dataclass
@@ -208,6 +209,7 @@ def describe_pipeline(pipeline: Any, source: dict[str, Any] | None = None) -> Pr
             clamp_x0=pipeline.clamp_x0,
             self_ensemble=pipeline.self_ensemble,
             min_change=pipeline.min_change,
+            hole_fill=getattr(pipeline, "hole_fill", False),
         ),
         degradations=list(pipeline.degradations),
         daclip=clip_source,

@@ -447,6 +447,8 @@ def describe_settings(pipeline: RestorationPipeline, seed: int) -> str:
         parts.append("self-ensemble")
     if pipeline.min_change:
         parts.append(f"min-change={pipeline.min_change:g}")
+    if getattr(pipeline, "hole_fill", False):
+        parts.append("hole-fill")
     parts.append(f"seed={seed}")
     return " ".join(parts)
 

@@ -199,6 +199,12 @@ class IRTrainSection:
         "changes a 64-px window by less than this RMS, in grey levels (irsde.inference.gate; 0 = off). "
         "Recorded: checkpoints restore with it by default",
     )
+    val_hole_fill: bool = spec(
+        False,
+        help="validate with the hole fill: in each image DA-CLIP calls uncompleted, the white holes of the "
+        "input are filled from the restored pixels around them (irsde.inference.holes). Recorded: "
+        "checkpoints restore with it by default",
+    )
 
     def validate(self) -> None:
         if self.lr_min > self.lr:
@@ -723,6 +729,7 @@ class IRStage(Stage):
             clip_input="views" if self.clip_views else "image",
             self_ensemble=self.cfg.train.val_self_ensemble,
             min_change=self.cfg.train.val_min_change,
+            hole_fill=self.cfg.train.val_hole_fill,
         )
         metrics, rows = validate(pipeline, self.val_set, self.val_indices, self.cfg.experiment.seed)
         for name, value in metrics.items():

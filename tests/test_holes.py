@@ -1,0 +1,145 @@
+"""The hole fill (irsde.inference.holes): the white holes of images DA-CLIP calls ``uncompleted``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data.degradations import uncompleted
+from irsde.evaluation.metrics import psnr
+from irsde.inference.holes import fill_holes, harmonic_fill, hole_mask
+from irsde.inference.pipeline import RestorationPipeline
+from tests.conftest import write_tiny_ir_checkpoint
+
+NAMES = ("noisy", "uncompleted", "clean")
+
+
+def _smooth_photo(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A smooth colour picture (HWC in [0.1, 0.9]): a few low-frequency waves per channel."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    channels = []
+    for _ in range(3):
+        a, b, c, d = rng.uniform(0.5, 2.0, size=4)
+        channels.append(
+            0.5 + 0.2 * np.sin(2 * np.pi * (a * x + b * y)) + 0.15 * np.cos(2 * np.pi * (c * x - d * y))
+        )
+    return np.clip(np.stack(channels, axis=-1), 0.1, 0.9).astype(np.float32)
+
+
+def _batch(*images: np.ndarray) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1) for i in images])
+
+
+def test_the_mask_is_the_pixels_white_in_every_channel():
+    image = torch.full((1, 3, 4, 4), 0.5)
+    image[0, :, 1, 1] = 1.0
+    image[0, :, 2, 2] = 1.0 - 0.4 / 255  # within half a grey level: an 8-bit white
+    image[0, :2, 3, 3] = 1.0  # white in two channels only: a colour, not a hole
+    expected = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    expected[0, 0, 1, 1] = expected[0, 0, 2, 2] = True
+    assert torch.equal(hole_mask(image), expected)
+
+
+@pytest.mark.parametrize("size", [(33, 47), (128, 128)])
+def test_the_fill_solves_laplace_s_equation_and_keeps_the_known_pixels(size):
+    """A plane is harmonic: the fill gives it back inside a large hole, and every known pixel is untouched."""
+    h, w = size
+    y, x = torch.meshgrid(torch.linspace(0.1, 0.7, h), torch.linspace(0.0, 0.3, w), indexing="ij")
+    plane = torch.stack([x + y, 0.9 - y, 0.2 + 0.5 * x]).unsqueeze(0)  # (1, 3, H, W), linear in x and y
+    holes = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    holes[..., h // 4 : 3 * h // 4, w // 5 : 4 * w // 5] = True  # half the rows, 60% of the columns
+    damaged = torch.where(holes, torch.ones_like(plane), plane)
+    filled = harmonic_fill(damaged, holes)
+    assert torch.equal(filled[~holes.expand_as(plane)], plane[~holes.expand_as(plane)])
+    assert (filled - plane).abs().max() < 1 / 255  # within one grey level everywhere (16 relaxations a level)
+    # An image that is all hole has nothing to fill from: it comes back as it came.
+    assert torch.equal(harmonic_fill(damaged, torch.ones_like(holes)), damaged)
+
+
+def test_the_generators_holes_come_back_close_to_a_smooth_truth_and_only_where_the_answer_says():
+    clean = [_smooth_photo(seed=s) for s in range(3)]
+    lq = [uncompleted(c, np.random.default_rng(10 + s)) for s, c in enumerate(clean)]
+    lq_t, clean_t = _batch(*lq), _batch(*clean)
+    answer = torch.tensor([True, True, False])
+    out = fill_holes(lq_t, lq_t, answer)  # the restorer's output: here the input itself
+    for k in range(2):
+        before, after = psnr(lq_t[k : k + 1], clean_t[k : k + 1]), psnr(out[k : k + 1], clean_t[k : k + 1])
+        assert before < 16 and after > before + 15, (before, after)
+    assert torch.equal(out[2], lq_t[2])  # not called uncompleted: untouched
+    # An image without white pixels is untouched whatever the answer.
+    assert torch.equal(fill_holes(clean_t, clean_t, torch.ones(3, dtype=torch.bool)), clean_t)
+
+
+class _Identity(torch.nn.Module):
+    """A one-pass "restorer" that gives its input back, conditioned on DA-CLIP."""
+
+    use_degra_context = True
+    use_image_context = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, lq, **kwargs):
+        return lq
+
+
+class _BrightIsUncompleted:
+    """A stand-in DA-CLIP that knows the answer: images brighter than 0.5 are uncompleted, the others noisy."""
+
+    image_size, mean, std, views = 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1
+
+    def __call__(self, clip_images):
+        zeros = torch.zeros(clip_images.shape[0], 32)
+        return zeros, zeros
+
+    def classify(self, clip_images, names):
+        bright = clip_images.mean(dim=(1, 2, 3)) > 0.5
+        probs = torch.full((clip_images.shape[0], len(names)), 0.05)
+        probs[bright, list(names).index("uncompleted")] = 0.9
+        probs[~bright, list(names).index("noisy")] = 0.9
+        return probs / probs.sum(dim=1, keepdim=True)
+
+
+def test_the_pipeline_fills_only_the_images_da_clip_calls_uncompleted():
+    bright = np.full((32, 32, 3), 0.8, dtype=np.float32)
+    bright[8:20, 10:14] = 1.0  # a white stroke in a flat grey picture
+    dark = np.full((32, 32, 3), 0.2, dtype=np.float32)
+    dark[4:10, 4:10] = 1.0  # white too, but DA-CLIP says noisy
+    lq = _batch(bright, dark)
+    pipeline = RestorationPipeline(_Identity(), None, _BrightIsUncompleted(), hole_fill=True)
+    pipeline.degradations = NAMES
+    out = pipeline(lq)
+    assert torch.allclose(out[0], torch.full_like(out[0], 0.8), atol=1e-4)  # the stroke filled from around it
+    assert torch.equal(out[1], lq[1])
+    off = RestorationPipeline(_Identity(), None, _BrightIsUncompleted())  # the default: off
+    off.degradations = NAMES
+    assert torch.equal(off(lq), lq)
+
+
+def test_the_hole_fill_refuses_a_vocabulary_without_uncompleted_or_a_daclip_that_cannot_classify():
+    pipeline = RestorationPipeline(_Identity(), None, _BrightIsUncompleted(), hole_fill=True)
+    pipeline.degradations = ("noisy", "hazy")
+    with pytest.raises(ValueError, match="'uncompleted', which is not among"):
+        pipeline(torch.full((1, 3, 16, 16), 0.9))
+
+    class EncodeOnly(_BrightIsUncompleted):
+        classify = None
+
+    with pytest.raises(ValueError, match="hole_fill needs a DA-CLIP that classifies"):
+        RestorationPipeline(_Identity(), None, EncodeOnly(), hole_fill=True)
+
+
+def test_a_checkpoint_restores_with_the_hole_fill_it_was_validated_with(tmp_path, tiny_daclip_checkpoint):
+    on = write_tiny_ir_checkpoint(
+        tmp_path / "on.pt", daclip_checkpoint=str(tiny_daclip_checkpoint), context=True,
+        overrides=("train.val_hole_fill=true",),
+    )  # fmt: skip
+    off = write_tiny_ir_checkpoint(
+        tmp_path / "off.pt", daclip_checkpoint=str(tiny_daclip_checkpoint), context=True
+    )
+    assert RestorationPipeline.from_checkpoint(on, device="cpu").hole_fill is True
+    assert RestorationPipeline.from_checkpoint(off, device="cpu").hole_fill is False
+    assert RestorationPipeline.from_checkpoint(on, device="cpu", hole_fill=False).hole_fill is False
