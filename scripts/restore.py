@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--hole-fill",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="in each image DA-CLIP calls uncompleted, fill the white holes from the restored pixels around "
-        "them; default: as the checkpoint was validated (train.val_hole_fill; the demo's restorers use it)",
+        help="give back each image DA-CLIP calls uncompleted as it came, its white holes filled from the pixels "
+        "around them; default: as the checkpoint was validated (train.val_hole_fill; the demo's restorers use it)",
     )
     _add_run_options(p)
     return p

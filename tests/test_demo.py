@@ -62,7 +62,7 @@ def test_demo_writes_report_grid_and_comparison(tmp_path):
         assert ("val_self_ensemble: true" in config) == (name == "nafnet-daclip")
         assert "val_min_change: 1.0" in config  # both restorers give back what they barely change
         assert "val_hole_fill: true" in config  # and fill the holes of what DA-CLIP calls uncompleted
-    assert "the white holes of the images DA-CLIP calls uncompleted are filled" in report
+    assert "the images DA-CLIP calls uncompleted are given back with their white holes filled" in report
     # The summary counts the types where the output beats the input, and names those where it is worse.
     summary = re.search(r"better than the input on \*\*(\d+) of 10\*\*", report)
     assert summary is not None

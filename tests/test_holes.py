@@ -63,17 +63,21 @@ def test_the_generators_holes_come_back_close_to_a_smooth_truth_and_only_where_t
     lq = [uncompleted(c, np.random.default_rng(10 + s)) for s, c in enumerate(clean)]
     lq_t, clean_t = _batch(*lq), _batch(*clean)
     answer = torch.tensor([True, True, False])
-    out = fill_holes(lq_t, lq_t, answer)  # the restorer's output: here the input itself
+    restored = (lq_t * 0.9).clamp(0, 1)  # a restorer's output, different from its input everywhere
+    out = fill_holes(lq_t, restored, answer)
     for k in range(2):
         before, after = psnr(lq_t[k : k + 1], clean_t[k : k + 1]), psnr(out[k : k + 1], clean_t[k : k + 1])
         assert before < 16 and after > before + 15, (before, after)
-    assert torch.equal(out[2], lq_t[2])  # not called uncompleted: untouched
-    # An image without white pixels is untouched whatever the answer.
-    assert torch.equal(fill_holes(clean_t, clean_t, torch.ones(3, dtype=torch.bool)), clean_t)
+        # Called uncompleted: the input as it came, the holes filled from the input's own pixels.
+        known = ~hole_mask(lq_t[k : k + 1]).expand(1, 3, -1, -1)
+        assert torch.equal(out[k : k + 1][known], lq_t[k : k + 1][known])
+    assert torch.equal(out[2], restored[2])  # not called uncompleted: the restorer's
+    # An image without white pixels is the restorer's whatever the answer.
+    assert torch.equal(fill_holes(clean_t, restored, torch.ones(3, dtype=torch.bool)), restored)
 
 
-class _Identity(torch.nn.Module):
-    """A one-pass "restorer" that gives its input back, conditioned on DA-CLIP."""
+class _Darken(torch.nn.Module):
+    """A one-pass "restorer" conditioned on DA-CLIP that darkens its input by 10%."""
 
     use_degra_context = True
     use_image_context = False
@@ -83,7 +87,7 @@ class _Identity(torch.nn.Module):
         self.unused = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, lq, **kwargs):
-        return lq
+        return lq * 0.9
 
 
 class _BrightIsUncompleted:
@@ -109,18 +113,19 @@ def test_the_pipeline_fills_only_the_images_da_clip_calls_uncompleted():
     dark = np.full((32, 32, 3), 0.2, dtype=np.float32)
     dark[4:10, 4:10] = 1.0  # white too, but DA-CLIP says noisy
     lq = _batch(bright, dark)
-    pipeline = RestorationPipeline(_Identity(), None, _BrightIsUncompleted(), hole_fill=True)
+    pipeline = RestorationPipeline(_Darken(), None, _BrightIsUncompleted(), hole_fill=True)
     pipeline.degradations = NAMES
     out = pipeline(lq)
-    assert torch.allclose(out[0], torch.full_like(out[0], 0.8), atol=1e-4)  # the stroke filled from around it
-    assert torch.equal(out[1], lq[1])
-    off = RestorationPipeline(_Identity(), None, _BrightIsUncompleted())  # the default: off
+    # Called uncompleted: the input as it came, the stroke filled from the grey around it.
+    assert torch.allclose(out[0], torch.full_like(out[0], 0.8), atol=1e-4)
+    assert torch.allclose(out[1], lq[1] * 0.9)  # called noisy: the restorer's output, white patch and all
+    off = RestorationPipeline(_Darken(), None, _BrightIsUncompleted())  # the default: off
     off.degradations = NAMES
-    assert torch.equal(off(lq), lq)
+    assert torch.allclose(off(lq), lq * 0.9)
 
 
 def test_the_hole_fill_refuses_a_vocabulary_without_uncompleted_or_a_daclip_that_cannot_classify():
-    pipeline = RestorationPipeline(_Identity(), None, _BrightIsUncompleted(), hole_fill=True)
+    pipeline = RestorationPipeline(_Darken(), None, _BrightIsUncompleted(), hole_fill=True)
     pipeline.degradations = ("noisy", "hazy")
     with pytest.raises(ValueError, match="'uncompleted', which is not among"):
         pipeline(torch.full((1, 3, 16, 16), 0.9))
@@ -129,7 +134,7 @@ def test_the_hole_fill_refuses_a_vocabulary_without_uncompleted_or_a_daclip_that
         classify = None
 
     with pytest.raises(ValueError, match="hole_fill needs a DA-CLIP that classifies"):
-        RestorationPipeline(_Identity(), None, EncodeOnly(), hole_fill=True)
+        RestorationPipeline(_Darken(), None, EncodeOnly(), hole_fill=True)
 
 
 def test_a_checkpoint_restores_with_the_hole_fill_it_was_validated_with(tmp_path, tiny_daclip_checkpoint):

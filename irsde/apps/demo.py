@@ -120,9 +120,9 @@ class DemoSettings:
     #: the motion-blurred and JPEG crops of outside photos that the degradation barely touched stop losing
     #: 1-2 dB, and most clean crops come back bit-identical).
     min_change: float = 1.0
-    #: train.val_hole_fill of the DA-CLIP-conditioned restorers: in the images DA-CLIP calls uncompleted, the
-    #: white holes are filled from the restored pixels around them (irsde.inference.holes), the inpainting the
-    #: tiny restorers do not learn in minutes (measured in the README).
+    #: train.val_hole_fill of the DA-CLIP-conditioned restorers: each image DA-CLIP calls uncompleted is given
+    #: back as it came, its white holes filled from the pixels around them (irsde.inference.holes), the
+    #: inpainting the tiny restorers do not learn in minutes (measured in the README).
     hole_fill: bool = True
 
 
@@ -766,7 +766,7 @@ def _report(
             else ""
         )
         + (
-            "; the white holes of the images DA-CLIP calls uncompleted are filled"
+            "; the images DA-CLIP calls uncompleted are given back with their white holes filled"
             if results.get("hole_fill")
             else ""
         )

@@ -114,7 +114,7 @@ class SamplingSection:
     )
     hole_fill: bool | None = spec(
         None,
-        help="fill the white holes of the images DA-CLIP calls uncompleted (irsde.inference.holes); None = "
+        help="give back the images DA-CLIP calls uncompleted with their white holes filled (irsde.inference.holes); None = "
         "as the checkpoint was validated (train.val_hole_fill)",
     )
     tile_batch_size: int = spec(4, minimum=1)
@@ -606,7 +606,7 @@ def _sampling_note(results: dict[str, Any]) -> str:
         else ""
     )
     if results.get("hole_fill"):
-        gate_note += " In the images DA-CLIP called uncompleted, the white holes were filled (hole_fill)."
+        gate_note += " The images DA-CLIP called uncompleted were given back with their white holes filled (hole_fill)."
     if results.get("sampler") == "one-pass":
         return (
             f"A one-pass restorer ({results.get('family', 'nafnet')}): {results['nfe']} network evaluation(s) "

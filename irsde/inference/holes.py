@@ -2,13 +2,18 @@
 
 A tiny restorer trained for minutes does not learn inpainting: the demo's left the white holes of its
 ``uncompleted`` crops almost as they came (+0.1 dB), the type with the most headroom (inputs about 11 dB
-from the truth). The holes themselves are easy to find: :func:`data.degradations.uncompleted` paints them
-one flat grey level (white), which a photo rarely has over a region. So when DA-CLIP's answer for an image
-is ``uncompleted`` (:data:`HOLE_DEGRADATION`), the pixels of that level (:func:`hole_mask`) are replaced in
-the restorer's output by the smoothest surface through the pixels around them (:func:`harmonic_fill`: the
-solution of Laplace's equation with the known pixels as boundary), which brings a filled hole within a few
-grey levels of a smooth truth. The other images and every pixel outside the holes are left as the restorer
-gave them.
+from the truth), and changed the pixels around them. The holes themselves are easy to find:
+:func:`data.degradations.uncompleted` paints them one flat grey level (white), which a photo rarely has over
+a region. So an image DA-CLIP calls ``uncompleted`` (:data:`HOLE_DEGRADATION`) that has pixels of that level
+(:func:`hole_mask`) is given back as it came, with those pixels replaced by the smoothest surface through the
+pixels around them (:func:`harmonic_fill`: the solution of Laplace's equation with the known pixels as
+boundary), as ``--keep-clean`` gives back an image DA-CLIP calls clean. A filled hole comes within a few
+grey levels of a smooth truth. Every other image is the restorer's.
+
+Filling from the input's pixels rather than the restorer's gains more on every set measured (the demo's
+NAFNet, uncompleted crops: +14.8 against +14.4 dB on the validation crops, +23.0 against +18.7 dB on the
+Debian nature photos): around a hole the tiny restorers brighten the pixels, and a fill from them carries
+the halo inwards.
 
 The fill is a classical inpainting prior, not a learnt one: it knows nothing of texture, so a hole over an
 edge or a pattern comes back blurred. It is off unless a restorer was validated with it
@@ -86,9 +91,12 @@ def harmonic_fill(image: Tensor, holes: Tensor, smoothing: int = SMOOTHING_STEPS
 
 
 def fill_holes(lq: Tensor, restored: Tensor, answer_is_holes: Tensor, value: float = HOLE_VALUE) -> Tensor:
-    """``restored`` (B, C, H, W) with, in each image whose ``answer_is_holes`` (B,) is True, the pixels that
-    are holes in ``lq`` (:func:`hole_mask`) filled from the restored pixels around them (:func:`harmonic_fill`)."""
+    """``restored`` (B, C, H, W), except each image whose ``answer_is_holes`` (B,) is True and that has holes
+    (:func:`hole_mask`): that one is ``lq`` with its holes filled from the pixels around them
+    (:func:`harmonic_fill`)."""
     holes = hole_mask(lq, value) & answer_is_holes.to(torch.bool).view(-1, 1, 1, 1).to(lq.device)
-    if not bool(holes.any()):
+    filled = holes.flatten(1).any(dim=1)  # (B,)
+    if not bool(filled.any()):
         return restored
-    return harmonic_fill(restored, holes.to(restored.device))
+    out = harmonic_fill(lq, holes).to(device=restored.device, dtype=restored.dtype)
+    return torch.where(filled.to(restored.device).view(-1, 1, 1, 1), out, restored)

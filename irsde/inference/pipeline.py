@@ -101,8 +101,9 @@ class RestorationPipeline:
             8x the network evaluations, less variance in the output.
         min_change: give back the input's pixels wherever the restorer changes a 64-px window by less than
             this RMS, in grey levels of 255 (:func:`irsde.inference.gate.keep_small_changes`; 0 = off).
-        hole_fill: in each image DA-CLIP calls ``uncompleted``, fill the white holes of the input from the
-            restored pixels around them (:mod:`irsde.inference.holes`; before the ``min_change`` gate).
+        hole_fill: give back each image DA-CLIP calls ``uncompleted`` and that has white holes as it came,
+            the holes filled from the pixels around them (:mod:`irsde.inference.holes`; before the
+            ``min_change`` gate).
     """
 
     def __init__(
@@ -416,7 +417,8 @@ class RestorationPipeline:
         return self._gate(lq, self._fill(lq, (total / 8).clamp(0.0, 1.0)))
 
     def _fill(self, lq: Tensor, restored: Tensor) -> Tensor:
-        """``restored`` with the holes of the images DA-CLIP calls ``uncompleted`` filled (``hole_fill``)."""
+        """``restored``, with each image DA-CLIP calls ``uncompleted`` that has holes given back as in ``lq`` with
+        its holes filled (``hole_fill``)."""
         if not self.hole_fill:
             return restored
         if HOLE_DEGRADATION not in self.degradations:

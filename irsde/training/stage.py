@@ -201,9 +201,9 @@ class IRTrainSection:
     )
     val_hole_fill: bool = spec(
         False,
-        help="validate with the hole fill: in each image DA-CLIP calls uncompleted, the white holes of the "
-        "input are filled from the restored pixels around them (irsde.inference.holes). Recorded: "
-        "checkpoints restore with it by default",
+        help="validate with the hole fill: each image DA-CLIP calls uncompleted is given back as it came, its "
+        "white holes filled from the pixels around them (irsde.inference.holes). Recorded: checkpoints "
+        "restore with it by default",
     )
 
     def validate(self) -> None:
