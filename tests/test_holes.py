@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +151,34 @@ def test_a_checkpoint_restores_with_the_hole_fill_it_was_validated_with(tmp_path
     assert RestorationPipeline.from_checkpoint(on, device="cpu").hole_fill is True
     assert RestorationPipeline.from_checkpoint(off, device="cpu").hole_fill is False
     assert RestorationPipeline.from_checkpoint(on, device="cpu", hole_fill=False).hole_fill is False
+
+
+def test_restore_py_writes_the_filled_image_and_says_so(tmp_path):
+    """Through restore_images (restore.py's loop): the image DA-CLIP calls uncompleted is written as it came
+    with its holes filled, predictions.json says ``holes_filled``, and the log line too; the other is the
+    restorer's."""
+    from data.io import read_image, write_image
+    from data.paired import LQImageDataset
+    from irsde.inference.restore import restore_images
+
+    bright = np.full((32, 32, 3), 0.8, dtype=np.float32)
+    bright[8:20, 10:14] = 1.0
+    dark = np.full((32, 32, 3), 0.2, dtype=np.float32)
+    dark[4:10, 4:10] = 1.0
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    write_image(inputs / "bright.png", bright)
+    write_image(inputs / "dark.png", dark)
+    pipeline = RestorationPipeline(_Darken(), None, _BrightIsUncompleted(), hole_fill=True)
+    pipeline.degradations = NAMES
+    logs: list[str] = []
+    dataset = LQImageDataset(inputs, clip_size=16, clip_mean=(0, 0, 0), clip_std=(1, 1, 1))
+    restore_images(pipeline, dataset, out, degradations=NAMES, log=logs.append)
+    written = read_image(out / "bright.png")
+    assert np.abs(written - 0.8).max() <= 0.5 / 255  # the stroke filled, the rest as it came
+    assert np.abs(read_image(out / "dark.png") - np.round(dark * 0.9 * 255) / 255).max() <= 0.5 / 255
+    entries = {
+        Path(e["output"]).name: e for e in json.loads((out / "predictions.json").read_text())["images"]
+    }
+    assert entries["bright.png"]["holes_filled"] is True and entries["dark.png"]["holes_filled"] is False
+    assert sum("bright.png: uncompleted" in line and "holes filled (hole_fill)" in line for line in logs) == 1

@@ -115,7 +115,8 @@ def write_json_predictions(path: Path, records: Sequence[dict[str, Any]]) -> Non
     Layout: ``{"rule": ..., "images": [{"input", "output", "degradations" (the predicted set, most
     probable first; empty when ``clean``), "clean" (DA-CLIP's most probable entry is "clean": no
     degradation found), "threshold", "probabilities" ({type: probability}, summing to 1), "unchanged"
-    (the share of pixels given back exactly as they came), "run", "settings"}, ...]}`` sorted by output
+    (the share of pixels given back exactly as they came), "holes_filled" (given back as it came with its
+    white holes filled: the hole fill), "run", "settings"}, ...]}`` sorted by output
     path.
     """
     entries = read_json_predictions(path) if path.is_file() else {}
@@ -128,6 +129,7 @@ def write_json_predictions(path: Path, records: Sequence[dict[str, Any]]) -> Non
             "threshold": r["threshold"],
             "probabilities": dict(r["probabilities"]),
             "unchanged": r.get("unchanged"),
+            "holes_filled": bool(r.get("holes_filled", False)),
             "run": r.get("run", ""),
             "settings": r.get("settings", ""),
         }

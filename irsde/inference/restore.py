@@ -49,6 +49,7 @@ from daclip.zero_shot import DEFAULT_THRESHOLD, multilabel_predictions
 from data import CLEAN
 from data.io import IMAGE_EXTENSIONS, ImageReadError, write_image
 from irsde.diffusion.samplers import HIGHER_ORDER_SAMPLERS
+from irsde.inference.holes import HOLE_DEGRADATION, hole_mask
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.inference.reports import (
     CONTACT_SHEET_HEIGHT,
@@ -685,6 +686,7 @@ class _RestoreRun:
                 settings,
                 kept=kept[i],
                 unchanged=unchanged_share(lq[i], restored[i]),
+                filled=not kept[i] and self._holes_filled(lq[i : i + 1], row),
             )
             self.records.append(record)
         self.done += len(batch)
@@ -699,6 +701,19 @@ class _RestoreRun:
                 "written before it; files already there are unchanged)"
             ) from None
 
+    def _holes_filled(self, lq: Tensor, probs: Tensor | None) -> bool:
+        """Whether the pipeline's hole fill gave this ``(1, 3, H, W)`` image back with its holes filled: DA-CLIP
+        calls it ``uncompleted`` (over the pipeline's own vocabulary) and it has white holes."""
+        if not getattr(self.pipeline, "hole_fill", False) or not bool(hole_mask(lq).any()):
+            return False
+        vocabulary = tuple(self.pipeline.degradations)
+        if probs is None or tuple(self.degradations or ()) != vocabulary:
+            found = self.pipeline.class_probabilities(lq.to(self.pipeline.device))
+            if found is None:
+                return False
+            probs = found[0]
+        return vocabulary[int(probs.argmax())] == HOLE_DEGRADATION
+
     def _record(
         self,
         item: dict[str, Any],
@@ -708,12 +723,16 @@ class _RestoreRun:
         *,
         kept: bool = False,
         unchanged: float = 0.0,
+        filled: bool = False,
     ) -> dict[str, Any]:
         """The record of one written image (with its predictions when classified); logs its line."""
         record: dict[str, Any] = {"input": item["path"], "output": str(target), "run": self.run_id}
         record["settings"] = "kept as it came (--keep-clean)" if kept else settings
         record["unchanged"] = unchanged
+        record["holes_filled"] = filled
         note = "" if kept else gate_note(self.pipeline.min_change, unchanged)
+        if filled:
+            note = "given back as it came with its white holes filled (hole_fill)"
         gate = f" ({note})" if note else ""
         if probs is None:
             self.log(f"{_input_name(item['path'])} -> {target}{gate}")
