@@ -182,3 +182,19 @@ def test_restore_py_writes_the_filled_image_and_says_so(tmp_path):
     }
     assert entries["bright.png"]["holes_filled"] is True and entries["dark.png"]["holes_filled"] is False
     assert sum("bright.png: uncompleted" in line and "holes filled (hole_fill)" in line for line in logs) == 1
+
+
+def test_holes_are_found_by_the_rule_of_restore_py_s_predictions():
+    """``uncompleted`` counts when it ranks first or reaches the presence threshold (0.3), as restore.py lists
+    the degradations present, and never when ``clean`` ranks first (then nothing is present)."""
+    pipeline = RestorationPipeline(_Darken(), None, _BrightIsUncompleted(), hole_fill=True)
+    pipeline.degradations = NAMES  # noisy, uncompleted, clean
+    probs = torch.tensor(
+        [
+            [0.2, 0.7, 0.1],  # first
+            [0.6, 0.35, 0.05],  # second, but present
+            [0.75, 0.25, 0.0],  # second and below the threshold
+            [0.1, 0.35, 0.55],  # present, but clean ranks first
+        ]
+    )
+    assert pipeline.finds_holes(probs).tolist() == [True, True, False, False]

@@ -4,7 +4,9 @@ A tiny restorer trained for minutes does not learn inpainting: the demo's left t
 ``uncompleted`` crops almost as they came (+0.1 dB), the type with the most headroom (inputs about 11 dB
 from the truth), and changed the pixels around them. The holes themselves are easy to find:
 :func:`data.degradations.uncompleted` paints them one flat grey level (white), which a photo rarely has over
-a region. So an image DA-CLIP calls ``uncompleted`` (:data:`HOLE_DEGRADATION`) that has pixels of that level
+a region. So an image in which DA-CLIP finds ``uncompleted`` (:data:`HOLE_DEGRADATION`; its most probable
+type, or one at 0.3 or more, the rule of ``restore.py``'s predictions:
+:meth:`irsde.inference.pipeline.RestorationPipeline.finds_holes`) that has pixels of that level
 (:func:`hole_mask`) is given back as it came, with those pixels replaced by the smoothest surface through the
 pixels around them (:func:`harmonic_fill`: the solution of Laplace's equation with the known pixels as
 boundary), as ``--keep-clean`` gives back an image DA-CLIP calls clean. A filled hole comes within a few

@@ -26,6 +26,7 @@ from daclip.engine.distributed import resolve_device
 from daclip.engine.errors import UserError
 from daclip.engine.folder import is_model_folder
 from daclip.inference import DaCLIPSection, build_embedder
+from daclip.zero_shot import DEFAULT_THRESHOLD, multilabel_predictions
 from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_batch
 from irsde.diffusion.samplers import GridName, SamplerName, check_sampler_options, sample
@@ -101,9 +102,9 @@ class RestorationPipeline:
             8x the network evaluations, less variance in the output.
         min_change: give back the input's pixels wherever the restorer changes a 64-px window by less than
             this RMS, in grey levels of 255 (:func:`irsde.inference.gate.keep_small_changes`; 0 = off).
-        hole_fill: give back each image DA-CLIP calls ``uncompleted`` and that has white holes as it came,
-            the holes filled from the pixels around them (:mod:`irsde.inference.holes`; before the
-            ``min_change`` gate).
+        hole_fill: give back each image in which DA-CLIP finds ``uncompleted`` (:meth:`finds_holes`) and that
+            has white holes as it came, the holes filled from the pixels around them
+            (:mod:`irsde.inference.holes`; before the ``min_change`` gate).
     """
 
     def __init__(
@@ -428,8 +429,18 @@ class RestorationPipeline:
             )
         probs = self.class_probabilities(lq)
         assert probs is not None  # checked in __init__
-        answer = probs.argmax(dim=1) == self.degradations.index(HOLE_DEGRADATION)
-        return fill_holes(lq, restored, answer)
+        return fill_holes(lq, restored, self.finds_holes(probs))
+
+    def finds_holes(self, probs: Tensor) -> Tensor:
+        """``(B,)`` True where DA-CLIP's ``(B, K)`` probabilities over :attr:`degradations` find ``uncompleted``
+        present, by the rule of ``restore.py``'s predictions: the most probable type, or any type at
+        :data:`daclip.zero_shot.DEFAULT_THRESHOLD` or more, unless ``clean`` ranks first."""
+        names = list(self.degradations)
+        present = torch.from_numpy(multilabel_predictions(probs.detach().float().cpu(), DEFAULT_THRESHOLD))
+        found = present[:, names.index(HOLE_DEGRADATION)]
+        if CLEAN in names:
+            found &= probs.detach().cpu().argmax(dim=1) != names.index(CLEAN)
+        return found
 
     def _gate(self, lq: Tensor, restored: Tensor) -> Tensor:
         """``restored`` with the windows it barely changes given back as in ``lq`` (``min_change``)."""

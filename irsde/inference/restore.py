@@ -49,7 +49,7 @@ from daclip.zero_shot import DEFAULT_THRESHOLD, multilabel_predictions
 from data import CLEAN
 from data.io import IMAGE_EXTENSIONS, ImageReadError, write_image
 from irsde.diffusion.samplers import HIGHER_ORDER_SAMPLERS
-from irsde.inference.holes import HOLE_DEGRADATION, hole_mask
+from irsde.inference.holes import hole_mask
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.inference.reports import (
     CONTACT_SHEET_HEIGHT,
@@ -703,7 +703,7 @@ class _RestoreRun:
 
     def _holes_filled(self, lq: Tensor, probs: Tensor | None) -> bool:
         """Whether the pipeline's hole fill gave this ``(1, 3, H, W)`` image back with its holes filled: DA-CLIP
-        calls it ``uncompleted`` (over the pipeline's own vocabulary) and it has white holes."""
+        finds it ``uncompleted`` (over the pipeline's own vocabulary) and it has white holes."""
         if not getattr(self.pipeline, "hole_fill", False) or not bool(hole_mask(lq).any()):
             return False
         vocabulary = tuple(self.pipeline.degradations)
@@ -712,7 +712,7 @@ class _RestoreRun:
             if found is None:
                 return False
             probs = found[0]
-        return vocabulary[int(probs.argmax())] == HOLE_DEGRADATION
+        return bool(self.pipeline.finds_holes(probs[None])[0])
 
     def _record(
         self,
