@@ -198,3 +198,33 @@ def test_holes_are_found_by_the_rule_of_restore_py_s_predictions():
         ]
     )
     assert pipeline.finds_holes(probs).tolist() == [True, True, False, False]
+
+
+class _UncompletedWhenSmall(_BrightIsUncompleted):
+    """A stand-in DA-CLIP classifying from its own views of the image: ``uncompleted`` when the image's shorter
+    side is at most 128 px (the holes then look as in training), ``hazy`` otherwise."""
+
+    views = 3
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def classify_images(self, images, names):
+        self.sizes.append(min(images.shape[-2:]))
+        probs = torch.full((images.shape[0], len(names)), 0.05)
+        probs[:, list(names).index("uncompleted" if min(images.shape[-2:]) <= 128 else "hazy")] = 0.9
+        return probs / probs.sum(dim=1, keepdim=True)
+
+
+def test_a_large_photo_s_holes_are_also_looked_for_at_the_training_scale():
+    image = torch.full((1, 3, 256, 384), 0.6)
+    image[..., 40:120, 100:220] = 1.0  # one large white box: a bright flat field to a 64-px view
+    daclip = _UncompletedWhenSmall()
+    pipeline = RestorationPipeline(_Darken(), None, daclip, hole_fill=True)
+    pipeline.degradations = ("noisy", "hazy", "uncompleted", "clean")
+    out = pipeline(image)
+    assert daclip.sizes == [256, 128]  # as it is, then downscaled to a shorter side of 128
+    assert torch.allclose(out, torch.full_like(out, 0.6), atol=1e-4)
+    daclip.sizes.clear()  # without white pixels DA-CLIP is not asked, and the restorer's output stands
+    assert torch.allclose(pipeline(torch.full((1, 3, 256, 384), 0.6)), torch.full((1, 3, 256, 384), 0.54))
+    assert daclip.sizes == []

@@ -28,12 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["HOLE_DEGRADATION", "HOLE_VALUE", "fill_holes", "harmonic_fill", "hole_mask"]
+__all__ = ["HOLE_CHECK_SIDE", "HOLE_DEGRADATION", "HOLE_VALUE", "fill_holes", "harmonic_fill", "hole_mask"]
 
 #: The degradation whose images get their holes filled.
 HOLE_DEGRADATION = "uncompleted"
 #: The grey level of the holes (:func:`data.degradations.uncompleted`'s ``fill``: white).
 HOLE_VALUE = 1.0
+#: The shorter side a photo is also checked at for holes when larger (the demo's DA-CLIP trained on 128-px
+#: samples): :meth:`irsde.inference.pipeline.RestorationPipeline.holes_to_fill`.
+HOLE_CHECK_SIDE = 128
 #: Jacobi relaxations at each level of the pyramid, after the coarser level's solution is upsampled.
 SMOOTHING_STEPS = 16
 

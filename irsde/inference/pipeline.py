@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from daclip.engine.checkpoint import file_fingerprint, load_checkpoint
@@ -32,7 +33,7 @@ from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_ba
 from irsde.diffusion.samplers import GridName, SamplerName, check_sampler_options, sample
 from irsde.diffusion.sde import IRSDE, PredictionType
 from irsde.inference.gate import check_min_change, keep_small_changes
-from irsde.inference.holes import HOLE_DEGRADATION, fill_holes
+from irsde.inference.holes import HOLE_CHECK_SIDE, HOLE_DEGRADATION, fill_holes, hole_mask
 from irsde.inference.tiling import TiledModel
 from irsde.models.convert import load_official_unet
 from irsde.models.families import (
@@ -418,18 +419,41 @@ class RestorationPipeline:
         return self._gate(lq, self._fill(lq, (total / 8).clamp(0.0, 1.0)))
 
     def _fill(self, lq: Tensor, restored: Tensor) -> Tensor:
-        """``restored``, with each image DA-CLIP calls ``uncompleted`` that has holes given back as in ``lq`` with
-        its holes filled (``hole_fill``)."""
+        """``restored``, with each image in which DA-CLIP finds ``uncompleted`` and that has holes given back as
+        in ``lq`` with its holes filled (``hole_fill``)."""
         if not self.hole_fill:
             return restored
+        return fill_holes(lq, restored, self.holes_to_fill(lq))
+
+    @torch.no_grad()
+    def holes_to_fill(self, lq: Tensor) -> Tensor:
+        """``(B,)`` True for each image of ``lq`` (B, 3, H, W) that has white holes (:func:`hole_mask`) and in
+        which DA-CLIP finds ``uncompleted`` (:meth:`finds_holes`), as it is or, when larger, downscaled to a
+        shorter side of :data:`HOLE_CHECK_SIDE` (the generator draws holes in fractions of the shorter side,
+        so a large photo's holes are wider than a view and look like a bright flat field there)."""
         if HOLE_DEGRADATION not in self.degradations:
             raise ValueError(
                 f"hole_fill fills where DA-CLIP answers {HOLE_DEGRADATION!r}, which is not among this "
                 f"restorer's degradations {list(self.degradations)}"
             )
-        probs = self.class_probabilities(lq)
+        lq = lq.to(self.device)
+        has_holes = hole_mask(lq).flatten(1).any(dim=1).cpu()  # (B,)
+        found = torch.zeros_like(has_holes)
+        if not bool(has_holes.any()):
+            return found
+        probs = self.class_probabilities(lq[has_holes])
         assert probs is not None  # checked in __init__
-        return fill_holes(lq, restored, self.finds_holes(probs))
+        found[has_holes] = self.finds_holes(probs)
+        height, width = lq.shape[-2:]
+        missed = has_holes & ~found
+        if bool(missed.any()) and min(height, width) > HOLE_CHECK_SIDE:
+            scale = HOLE_CHECK_SIDE / min(height, width)
+            size = (max(round(height * scale), 1), max(round(width * scale), 1))
+            small = F.interpolate(lq[missed], size=size, mode="area")
+            small_probs = self.class_probabilities(small)
+            assert small_probs is not None
+            found[missed] = self.finds_holes(small_probs)
+        return found
 
     def finds_holes(self, probs: Tensor) -> Tensor:
         """``(B,)`` True where DA-CLIP's ``(B, K)`` probabilities over :attr:`degradations` find ``uncompleted``

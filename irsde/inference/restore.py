@@ -686,7 +686,7 @@ class _RestoreRun:
                 settings,
                 kept=kept[i],
                 unchanged=unchanged_share(lq[i], restored[i]),
-                filled=not kept[i] and self._holes_filled(lq[i : i + 1], row),
+                filled=not kept[i] and self._holes_filled(lq[i : i + 1]),
             )
             self.records.append(record)
         self.done += len(batch)
@@ -701,18 +701,12 @@ class _RestoreRun:
                 "written before it; files already there are unchanged)"
             ) from None
 
-    def _holes_filled(self, lq: Tensor, probs: Tensor | None) -> bool:
+    def _holes_filled(self, lq: Tensor) -> bool:
         """Whether the pipeline's hole fill gave this ``(1, 3, H, W)`` image back with its holes filled: DA-CLIP
         finds it ``uncompleted`` (over the pipeline's own vocabulary) and it has white holes."""
         if not getattr(self.pipeline, "hole_fill", False) or not bool(hole_mask(lq).any()):
             return False
-        vocabulary = tuple(self.pipeline.degradations)
-        if probs is None or tuple(self.degradations or ()) != vocabulary:
-            found = self.pipeline.class_probabilities(lq.to(self.pipeline.device))
-            if found is None:
-                return False
-            probs = found[0]
-        return bool(self.pipeline.finds_holes(probs[None])[0])
+        return bool(self.pipeline.holes_to_fill(lq)[0])
 
     def _record(
         self,
