@@ -228,3 +228,17 @@ def test_a_large_photo_s_holes_are_also_looked_for_at_the_training_scale():
     daclip.sizes.clear()  # without white pixels DA-CLIP is not asked, and the restorer's output stands
     assert torch.allclose(pipeline(torch.full((1, 3, 256, 384), 0.6)), torch.full((1, 3, 256, 384), 0.54))
     assert daclip.sizes == []
+
+
+def test_the_app_gives_the_filled_image_and_says_so(tmp_path):
+    from data.io import write_image
+    from irsde.apps.app import AppRestorer
+
+    bright = np.full((32, 32, 3), 0.8, dtype=np.float32)
+    bright[8:20, 10:14] = 1.0
+    pipeline = RestorationPipeline(_Darken(), None, _BrightIsUncompleted(), hole_fill=True)
+    pipeline.degradations = NAMES
+    restorer = AppRestorer(pipeline, output_dir=tmp_path / "out")
+    result = restorer.restore(write_image(tmp_path / "holes.png", bright), sampler="posterior", steps=1)
+    assert np.abs(result["output"].astype(np.int16) - 204).max() <= 1  # 0.8 of 255, the stroke filled
+    assert "given back as it came with its white holes filled (hole_fill)" in result["status"]
