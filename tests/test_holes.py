@@ -11,7 +11,7 @@ import torch
 
 from data.degradations import uncompleted
 from irsde.evaluation.metrics import psnr
-from irsde.inference.holes import fill_holes, harmonic_fill, hole_mask
+from irsde.inference.holes import fill_holes, harmonic_fill, has_hole_region, hole_mask
 from irsde.inference.pipeline import RestorationPipeline
 from tests.conftest import write_tiny_ir_checkpoint
 
@@ -35,14 +35,22 @@ def _batch(*images: np.ndarray) -> torch.Tensor:
     return torch.stack([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1) for i in images])
 
 
-def test_the_mask_is_the_pixels_white_in_every_channel():
-    image = torch.full((1, 3, 4, 4), 0.5)
-    image[0, :, 1, 1] = 1.0
-    image[0, :, 2, 2] = 1.0 - 0.4 / 255  # within half a grey level: an 8-bit white
-    image[0, :2, 3, 3] = 1.0  # white in two channels only: a colour, not a hole
-    expected = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
-    expected[0, 0, 1, 1] = expected[0, 0, 2, 2] = True
+def test_holes_are_the_pixels_white_in_every_channel_and_count_as_a_region():
+    image = torch.full((1, 3, 10, 10), 0.5)
+    image[0, :, 1:4, 1:5] = 1.0  # a 3 x 4 white box
+    image[0, :, 2, 3] = 1.0 - 0.4 / 255  # within half a grey level: an 8-bit white
+    image[0, :, 6, 7] = 1.0  # a single white pixel
+    image[0, :2, 5:8, 5:8] = 1.0  # white in two channels only: a colour, not a hole
+    expected = torch.zeros(1, 1, 10, 10, dtype=torch.bool)
+    expected[0, 0, 1:4, 1:5] = expected[0, 0, 6, 7] = True
     assert torch.equal(hole_mask(image), expected)
+    # A region is a 3 x 3 square of holes (against the border too); specks and thin lines are none.
+    specks = torch.full((3, 3, 10, 10), 0.5)
+    specks[0, :, 2, 2] = specks[0, :, 7, 8] = 1.0  # noise clipped at white
+    specks[1, :, :, 4:6] = 1.0  # a line two pixels wide
+    specks[2, :, 7:10, 0:3] = 1.0  # a 3 x 3 box in the corner
+    assert has_hole_region(hole_mask(specks)).tolist() == [False, False, True]
+    assert has_hole_region(hole_mask(image)).tolist() == [True]
 
 
 @pytest.mark.parametrize("size", [(33, 47), (128, 128)])
@@ -122,6 +130,11 @@ def test_the_pipeline_fills_only_the_images_da_clip_calls_uncompleted():
     # Called uncompleted: the input as it came, the stroke filled from the grey around it.
     assert torch.allclose(out[0], torch.full_like(out[0], 0.8), atol=1e-4)
     assert torch.allclose(out[1], lq[1] * 0.9)  # called noisy: the restorer's output, white patch and all
+    specks = torch.full((1, 3, 32, 32), 0.8)
+    specks[..., 5, 5] = specks[..., 20, 11] = (
+        1.0  # noise clipped at white, no region: restored, not given back
+    )
+    assert torch.allclose(pipeline(specks), specks * 0.9)
     off = RestorationPipeline(_Darken(), None, _BrightIsUncompleted())  # the default: off
     off.degradations = NAMES
     assert torch.allclose(off(lq), lq * 0.9)

@@ -28,7 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["HOLE_CHECK_SIDE", "HOLE_DEGRADATION", "HOLE_VALUE", "fill_holes", "harmonic_fill", "hole_mask"]
+__all__ = [
+    "HOLE_CHECK_SIDE",
+    "HOLE_DEGRADATION",
+    "HOLE_VALUE",
+    "fill_holes",
+    "harmonic_fill",
+    "has_hole_region",
+    "hole_mask",
+]
 
 #: The degradation whose images get their holes filled.
 HOLE_DEGRADATION = "uncompleted"
@@ -47,6 +55,16 @@ def hole_mask(lq: Tensor, value: float = HOLE_VALUE) -> Tensor:
     if lq.ndim != 4:
         raise ValueError(f"expected images (B, C, H, W), got shape {tuple(lq.shape)}")
     return ((lq - value).abs() <= 0.5 / 255.0).all(dim=1, keepdim=True)
+
+
+def has_hole_region(holes: Tensor) -> Tensor:
+    """``(B,)`` True where the mask ``holes`` (B, 1, H, W) has a region: a 3 x 3 square of hole pixels (what
+    a morphological opening keeps). Single pixels clipped at white (noise, a rain streak) are no region, so
+    an image with only those is not taken for one with holes (the last, smallest shapes of the generator's
+    mask can be that small too: they are filled with the rest when the image has a region)."""
+    level = holes.float()
+    eroded = -F.max_pool2d(-level, 3, stride=1, padding=1)  # beyond the border counts as hole
+    return eroded.flatten(1).amax(dim=1) > 0.5
 
 
 def _neighbour_mean(x: Tensor) -> Tensor:
@@ -96,10 +114,12 @@ def harmonic_fill(image: Tensor, holes: Tensor, smoothing: int = SMOOTHING_STEPS
 
 
 def fill_holes(lq: Tensor, restored: Tensor, answer_is_holes: Tensor, value: float = HOLE_VALUE) -> Tensor:
-    """``restored`` (B, C, H, W), except each image whose ``answer_is_holes`` (B,) is True and that has holes
-    (:func:`hole_mask`): that one is ``lq`` with its holes filled from the pixels around them
-    (:func:`harmonic_fill`)."""
-    holes = hole_mask(lq, value) & answer_is_holes.to(torch.bool).view(-1, 1, 1, 1).to(lq.device)
+    """``restored`` (B, C, H, W), except each image whose ``answer_is_holes`` (B,) is True and that has a hole
+    region (:func:`has_hole_region`): that one is ``lq`` with its holes (:func:`hole_mask`) filled from the
+    pixels around them (:func:`harmonic_fill`)."""
+    holes = hole_mask(lq, value)
+    answer = answer_is_holes.to(torch.bool).to(lq.device) & has_hole_region(holes)  # (B,)
+    holes = holes & answer.view(-1, 1, 1, 1)
     filled = holes.flatten(1).any(dim=1)  # (B,)
     if not bool(filled.any()):
         return restored

@@ -33,7 +33,7 @@ from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform_ba
 from irsde.diffusion.samplers import GridName, SamplerName, check_sampler_options, sample
 from irsde.diffusion.sde import IRSDE, PredictionType
 from irsde.inference.gate import check_min_change, keep_small_changes
-from irsde.inference.holes import HOLE_CHECK_SIDE, HOLE_DEGRADATION, fill_holes, hole_mask
+from irsde.inference.holes import HOLE_CHECK_SIDE, HOLE_DEGRADATION, fill_holes, has_hole_region, hole_mask
 from irsde.inference.tiling import TiledModel
 from irsde.models.convert import load_official_unet
 from irsde.models.families import (
@@ -427,7 +427,8 @@ class RestorationPipeline:
 
     @torch.no_grad()
     def holes_to_fill(self, lq: Tensor) -> Tensor:
-        """``(B,)`` True for each image of ``lq`` (B, 3, H, W) that has white holes (:func:`hole_mask`) and in
+        """``(B,)`` True for each image of ``lq`` (B, 3, H, W) that has a region of white holes
+        (:func:`irsde.inference.holes.has_hole_region`) and in
         which DA-CLIP finds ``uncompleted`` (:meth:`finds_holes`), as it is or, when larger, downscaled to a
         shorter side of :data:`HOLE_CHECK_SIDE` (the generator draws holes in fractions of the shorter side,
         so a large photo's holes are wider than a view and look like a bright flat field there)."""
@@ -437,7 +438,7 @@ class RestorationPipeline:
                 f"restorer's degradations {list(self.degradations)}"
             )
         lq = lq.to(self.device)
-        has_holes = hole_mask(lq).flatten(1).any(dim=1).cpu()  # (B,)
+        has_holes = has_hole_region(hole_mask(lq)).cpu()  # (B,)
         found = torch.zeros_like(has_holes)
         if not bool(has_holes.any()):
             return found
