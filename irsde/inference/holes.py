@@ -6,9 +6,9 @@ from the truth), and changed the pixels around them. The holes themselves are ea
 :func:`data.degradations.uncompleted` paints them one flat grey level (white), which a photo rarely has over
 a region. So an image in which DA-CLIP finds ``uncompleted`` (:data:`HOLE_DEGRADATION`; its most probable
 type, or one at 0.3 or more, the rule of ``restore.py``'s predictions:
-:meth:`irsde.inference.pipeline.RestorationPipeline.finds_holes`) that has pixels of that level
-(:func:`hole_mask`) is given back as it came, with those pixels replaced by the smoothest surface through the
-pixels around them (:func:`harmonic_fill`: the solution of Laplace's equation with the known pixels as
+:meth:`irsde.inference.pipeline.RestorationPipeline.finds_holes`) that has a region of pixels of that level
+(:func:`hole_mask`, :func:`has_hole_region`) is given back as it came, with those pixels replaced by the
+smoothest surface through the pixels around them (:func:`harmonic_fill`: the solution of Laplace's equation with the known pixels as
 boundary), as ``--keep-clean`` gives back an image DA-CLIP calls clean. A filled hole comes within a few
 grey levels of a smooth truth. Every other image is the restorer's.
 
