@@ -39,12 +39,13 @@ from data import CLEAN
 from data.io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, read_image, write_image
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_transform
 from irsde.diffusion.samplers import GRIDS, HIGHER_ORDER_SAMPLERS, SAMPLERS, check_sampler_options
-from irsde.inference.holes import hole_mask
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.inference.restore import (
     DEFAULT_MAX_PIXELS,
+    HOLE_FILL_NOTE,
     NonFiniteOutputError,
     gate_note,
+    holes_filled,
     network_calls,
     output_warning,
     pipeline_settings,
@@ -319,12 +320,8 @@ class AppRestorer:
             status += "; no degradation found (clean ranks first)" if clean else ""
             lq = image_to_tensor(image)
             note = gate_note(self.pipeline.min_change, unchanged_share(lq, restored))
-            if (
-                self.pipeline.hole_fill
-                and bool(hole_mask(lq[None]).any())
-                and bool(self.pipeline.holes_to_fill(lq[None])[0])
-            ):
-                note = "given back as it came with its white holes filled (hole_fill)"
+            if holes_filled(self.pipeline, lq[None]):
+                note = HOLE_FILL_NOTE
             status += f"; {note}" if note else ""
             warning = output_warning(name, lq, restored)
             if warning:

@@ -209,7 +209,7 @@ def describe_pipeline(pipeline: Any, source: dict[str, Any] | None = None) -> Pr
             clamp_x0=pipeline.clamp_x0,
             self_ensemble=pipeline.self_ensemble,
             min_change=pipeline.min_change,
-            hole_fill=getattr(pipeline, "hole_fill", False),
+            hole_fill=pipeline.hole_fill,
         ),
         degradations=list(pipeline.degradations),
         daclip=clip_source,

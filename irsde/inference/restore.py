@@ -49,7 +49,6 @@ from daclip.zero_shot import DEFAULT_THRESHOLD, multilabel_predictions
 from data import CLEAN
 from data.io import IMAGE_EXTENSIONS, ImageReadError, write_image
 from irsde.diffusion.samplers import HIGHER_ORDER_SAMPLERS
-from irsde.inference.holes import hole_mask
 from irsde.inference.pipeline import RestorationPipeline
 from irsde.inference.reports import (
     CONTACT_SHEET_HEIGHT,
@@ -66,6 +65,7 @@ from irsde.inference.tiling import tile_starts
 __all__ = [
     "AUTO_TILE",
     "DEFAULT_MAX_PIXELS",
+    "HOLE_FILL_NOTE",
     "NonFiniteOutputError",
     "OutputPlan",
     "OutputWriteError",
@@ -74,6 +74,7 @@ __all__ = [
     "check_outputs",
     "describe_settings",
     "gate_note",
+    "holes_filled",
     "image_seed",
     "network_calls",
     "output_targets",
@@ -448,7 +449,7 @@ def describe_settings(pipeline: RestorationPipeline, seed: int) -> str:
         parts.append("self-ensemble")
     if pipeline.min_change:
         parts.append(f"min-change={pipeline.min_change:g}")
-    if getattr(pipeline, "hole_fill", False):
+    if pipeline.hole_fill:
         parts.append("hole-fill")
     parts.append(f"seed={seed}")
     return " ".join(parts)
@@ -511,6 +512,16 @@ def unchanged_share(lq: Tensor, restored: Tensor) -> float:
     """The share of a ``(3, H, W)`` image's pixels given back exactly as they came (all of an image kept by
     ``--keep-clean``; with the ``min_change`` gate, the windows the restorer barely changed)."""
     return float((restored == lq.to(restored.device)).all(dim=0).float().mean())
+
+
+#: What a log or status line says of an image the hole fill gave back (:func:`holes_filled`).
+HOLE_FILL_NOTE = "given back as it came with its white holes filled (hole_fill)"
+
+
+def holes_filled(pipeline: RestorationPipeline, lq: Tensor) -> bool:
+    """Whether ``pipeline``'s hole fill gives this ``(1, 3, H, W)`` image back with its holes filled
+    (:meth:`RestorationPipeline.holes_to_fill`; asks DA-CLIP only when the image has a hole region)."""
+    return pipeline.hole_fill and bool(pipeline.holes_to_fill(lq)[0])
 
 
 def gate_note(min_change: float, unchanged: float) -> str:
@@ -686,7 +697,7 @@ class _RestoreRun:
                 settings,
                 kept=kept[i],
                 unchanged=unchanged_share(lq[i], restored[i]),
-                filled=not kept[i] and self._holes_filled(lq[i : i + 1]),
+                filled=not kept[i] and holes_filled(self.pipeline, lq[i : i + 1]),
             )
             self.records.append(record)
         self.done += len(batch)
@@ -700,13 +711,6 @@ class _RestoreRun:
                 f"could not write {target}: {err.strerror or err} ({len(self.records)} image(s) of this run "
                 "written before it; files already there are unchanged)"
             ) from None
-
-    def _holes_filled(self, lq: Tensor) -> bool:
-        """Whether the pipeline's hole fill gave this ``(1, 3, H, W)`` image back with its holes filled: DA-CLIP
-        finds it ``uncompleted`` (over the pipeline's own vocabulary) and it has white holes."""
-        if not getattr(self.pipeline, "hole_fill", False) or not bool(hole_mask(lq).any()):
-            return False
-        return bool(self.pipeline.holes_to_fill(lq)[0])
 
     def _record(
         self,
@@ -726,7 +730,7 @@ class _RestoreRun:
         record["holes_filled"] = filled
         note = "" if kept else gate_note(self.pipeline.min_change, unchanged)
         if filled:
-            note = "given back as it came with its white holes filled (hole_fill)"
+            note = HOLE_FILL_NOTE
         gate = f" ({note})" if note else ""
         if probs is None:
             self.log(f"{_input_name(item['path'])} -> {target}{gate}")
