@@ -82,6 +82,7 @@ from daclip.zero_shot import ZeroShotClassifier, clean_weight_for_rate, encode_n
 from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.captions import CaptionDataset
 from data.synthetic import SynthesisConfig, SyntheticCaptionDataset
+from data.transforms import PHOTO_AUGMENTATIONS
 
 __all__ = [
     "ModelSection",
@@ -212,6 +213,11 @@ class DataSection:
         help="with clip_view: crop and clean_fraction > 0: a degraded crop within this PSNR (dB) of the "
         "same crop of the clean photo is labelled clean (the degradation does not show there); 0 = off",
     )
+    photo_augment: list[str] = spec(
+        default_factory=list,
+        help="source: synthetic: turn each clean photo by a random multiple of 90 degrees ('rotate') and "
+        "permute its colour channels ('channels') before degrading it ([] = neither, the paper)",
+    )
     test_views: int = spec(
         3,
         minimum=1,
@@ -241,7 +247,14 @@ class DataSection:
                 raise ConfigError("data.clip_view: 'crop' needs data.source: synthetic")
             if self.crops_per_sample != 1:
                 raise ConfigError("data.crops_per_sample: needs data.source: synthetic and clip_view: crop")
+            if self.photo_augment:
+                raise ConfigError("data.photo_augment: needs data.source: synthetic (clean photos to turn)")
             return
+        unknown = [k for k in self.photo_augment if k not in PHOTO_AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"data.photo_augment: unknown {unknown}; choose from {list(PHOTO_AUGMENTATIONS)}"
+            )
         if self.crops_per_sample != 1 and self.clip_view != "crop":
             raise ConfigError("data.crops_per_sample: needs data.clip_view: crop")
         if self.visible_psnr > 0 and (self.clip_view != "crop" or self.clean_fraction <= 0):
@@ -594,6 +607,7 @@ def _train_set(cfg: DaCLIPTrainConfig, data_kwargs: dict[str, Any]) -> Dataset:
         crops_per_sample=data.crops_per_sample,
         visible_psnr=data.visible_psnr,
         cache_mb=data.image_cache_mb,
+        photo_augment=data.photo_augment,
     )
     return EpochKeyedCaptions(synthetic, cfg.experiment.seed)
 

@@ -66,7 +66,9 @@ from data.paired import (
 from data.transforms import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
+    PHOTO_AUGMENTATIONS,
     at_least,
+    augment_photo,
     clip_transform,
     crop_views,
     cut_view,
@@ -388,13 +390,16 @@ class _SyntheticBase(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get_item(index)
 
-    def _generators(self, index: int, seed: int | Sequence[int] | None) -> list[np.random.Generator]:
-        """Three independent generators (types, degradation, crop/flips) of sample ``index``."""
+    def _generators(
+        self, index: int, seed: int | Sequence[int] | None, count: int = 3
+    ) -> list[np.random.Generator]:
+        """Independent generators of sample ``index``: types, degradation, crop/flips (and, with
+        ``count=4``, the photo augmentation; the first three do not depend on ``count``)."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length}")
         key = [self.seed, index] if seed is None else ([seed] if isinstance(seed, int) else list(seed))
         sequence = np.random.SeedSequence([*[int(k) for k in key], index])
-        return [np.random.default_rng(s) for s in sequence.spawn(3)]
+        return [np.random.default_rng(s) for s in sequence.spawn(count)]
 
     def _sample(self, index: int, rng: np.random.Generator) -> tuple[CleanImage, tuple[str, ...]]:
         return self.images[index % len(self.images)], self.config.draw(rng)
@@ -588,6 +593,8 @@ class SyntheticCaptionDataset(_SyntheticBase):
             does not show there: a mild one on a flat region, a shadow or a raindrop elsewhere). Items
             then carry ``crop_degradation_index`` ``(n,)``, one label per crop. 0 = off.
         cache_mb: as :class:`SyntheticPairedDataset`.
+        photo_augment: what :func:`data.transforms.augment_photo` does to each clean photo before it is
+            degraded (``"rotate"``, ``"channels"``); empty: nothing (the samples of earlier runs).
     """
 
     def __init__(
@@ -608,7 +615,11 @@ class SyntheticCaptionDataset(_SyntheticBase):
         crops_per_sample: int = 1,
         visible_psnr: float = 0.0,
         cache_mb: float = 0.0,
+        photo_augment: Sequence[str] = (),
     ) -> None:
+        unknown = [k for k in photo_augment if k not in PHOTO_AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"photo_augment: unknown {unknown}; choose from {list(PHOTO_AUGMENTATIONS)}")
         if visible_psnr < 0 or (visible_psnr > 0 and (clip_view != "crop" or clean_fraction <= 0)):
             raise ValueError("visible_psnr needs clip_view 'crop' and clean_fraction > 0 (a 'clean' text)")
         if crops_per_sample < 1 or (crops_per_sample > 1 and clip_view != "crop"):
@@ -634,6 +645,7 @@ class SyntheticCaptionDataset(_SyntheticBase):
         self.clip_view = clip_view
         self.crops_per_sample = int(crops_per_sample)
         self.visible_psnr = float(visible_psnr)
+        self.photo_augment = tuple(photo_augment)
         if self.clean_fraction > 0:  # "no degradation" is one more text of the loss's vocabulary
             self.degradation_texts = (*self.degradation_texts, CLEAN)
 
@@ -646,6 +658,8 @@ class SyntheticCaptionDataset(_SyntheticBase):
         if self.clean_fraction > 0 and pick.random() < self.clean_fraction:
             names = ()
         clean = self._read(image)
+        if self.photo_augment:  # a fourth generator: the first three (and so runs without it) are unchanged
+            clean = augment_photo(clean, self.photo_augment, self._generators(index, seed, 4)[3])
         lq = degrade_chain(clean, names, degrade, self._params) if names else clean
         return image, names, clean, lq, crop
 

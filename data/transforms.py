@@ -31,7 +31,12 @@ __all__ = [
     "native_crop",
     "native_crops",
     "grid_views",
+    "PHOTO_AUGMENTATIONS",
+    "augment_photo",
 ]
+
+#: What :func:`augment_photo` can do to a clean photo before it is degraded.
+PHOTO_AUGMENTATIONS = ("rotate", "channels")
 
 
 def clip_transform(
@@ -64,6 +69,23 @@ def clip_transform_batch(images: torch.Tensor, size: int = 224, **kwargs) -> tor
 def normalise_crop(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(H, W, 3)`` in [0, 1] -> CLIP-normalised ``(3, H, W)``, truncated to uint8 levels first (as above)."""
     return torch.from_numpy(normalise_array(img, mean, std))
+
+
+def augment_photo(img: np.ndarray, kinds: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """A new photo from a clean ``(H, W, 3)`` one, before a degradation is drawn on it: ``rotate`` turns it
+    by a random multiple of 90 degrees, ``channels`` permutes its colour channels at random (a red
+    cup becomes a blue or a green one). The degradation is drawn afterwards, so it keeps its own
+    geometry and colour (rain falls down, shadows stay bluish, low light stays dark), while the photos'
+    contents take eight orientations and six colourings: a small photo set then teaches the
+    degradations, not which of its few scenes carry them. Returns a new contiguous array."""
+    unknown = [k for k in kinds if k not in PHOTO_AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown photo augmentations {unknown}; choose from {list(PHOTO_AUGMENTATIONS)}")
+    if "rotate" in kinds:
+        img = np.rot90(img, int(rng.integers(4)))
+    if "channels" in kinds:
+        img = img[..., rng.permutation(3)]
+    return np.ascontiguousarray(img)
 
 
 def _aligned_offsets(rng: np.random.Generator, h: int, w: int, size: int, count: int) -> np.ndarray:

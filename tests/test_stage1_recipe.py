@@ -280,3 +280,83 @@ def test_visible_psnr_needs_native_crops_and_a_clean_answer(tmp_path: Path) -> N
     for override in (["data.clip_view=crop", "data.clean_fraction=0"], ["data.clean_fraction=0.2"]):
         with pytest.raises(ConfigError, match="data.visible_psnr"):
             load_config(DaCLIPTrainConfig, None, [*base, *override])
+
+
+def test_augment_photo_turns_and_recolours_but_keeps_every_pixel() -> None:
+    import itertools
+
+    from data.transforms import augment_photo
+
+    rng = np.random.default_rng(0)
+    photo = rng.random((6, 9, 3)).astype(np.float32)  # not square: a quarter turn swaps the sides
+    candidates = {
+        (k, perm): np.rot90(photo, k)[..., list(perm)]
+        for k in range(4)
+        for perm in itertools.permutations(range(3))
+    }
+    seen = set()
+    for seed in range(60):
+        out = augment_photo(photo, ("rotate", "channels"), np.random.default_rng(seed))
+        assert out.flags["C_CONTIGUOUS"]
+        match = [key for key, c in candidates.items() if c.shape == out.shape and np.array_equal(out, c)]
+        assert len(match) == 1  # a turn of the photo with its colour planes reordered, nothing else
+        seen.add(match[0])
+    assert {k for k, _ in seen} == {0, 1, 2, 3} and len({p for _, p in seen}) == 6  # all happen
+    assert np.array_equal(augment_photo(photo, (), rng), photo)
+    turned_only = augment_photo(photo, ("rotate",), np.random.default_rng(1))
+    assert any(np.array_equal(turned_only, np.rot90(photo, k)) for k in range(4))
+    with pytest.raises(ValueError, match="unknown photo augmentations"):
+        augment_photo(photo, ("hue",), rng)
+
+
+def test_photo_augment_changes_the_photo_not_the_draws_or_the_degradation(tmp_path: Path) -> None:
+    """With ``photo_augment`` a sample is the same draw (types, degradation, crops) on a turned, recoloured
+    photo; without it, samples are those of earlier runs (the augmentation has a generator of its own)."""
+    from data.synthetic import SynthesisConfig
+    from data.transforms import augment_photo
+
+    rng = np.random.default_rng(3)
+    write_image(tmp_path / "p.png", rng.random((40, 40, 3)).astype(np.float32))
+    config = SynthesisConfig(types=["noisy", "hazy"])
+    kwargs = dict(image_size=16, length=6, clip_view="crop", clean_fraction=0.3, **PLAIN)
+    plain = SyntheticCaptionDataset(tmp_path, config, **kwargs)
+    turned = SyntheticCaptionDataset(tmp_path, config, **kwargs, photo_augment=["rotate", "channels"])
+    changed = 0
+    for i in range(6):
+        clean, lq, names = plain.degraded(i)
+        clean_t, lq_t, names_t = turned.degraded(i)
+        assert names == names_t  # the same degradation types, drawn from the same generator
+        augmented = augment_photo(clean, ("rotate", "channels"), turned._generators(i, None, 4)[3])
+        assert np.array_equal(clean_t, augmented)  # the photo is turned and recoloured before degrading
+        if not names:
+            assert np.array_equal(lq_t, clean_t)  # a clean draw stays the (augmented) photo
+        changed += not np.array_equal(clean_t, clean)
+        assert plain[i]["degradation_text"] == turned[i]["degradation_text"]
+    assert changed >= 4
+    with pytest.raises(ValueError, match="photo_augment"):
+        SyntheticCaptionDataset(tmp_path, config, **kwargs, photo_augment=["flip"])
+
+
+def test_photo_augment_is_a_demo_switch_and_a_checked_key(tmp_path: Path) -> None:
+    import yaml
+
+    from daclip.engine.config import ConfigError, load_config
+    from daclip.train import DaCLIPTrainConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert yaml.safe_load((configs / "daclip_demo.yml").read_text())["data"]["photo_augment"] == [
+        "rotate",
+        "channels",
+    ]
+    assert "photo_augment" not in yaml.safe_load((configs / "daclip.yml").read_text())["data"]  # the paper
+    assert load_config(DaCLIPTrainConfig, None, []).data.photo_augment == []
+    base = ["data.source=synthetic", f"data.clean_root={tmp_path}"]
+    csv = tmp_path / "train.csv"
+    csv.write_text("filepath\ttitle\n")
+    assert load_config(
+        DaCLIPTrainConfig, None, [*base, "data.photo_augment=[rotate]"]
+    ).data.photo_augment == ["rotate"]
+    with pytest.raises(ConfigError, match="data.photo_augment"):
+        load_config(DaCLIPTrainConfig, None, [*base, "data.photo_augment=[sepia]"])
+    with pytest.raises(ConfigError, match="data.photo_augment"):
+        load_config(DaCLIPTrainConfig, None, [f"data.train_csv={csv}", "data.photo_augment=[rotate]"])
