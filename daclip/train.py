@@ -215,8 +215,9 @@ class DataSection:
     )
     photo_augment: list[str] = spec(
         default_factory=list,
-        help="source: synthetic: turn each clean photo by a random multiple of 90 degrees ('rotate') and "
-        "permute its colour channels ('channels') before degrading it ([] = neither, the paper)",
+        help="source: synthetic: before degrading each clean photo, turn it by a random multiple of 90 "
+        "degrees ('rotate'), permute its colour channels ('channels'), scale its saturation by 0.5-1.5 "
+        "('saturation') ([] = none, the paper)",
     )
     test_views: int = spec(
         3,

@@ -36,7 +36,10 @@ __all__ = [
 ]
 
 #: What :func:`augment_photo` can do to a clean photo before it is degraded.
-PHOTO_AUGMENTATIONS = ("rotate", "channels")
+PHOTO_AUGMENTATIONS = ("rotate", "channels", "saturation")
+
+#: The range of :func:`augment_photo`'s ``saturation`` factor.
+SATURATION_RANGE = (0.5, 1.5)
 
 
 def clip_transform(
@@ -72,11 +75,13 @@ def normalise_crop(img: np.ndarray, mean: Sequence[float], std: Sequence[float])
 
 
 def augment_photo(img: np.ndarray, kinds: Sequence[str], rng: np.random.Generator) -> np.ndarray:
-    """A new photo from a clean ``(H, W, 3)`` one, before a degradation is drawn on it: ``rotate`` turns it
-    by a random multiple of 90 degrees, ``channels`` permutes its colour channels at random (a red
-    cup becomes a blue or a green one). The degradation is drawn afterwards, so it keeps its own
-    geometry and colour (rain falls down, shadows stay bluish, low light stays dark), while the photos'
-    contents take eight orientations and six colourings: a small photo set then teaches the
+    """A new photo from a clean ``(H, W, 3)`` one in [0, 1], before a degradation is drawn on it: ``rotate``
+    turns it by a random multiple of 90 degrees, ``channels`` permutes its colour channels at random (a
+    red cup becomes a blue or a green one), ``saturation`` scales each pixel's distance from its grey
+    (the channels' mean) by a random factor in :data:`SATURATION_RANGE`, clipped to [0, 1]. They are
+    applied (and drawn from ``rng``) in that order. The degradation is drawn afterwards, so it keeps
+    its own geometry and colour (rain falls down, shadows stay bluish, low light stays dark), while the
+    photos' contents take many orientations and colourings: a small photo set then teaches the
     degradations, not which of its few scenes carry them. Returns a new contiguous array."""
     unknown = [k for k in kinds if k not in PHOTO_AUGMENTATIONS]
     if unknown:
@@ -85,6 +90,10 @@ def augment_photo(img: np.ndarray, kinds: Sequence[str], rng: np.random.Generato
         img = np.rot90(img, int(rng.integers(4)))
     if "channels" in kinds:
         img = img[..., rng.permutation(3)]
+    if "saturation" in kinds:
+        grey = img.mean(axis=2, keepdims=True)
+        factor = rng.uniform(*SATURATION_RANGE)
+        img = np.clip(grey + (img - grey) * factor, 0.0, 1.0).astype(img.dtype, copy=False)
     return np.ascontiguousarray(img)
 
 

@@ -309,6 +309,27 @@ def test_augment_photo_turns_and_recolours_but_keeps_every_pixel() -> None:
         augment_photo(photo, ("hue",), rng)
 
 
+def test_augment_photo_scales_the_saturation_around_each_pixels_grey() -> None:
+    from data.transforms import SATURATION_RANGE, augment_photo
+
+    photo = (0.3 + 0.4 * np.random.default_rng(0).random((8, 8, 3))).astype(np.float32)  # no clipping
+    grey = photo.mean(axis=2, keepdims=True)
+    factors = []
+    for seed in range(40):
+        out = augment_photo(photo, ("saturation",), np.random.default_rng(seed))
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out.mean(axis=2, keepdims=True), grey, atol=1e-6)  # the grey stays
+        factor = float(np.median((out - grey) / (photo - grey)))
+        np.testing.assert_allclose(out - grey, (photo - grey) * factor, atol=1e-5)  # one factor per photo
+        factors.append(factor)
+    low, high = SATURATION_RANGE
+    assert low <= min(factors) < 0.7 and 1.3 < max(factors) <= high  # desaturated and saturated photos
+    bright = np.array([[[1.0, 0.9, 0.0]]], dtype=np.float32)
+    for seed in range(10):
+        out = augment_photo(bright, ("saturation",), np.random.default_rng(seed))
+        assert out.min() >= 0.0 and out.max() <= 1.0  # clipped to the range
+
+
 def test_photo_augment_changes_the_photo_not_the_draws_or_the_degradation(tmp_path: Path) -> None:
     """With ``photo_augment`` a sample is the same draw (types, degradation, crops) on a turned, recoloured
     photo; without it, samples are those of earlier runs (the augmentation has a generator of its own)."""
@@ -320,13 +341,14 @@ def test_photo_augment_changes_the_photo_not_the_draws_or_the_degradation(tmp_pa
     config = SynthesisConfig(types=["noisy", "hazy"])
     kwargs = dict(image_size=16, length=6, clip_view="crop", clean_fraction=0.3, **PLAIN)
     plain = SyntheticCaptionDataset(tmp_path, config, **kwargs)
-    turned = SyntheticCaptionDataset(tmp_path, config, **kwargs, photo_augment=["rotate", "channels"])
+    kinds = ("rotate", "channels", "saturation")
+    turned = SyntheticCaptionDataset(tmp_path, config, **kwargs, photo_augment=kinds)
     changed = 0
     for i in range(6):
         clean, lq, names = plain.degraded(i)
         clean_t, lq_t, names_t = turned.degraded(i)
         assert names == names_t  # the same degradation types, drawn from the same generator
-        augmented = augment_photo(clean, ("rotate", "channels"), turned._generators(i, None, 4)[3])
+        augmented = augment_photo(clean, kinds, turned._generators(i, None, 4)[3])
         assert np.array_equal(clean_t, augmented)  # the photo is turned and recoloured before degrading
         if not names:
             assert np.array_equal(lq_t, clean_t)  # a clean draw stays the (augmented) photo
@@ -347,6 +369,7 @@ def test_photo_augment_is_a_demo_switch_and_a_checked_key(tmp_path: Path) -> Non
     assert yaml.safe_load((configs / "daclip_demo.yml").read_text())["data"]["photo_augment"] == [
         "rotate",
         "channels",
+        "saturation",
     ]
     assert "photo_augment" not in yaml.safe_load((configs / "daclip.yml").read_text())["data"]  # the paper
     assert load_config(DaCLIPTrainConfig, None, []).data.photo_augment == []
