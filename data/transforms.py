@@ -82,7 +82,8 @@ def augment_photo(img: np.ndarray, kinds: Sequence[str], rng: np.random.Generato
     applied (and drawn from ``rng``) in that order. The degradation is drawn afterwards, so it keeps
     its own geometry and colour (rain falls down, shadows stay bluish, low light stays dark), while the
     photos' contents take many orientations and colourings: a small photo set then teaches the
-    degradations, not which of its few scenes carry them. Returns a new contiguous array."""
+    degradations, not which of its few scenes carry them. Returns a C-contiguous array (``img`` itself
+    when nothing changed it: a turn by 0 degrees and no other kind)."""
     unknown = [k for k in kinds if k not in PHOTO_AUGMENTATIONS]
     if unknown:
         raise ValueError(f"unknown photo augmentations {unknown}; choose from {list(PHOTO_AUGMENTATIONS)}")
