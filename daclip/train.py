@@ -82,7 +82,7 @@ from daclip.zero_shot import ZeroShotClassifier, clean_weight_for_rate, encode_n
 from data import CLEAN, DEFAULT_DEGRADATIONS
 from data.captions import CaptionDataset
 from data.synthetic import SynthesisConfig, SyntheticCaptionDataset
-from data.transforms import PHOTO_AUGMENTATIONS
+from data.transforms import check_photo_augmentations
 
 __all__ = [
     "ModelSection",
@@ -251,11 +251,9 @@ class DataSection:
             if self.photo_augment:
                 raise ConfigError("data.photo_augment: needs data.source: synthetic (clean photos to turn)")
             return
-        unknown = [k for k in self.photo_augment if k not in PHOTO_AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"data.photo_augment: unknown {unknown}; choose from {list(PHOTO_AUGMENTATIONS)}"
-            )
+        check_photo_augmentations(
+            self.photo_augment, "data.photo_augment"
+        )  # the loader makes it a ConfigError
         if self.crops_per_sample != 1 and self.clip_view != "crop":
             raise ConfigError("data.crops_per_sample: needs data.clip_view: crop")
         if self.visible_psnr > 0 and (self.clip_view != "crop" or self.clean_fraction <= 0):

@@ -66,9 +66,9 @@ from data.paired import (
 from data.transforms import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
-    PHOTO_AUGMENTATIONS,
     at_least,
     augment_photo,
+    check_photo_augmentations,
     clip_transform,
     crop_views,
     cut_view,
@@ -594,7 +594,8 @@ class SyntheticCaptionDataset(_SyntheticBase):
             then carry ``crop_degradation_index`` ``(n,)``, one label per crop. 0 = off.
         cache_mb: as :class:`SyntheticPairedDataset`.
         photo_augment: what :func:`data.transforms.augment_photo` does to each clean photo before it is
-            degraded (``"rotate"``, ``"channels"``); empty: nothing (the samples of earlier runs).
+            degraded (``"rotate"``, ``"channels"``, ``"saturation"``); empty: nothing (the samples of earlier
+            runs).
     """
 
     def __init__(
@@ -617,9 +618,7 @@ class SyntheticCaptionDataset(_SyntheticBase):
         cache_mb: float = 0.0,
         photo_augment: Sequence[str] = (),
     ) -> None:
-        unknown = [k for k in photo_augment if k not in PHOTO_AUGMENTATIONS]
-        if unknown:
-            raise ValueError(f"photo_augment: unknown {unknown}; choose from {list(PHOTO_AUGMENTATIONS)}")
+        check_photo_augmentations(photo_augment)
         if visible_psnr < 0 or (visible_psnr > 0 and (clip_view != "crop" or clean_fraction <= 0)):
             raise ValueError("visible_psnr needs clip_view 'crop' and clean_fraction > 0 (a 'clean' text)")
         if crops_per_sample < 1 or (crops_per_sample > 1 and clip_view != "crop"):
@@ -652,14 +651,15 @@ class SyntheticCaptionDataset(_SyntheticBase):
     def _draw(
         self, index: int, seed: int | Sequence[int] | None
     ) -> tuple[CleanImage, tuple[str, ...], np.ndarray, np.ndarray, np.random.Generator]:
-        pick, degrade, crop = self._generators(index, seed)
+        # A fourth generator for the photo augmentation: the first three (and so runs without it) are unchanged.
+        pick, degrade, crop, *augment = self._generators(index, seed, 4 if self.photo_augment else 3)
         image, names = self._sample(index, pick)
         # Drawn after the types, so clean_fraction = 0 keeps the random stream of earlier runs.
         if self.clean_fraction > 0 and pick.random() < self.clean_fraction:
             names = ()
         clean = self._read(image)
-        if self.photo_augment:  # a fourth generator: the first three (and so runs without it) are unchanged
-            clean = augment_photo(clean, self.photo_augment, self._generators(index, seed, 4)[3])
+        if augment:
+            clean = augment_photo(clean, self.photo_augment, augment[0])
         lq = degrade_chain(clean, names, degrade, self._params) if names else clean
         return image, names, clean, lq, crop
 

@@ -33,6 +33,7 @@ __all__ = [
     "grid_views",
     "PHOTO_AUGMENTATIONS",
     "augment_photo",
+    "check_photo_augmentations",
 ]
 
 #: What :func:`augment_photo` can do to a clean photo before it is degraded.
@@ -74,6 +75,16 @@ def normalise_crop(img: np.ndarray, mean: Sequence[float], std: Sequence[float])
     return torch.from_numpy(normalise_array(img, mean, std))
 
 
+def check_photo_augmentations(kinds: Sequence[str], key: str = "photo_augment") -> None:
+    """Raise a one-line ``ValueError`` naming ``key`` when ``kinds`` has a name not in
+    :data:`PHOTO_AUGMENTATIONS`."""
+    unknown = [k for k in kinds if k not in PHOTO_AUGMENTATIONS]
+    if unknown:
+        raise ValueError(
+            f"{key}: unknown photo augmentations {unknown}; choose from {list(PHOTO_AUGMENTATIONS)}"
+        )
+
+
 def augment_photo(img: np.ndarray, kinds: Sequence[str], rng: np.random.Generator) -> np.ndarray:
     """A new photo from a clean ``(H, W, 3)`` one in [0, 1], before a degradation is drawn on it: ``rotate``
     turns it by a random multiple of 90 degrees, ``channels`` permutes its colour channels at random (a
@@ -84,9 +95,7 @@ def augment_photo(img: np.ndarray, kinds: Sequence[str], rng: np.random.Generato
     photos' contents take many orientations and colourings: a small photo set then teaches the
     degradations, not which of its few scenes carry them. Returns a C-contiguous array (``img`` itself
     when nothing changed it: a turn by 0 degrees and no other kind)."""
-    unknown = [k for k in kinds if k not in PHOTO_AUGMENTATIONS]
-    if unknown:
-        raise ValueError(f"unknown photo augmentations {unknown}; choose from {list(PHOTO_AUGMENTATIONS)}")
+    check_photo_augmentations(kinds)
     if "rotate" in kinds:
         img = np.rot90(img, int(rng.integers(4)))
     if "channels" in kinds:
