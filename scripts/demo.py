@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         "--daclip-epochs",
         type=int_at_least(1),
         default=defaults.daclip_epochs,
-        help="stage-1 epochs of 750 steps (default: configs/daclip_demo.yml's 4, about 100 s on 2 CPU cores); "
-        "DA-CLIP's accuracy on photos it never sees grows with them (12: about 5 min; README, 'Stage 1 is "
-        "compute-bound')",
+        help="stage-1 epochs (default: configs/daclip_demo.yml's); DA-CLIP's accuracy on photos it never sees "
+        "grows with them: three times the default costs about 3 more minutes on 2 CPU cores (README, 'Stage 1 "
+        "is compute-bound')",
     )
     p.add_argument("--ir-steps", type=int_at_least(1), default=defaults.ir_steps)
     p.add_argument("--sampler", default=defaults.sampler, choices=list(SAMPLERS))
